@@ -1,0 +1,144 @@
+"""DeploymentConfig: one way to run the model. Frozen, hashable, and YAML/JSON round-trips.
+
+Each knob is either global (a scalar) or per layer (a tuple with one value per block):
+    num_tokens   int | tuple[int, ...] (non-increasing schedule)        None = max_latent_tokens
+    token_grans  tuple[int, ...] | tuple[tuple[int, ...], ...]           None = the checkpoint's list
+    mat_dim      int | tuple[int | None, ...]                            None = full width
+    depth        int                                                     None = all blocks
+    depth_tau    float | tuple[float | None, ...]                        None = no early exit
+
+The global-only form maps 1:1 onto the reference forward kwargs, so an exported config also drives
+the reference implementation.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional, Union
+
+import yaml
+
+from adasearch.errors import KnobError, UserError
+
+KNOBS = ("num_tokens", "token_grans", "mat_dim", "depth", "depth_tau")
+
+
+def _freeze(v):
+    """Lists become tuples (hashable); a list of lists becomes a tuple of tuples."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _thaw(v):
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    return v
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    num_tokens: Union[int, tuple, None] = None
+    token_grans: Optional[tuple] = None
+    mat_dim: Union[int, tuple, None] = None
+    depth: Optional[int] = None
+    depth_tau: Union[float, tuple, None] = None
+
+    def __post_init__(self):
+        for f in fields(self):
+            object.__setattr__(self, f.name, _freeze(getattr(self, f.name)))
+        tau = self.depth_tau
+        if isinstance(tau, int) and not isinstance(tau, bool):
+            object.__setattr__(self, "depth_tau", float(tau))  # so 1 and 1.0 hash alike
+
+    # ---------------------------------------------------------------- structure
+
+    @property
+    def is_global(self) -> bool:
+        """True when every knob is one value for all layers (the reference's form)."""
+        grans_global = self.token_grans is None or not any(isinstance(g, tuple) for g in self.token_grans)
+        return grans_global and not any(isinstance(getattr(self, k), tuple) for k in ("num_tokens", "mat_dim", "depth_tau"))
+
+    def forward_kwargs(self) -> dict:
+        """Arguments for AdaPerceiver.forward (lists where per layer)."""
+        return {k: _thaw(getattr(self, k)) for k in KNOBS}
+
+    def reference_kwargs(self) -> dict:
+        """Kwargs for the reference hub class's forward. Only for global configs.
+
+        The reference ignores `depth` when `depth_tau` is given, so a config that uses both (exit
+        early, but never run past depth) has no reference equivalent.
+        """
+        if not self.is_global:
+            raise KnobError("this config has per-layer knobs; the reference forward takes global knobs only")
+        if self.depth_tau is not None and self.depth is not None:
+            raise KnobError("the reference ignores depth when depth_tau is set; this config uses both")
+        return self.forward_kwargs()
+
+    def validate(self, model_cfg) -> None:
+        """Raise KnobError naming the knob when this config does not fit the model."""
+        from adasearch.model.adaperceiver import make_plan
+
+        make_plan(model_cfg, **self.forward_kwargs())
+
+    def replace(self, **changes) -> "DeploymentConfig":
+        return DeploymentConfig(**{**self.to_dict(), **changes})
+
+    def label(self) -> str:
+        """Short human name, e.g. `N64-w624-d12-tau0.9`."""
+        def short(v):
+            if isinstance(v, tuple):
+                return "[" + ",".join(short(x) for x in v) + "]"
+            return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+
+        parts = [f"N{short(self.num_tokens) if self.num_tokens is not None else 'max'}",
+                 f"w{short(self.mat_dim) if self.mat_dim is not None else 'full'}",
+                 f"d{short(self.depth) if self.depth is not None else 'all'}"]
+        if self.depth_tau is not None:
+            parts.append(f"tau{short(self.depth_tau)}")
+        if self.token_grans is not None:
+            parts.append(f"g{short(self.token_grans)}")
+        return "-".join(parts)
+
+    # ---------------------------------------------------------------- serialisation
+
+    def to_dict(self) -> dict:
+        return {k: _thaw(getattr(self, k)) for k in KNOBS}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "DeploymentConfig":
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: a deployment config must be a mapping of {list(KNOBS)}")
+        unknown = [k for k in d if k not in KNOBS]
+        if unknown:
+            raise UserError(f"{where}: unknown key {unknown[0]!r}; allowed: {list(KNOBS)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> "DeploymentConfig":
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, where: str = "config") -> "DeploymentConfig":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"{where}: malformed YAML ({str(e).splitlines()[0]})")
+        if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
+            data = data["config"]  # exported deployment files wrap the knobs with their measurements
+        return cls.from_dict(data, where)
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "DeploymentConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: no such deployment config file")
+        text = path.read_text()
+        return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text, str(path))

@@ -1,0 +1,1 @@
+"""Measuring a DeploymentConfig: accuracy, MACs/FLOPs, latency, memory."""

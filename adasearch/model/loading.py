@@ -1,0 +1,162 @@
+"""Load an AdaPerceiver from a local HF-layout folder, a .safetensors file, the name `demo`, or a hub id.
+
+Loading is strict: every state_dict key and shape must match the architecture that config.json
+describes. Weights are read with safetensors (or torch.load(weights_only=True) for .bin files).
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from adasearch.errors import CheckpointError
+from adasearch.model.adaperceiver import AdaPerceiver, AdaPerceiverConfig
+
+DEMO_DIR = Path(__file__).parent / "demo"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Keys of the distilled backbone's feature output; a classifier ignores them.
+FEATURE_PREFIXES = ("output_latents_feat.", "write_head_feat.", "output_adapter_feat.")
+
+
+def read_config(path: Path) -> AdaPerceiverConfig:
+    """config.json -> AdaPerceiverConfig. Unknown keys are accepted with a warning."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no config.json (an AdaPerceiver folder holds config.json + model.safetensors)")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object of constructor arguments")
+    known = set(AdaPerceiverConfig.keys())
+    unknown = sorted(k for k in raw if k not in known)
+    if unknown:
+        # HF adds architectures/model_type/torch_dtype and friends; they do not change the network.
+        quiet = {"architectures", "model_type", "torch_dtype", "transformers_version", "auto_map", "_name_or_path"}
+        loud = [k for k in unknown if k not in quiet]
+        if loud:
+            warnings.warn(f"{path}: ignoring unknown config keys {loud}")
+    return AdaPerceiverConfig(**{k: v for k, v in raw.items() if k in known})
+
+
+def read_state_dict(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or truncated files raise many different types
+        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+
+
+def fit_config_to_weights(cfg: AdaPerceiverConfig, sd: dict, where: str) -> AdaPerceiverConfig:
+    """Take the shapes that the weights fix (D, p, P, L, C, in_channels) and check config.json agrees."""
+    try:
+        proj = sd["patch_embed.embed.proj.weight"]
+        pos = sd["patch_embed.pos_embed"]
+    except KeyError as e:
+        raise CheckpointError(f"{where}: missing key {e.args[0]!r}; is this an AdaPerceiver checkpoint?")
+    d, cin, p, _ = proj.shape
+    grid = math.isqrt(pos.shape[1])
+    if grid * grid != pos.shape[1]:
+        raise CheckpointError(f"{where}: patch_embed.pos_embed has {pos.shape[1]} positions, not a square grid")
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    checks = {"embed_dim": d, "in_channels": cin, "depth": depth}
+    for key, value in checks.items():
+        if getattr(cfg, key) != value:
+            raise CheckpointError(f"{where}: config.json {key}={getattr(cfg, key)} but the weights have {key}={value}")
+    if cfg.patch_size != p or cfg.img_size != grid * p:
+        cfg.patch_size, cfg.img_size = p, grid * p  # the reference facts leave p unverified: trust the weights
+    return cfg
+
+
+def build_strict(cfg: AdaPerceiverConfig, sd: dict, where: str) -> AdaPerceiver:
+    ignored = sorted({k.split(".")[0] for k in sd if k.startswith(FEATURE_PREFIXES)})
+    if ignored:
+        warnings.warn(f"{where}: distilled-backbone checkpoint; loading the classifier and ignoring the "
+                      f"feature output {ignored}")
+        sd = {k: v for k, v in sd.items() if not k.startswith(FEATURE_PREFIXES)}
+    model = AdaPerceiver(cfg)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    if missing:
+        raise CheckpointError(f"{where}: missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = [k for k in sd if k not in expected]
+    if extra:
+        raise CheckpointError(f"{where}: unexpected key {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise CheckpointError(f"{where}: key {k!r} has shape {list(v.shape)}, expected {list(expected[k].shape)}")
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def load_folder(folder: Path) -> AdaPerceiver:
+    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).exists()), None)
+    if weights is None:
+        raise CheckpointError(f"{folder}: no model.safetensors (or pytorch_model.bin) in the folder")
+    return load_file(weights, folder / "config.json")
+
+
+def load_file(weights: Path, config: Union[Path, dict, AdaPerceiverConfig, None] = None) -> AdaPerceiver:
+    if config is None:
+        candidates = [weights.with_suffix(".json"), weights.parent / "config.json"]
+        config = next((c for c in candidates if c.exists()), candidates[-1])
+    if isinstance(config, AdaPerceiverConfig):
+        cfg = AdaPerceiverConfig(**config.to_dict())
+    elif isinstance(config, dict):
+        cfg = AdaPerceiverConfig(**config)
+    else:
+        cfg = read_config(Path(config))
+    sd = read_state_dict(weights)
+    cfg = fit_config_to_weights(cfg, sd, str(weights))
+    return build_strict(cfg, sd, str(weights))
+
+
+def load_hub(repo_id: str) -> AdaPerceiver:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"model {repo_id!r} is neither a local folder nor a file; loading a hub id needs "
+                              f"huggingface_hub (pip install 'adasearch[hub]'), or pass a local folder")
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=["config.json", "*.safetensors"])
+    except Exception as e:
+        raise CheckpointError(f"cannot fetch {repo_id!r} from the hub ({type(e).__name__}); offline machines "
+                              f"need a local folder with config.json + model.safetensors")
+    return load_folder(Path(folder))
+
+
+def load_model(source: Union[str, Path], config: Optional[Union[Path, dict]] = None) -> AdaPerceiver:
+    """`demo`, a folder (config.json + model.safetensors), a weights file (+ config), or a hub id."""
+    if isinstance(source, str) and source == "demo":
+        return load_folder(DEMO_DIR)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return load_folder(path)
+    if path.is_file():
+        return load_file(path, config)
+    s = str(source)
+    looks_like_hub_id = s.count("/") == 1 and not s.startswith((".", "/", "~")) and not path.suffix
+    if looks_like_hub_id:
+        return load_hub(s)
+    raise CheckpointError(f"model {s!r}: no such folder or file (allowed: 'demo', a folder with config.json + "
+                          f"model.safetensors, a .safetensors file, or a hub id owner/name)")
+
+
+def save_model(model: AdaPerceiver, folder: Union[str, Path]) -> Path:
+    """Write the HF layout (config.json + model.safetensors) that load_model reads back."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    return folder

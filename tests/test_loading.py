@@ -1,0 +1,115 @@
+"""Strict checkpoint loading in the published HF layout, and one-line refusals."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from adasearch import load_model, save_model
+from adasearch.cli import main
+from adasearch.errors import CheckpointError
+from tests.conftest import random_model
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    model = random_model()
+    return save_model(model, tmp_path / "ckpt"), model
+
+
+def test_round_trip_is_exact(ckpt):
+    folder, model = ckpt
+    loaded = load_model(folder)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, num_tokens=8).logits, model(x, num_tokens=8).logits)
+
+
+def test_published_key_names(ckpt):
+    folder, _ = ckpt
+    keys = set(load_file(str(folder / "model.safetensors")))
+    for k in ["process_latents.token", "output_latents.token", "patch_embed.pos_embed",
+              "patch_embed.embed.proj.weight", "patch_embed.norm.weight", "patch_embed.ffn.fc1.weight",
+              "read_head.snk_norm.weight", "read_head.src_norm.bias", "read_head.cattn.q.weight",
+              "write_head.cattn.proj.bias", "blocks.3.attn.k.weight", "blocks.0.ls1.gamma", "blocks.0.ls2.gamma",
+              "blocks.2.ffn.fc2.weight", "output_adapter.ffn.weight"]:
+        assert k in keys, k
+
+
+def test_safetensors_file_with_sibling_config(ckpt):
+    folder, model = ckpt
+    loaded = load_model(folder / "model.safetensors")
+    assert loaded.cfg.embed_dim == model.cfg.embed_dim
+
+
+def _rewrite(folder, edit):
+    sd = load_file(str(folder / "model.safetensors"))
+    edit(sd)
+    save_file(sd, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda sd: sd.pop("blocks.1.ls2.gamma"), "missing key 'blocks.1.ls2.gamma'"),
+    (lambda sd: sd.__setitem__("blocks.0.extra.weight", torch.zeros(2)), "unexpected key 'blocks.0.extra.weight'"),
+    (lambda sd: sd.__setitem__("blocks.2.ffn.fc1.bias", torch.zeros(3)), "'blocks.2.ffn.fc1.bias' has shape \\[3\\]"),
+])
+def test_refusals_name_the_key(ckpt, edit, needle):
+    folder, _ = ckpt
+    _rewrite(folder, edit)
+    with pytest.raises(CheckpointError, match=needle):
+        load_model(folder)
+
+
+def test_distilled_backbone_loads_with_a_message(ckpt):
+    folder, model = ckpt
+    _rewrite(folder, lambda sd: sd.update({"write_head_feat.cattn.q.weight": torch.zeros(4, 4),
+                                           "output_latents_feat.proj.weight": torch.zeros(4, 4)}))
+    with pytest.warns(UserWarning, match="ignoring the feature output.*write_head_feat"):
+        loaded = load_model(folder)
+    assert torch.equal(loaded.blocks[0].attn.q.weight, model.blocks[0].attn.q.weight)
+
+
+def test_config_disagreeing_with_weights(ckpt):
+    folder, _ = ckpt
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["embed_dim"] = 64
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="embed_dim=64 but the weights have embed_dim=32"):
+        load_model(folder)
+
+
+def test_unknown_config_keys_warn(ckpt):
+    folder, _ = ckpt
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["brand_new_key"] = 1
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="brand_new_key"):
+        load_model(folder)
+
+
+def _cli_error(args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+    return lines[0]
+
+
+def test_cli_bad_checkpoints_get_one_line(tmp_path, ckpt):
+    folder, _ = ckpt
+    assert "no such folder or file" in _cli_error(["inspect", str(tmp_path / "nope")])
+    (folder / "config.json").unlink()
+    assert "no config.json" in _cli_error(["inspect", str(folder)])
+    bad = tmp_path / "corrupt"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    (bad / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    assert "cannot read weights" in _cli_error(["inspect", str(bad)])
+
+
+def test_offline_hub_id_is_a_clear_error():
+    with pytest.raises(CheckpointError, match="pjajal/adaperceiver-v1-in1k-ft"):
+        load_model("pjajal/adaperceiver-v1-in1k-ft")

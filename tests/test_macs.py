@@ -1,0 +1,25 @@
+"""Closed-form MACs against the reference's published totals for the released IN-1K shape."""
+import pytest
+
+from adasearch.measure.macs import plan_macs
+from adasearch.model.adaperceiver import AdaPerceiverConfig, make_plan
+
+IN1K = AdaPerceiverConfig(embed_dim=832, num_heads=13, depth=21, ffn_ratio=2.57, patch_size=16, img_size=224,
+                          num_classes=1000, use_embed_ffn=True, mask_token_grans=[32, 64, 96, 128, 192, 256],
+                          mat_dims=[416, 624, 832])
+
+
+@pytest.mark.parametrize("n,gmacs", [(32, 5.5), (64, 9.9), (96, 14.5), (128, 19.1), (192, 28.5), (256, 38.2)])
+def test_released_shape_totals(n, gmacs):
+    assert IN1K.ffn_hidden == 2138
+    macs = plan_macs(IN1K, make_plan(IN1K, num_tokens=n))
+    assert abs(macs / 1e9 - gmacs) < 0.05 * gmacs + 0.05
+
+
+def test_cost_falls_with_every_knob():
+    full = plan_macs(IN1K, make_plan(IN1K))
+    assert plan_macs(IN1K, make_plan(IN1K, mat_dim=416)) < full
+    assert plan_macs(IN1K, make_plan(IN1K, depth=7)) < full
+    assert plan_macs(IN1K, make_plan(IN1K, num_tokens=[256] * 10 + [64] * 11)) < full
+    # an exit check after each block adds a write + head per block
+    assert plan_macs(IN1K, make_plan(IN1K, depth_tau=0.9)) > full
