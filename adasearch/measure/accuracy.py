@@ -1,0 +1,219 @@
+"""Top-1 / top-5 of many configs at once, sharing one anytime pass per structural key.
+
+Why it is cheap: by the prefix property, one forward at max_latent_tokens read out after every
+block gives the predictions of every (token count on a block boundary) x (depth) config of one width
+and granularity setting. Per-sample early exit for any thresholds, and any non-increasing token
+schedule whose counts are all boundaries, are then computed from the cached per-block confidences
+without running the model again. Configs that cannot share (a count off a block boundary, more
+tokens than max_latent_tokens) run directly.
+
+What is cached per sample, per block and per prefix: the top-1 class, whether the label is in the
+top 5, and the max-softmax confidence. The cache lives on disk, keyed by the weights' hash, the
+data's fingerprint, the dtype and the structural key, so another hardware target never recomputes
+accuracy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from adasearch.config import DeploymentConfig
+from adasearch.model.adaperceiver import AdaPerceiver, confidence, make_plan
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class AccuracyResult:
+    top1: float
+    top5: float
+    mean_exit_depth: float
+    exit_fractions: list  # exit_fractions[e-1]: fraction of samples that stop after block e
+    samples: int
+    shared: bool  # computed from a shared anytime pass (True) or a direct forward (False)
+    predictions: Optional[torch.Tensor] = field(default=None, repr=False)  # (samples,) top-1 classes
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ADASEARCH_CACHE", Path.home() / ".cache" / "adasearch")) / "accuracy"
+
+
+def model_fingerprint(model: AdaPerceiver) -> str:
+    """sha256 over config and every tensor's bytes: two checkpoints share a cache only if identical."""
+    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def structural_key(model: AdaPerceiver, config: DeploymentConfig) -> tuple:
+    """What the shared pass depends on: each layer's FFN width and granularity list."""
+    plan = make_plan(model.cfg, mat_dim=config.mat_dim, token_grans=config.token_grans)
+    return plan.hidden, plan.grans  # over all L layers at max_latent_tokens
+
+
+def _top5_hit(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    k = min(5, logits.shape[-1])
+    return (logits.topk(k, dim=-1).indices == y[..., None]).any(-1)
+
+
+class AccuracyEngine:
+    """Measures top-1/top-5, mean exit depth and the exit distribution of DeploymentConfigs."""
+
+    def __init__(self, model: AdaPerceiver, data, *, batch_size: int = 256, cache_dir=None,
+                 progress: Optional[Callable[[str, int, int], None]] = None):
+        self.model = model.eval()
+        self.data = data
+        self.batch_size = batch_size
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.progress = progress
+        p = model.patch_embed.pos_embed
+        self.device, self.dtype = p.device, p.dtype
+        self._model_fp = None
+        self._labels = None
+        self._memory: dict = {}  # in-process cache of loaded tables
+
+    # ------------------------------------------------------------------ public
+
+    def measure(self, configs: Iterable[DeploymentConfig], keep_predictions: bool = False) -> dict:
+        """{config: AccuracyResult} for every config (validated against the model first)."""
+        configs = list(dict.fromkeys(configs))
+        for c in configs:
+            c.validate(self.model.cfg)
+        groups: dict = {}
+        direct = []
+        for c in configs:
+            if self.shareable(c):
+                groups.setdefault(structural_key(self.model, c), []).append(c)
+            else:
+                direct.append(c)
+        results = {}
+        for key, members in groups.items():
+            table = self._shared_table(key, members[0])
+            for c in members:
+                results[c] = self._from_table(table, c, keep_predictions)
+        for c in direct:
+            results[c] = self._direct(c, keep_predictions)
+        return results
+
+    def shareable(self, config: DeploymentConfig) -> bool:
+        """True when every layer's token count is a boundary that all layers share at the full pass."""
+        cfg = self.model.cfg
+        if not cfg.masked:
+            return False
+        full = make_plan(cfg, mat_dim=config.mat_dim, token_grans=config.token_grans)
+        common = set.intersection(*(set(g) for g in full.grans))
+        plan = make_plan(cfg, **config.forward_kwargs())
+        return all(t in common for t in plan.tokens)
+
+    # ------------------------------------------------------------------ shared path
+
+    def _labels_all(self) -> torch.Tensor:
+        if self._labels is None:
+            self._labels = torch.cat([y for _, y in self.data.batches(self.batch_size)])
+        return self._labels
+
+    def _cache_path(self, kind: str, key) -> Path:
+        if self._model_fp is None:
+            self._model_fp = model_fingerprint(self.model)
+        digest = hashlib.sha256(repr((CACHE_VERSION, kind, key)).encode()).hexdigest()[:24]
+        dtype = str(self.dtype).replace("torch.", "")
+        return self.cache_dir / self._model_fp / self.data.fingerprint() / dtype / f"{kind}-{digest}.pt"
+
+    def _load_or_compute(self, kind: str, key, compute) -> dict:
+        path = self._cache_path(kind, key)
+        if path in self._memory:
+            return self._memory[path]
+        if path.exists():
+            try:
+                table = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # a torn write from a killed run: recompute it
+                table = None
+            if table is not None:
+                self._memory[path] = table
+                return table
+        table = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(table, tmp)
+        os.replace(tmp, path)  # atomic: readers never see half a file
+        self._memory[path] = table
+        return table
+
+    def _shared_table(self, key, representative: DeploymentConfig) -> dict:
+        def compute():
+            kw = dict(mat_dim=representative.forward_kwargs()["mat_dim"],
+                      token_grans=representative.forward_kwargs()["token_grans"])
+            preds, hits5, confs, prefixes = [], [], [], None
+            total = len(self.data)
+            done = 0
+            with torch.inference_mode():
+                for x, y in self.data.batches(self.batch_size):
+                    out = self.model.anytime(x.to(self.device, self.dtype), **kw)
+                    logits = out.logits.float().cpu()  # (L, G, b, C)
+                    preds.append(logits.argmax(-1).to(torch.int32))
+                    hits5.append(_top5_hit(logits, y))
+                    confs.append(out.confidence.cpu())
+                    prefixes = out.prefixes
+                    done += len(y)
+                    if self.progress:
+                        self.progress("anytime pass", done, total)
+            return {"pred": torch.cat(preds, -1), "top5": torch.cat(hits5, -1), "conf": torch.cat(confs, -1),
+                    "prefixes": torch.tensor(prefixes)}
+
+        return self._load_or_compute("anytime", key, compute)
+
+    def _from_table(self, table: dict, config: DeploymentConfig, keep_predictions: bool) -> AccuracyResult:
+        plan = make_plan(self.model.cfg, **config.forward_kwargs())
+        prefixes = table["prefixes"].tolist()
+        col = [prefixes.index(t) for t in plan.tokens]
+        n = table["pred"].shape[-1]
+        exit_depth = torch.full((n,), plan.depth, dtype=torch.long)
+        running = torch.ones(n, dtype=torch.bool)
+        for i in range(plan.depth - 1):
+            tau = plan.taus[i]
+            if tau is None:
+                continue
+            stop = running & (table["conf"][i, col[i]] >= tau)
+            exit_depth[stop] = i + 1
+            running &= ~stop
+        layer = exit_depth - 1
+        column = torch.tensor(col)[layer]
+        idx = torch.arange(n)
+        pred = table["pred"][layer, column, idx].long()
+        top5 = table["top5"][layer, column, idx]
+        return self._result(pred, top5, exit_depth, plan.depth, True, keep_predictions)
+
+    # ------------------------------------------------------------------ direct path
+
+    def _direct(self, config: DeploymentConfig, keep_predictions: bool) -> AccuracyResult:
+        def compute():
+            preds, hits5, exits = [], [], []
+            with torch.inference_mode():
+                for x, y in self.data.batches(self.batch_size):
+                    out = self.model.run(x.to(self.device, self.dtype), config)
+                    logits = out.logits.float().cpu()
+                    preds.append(logits.argmax(-1))
+                    hits5.append(_top5_hit(logits, y))
+                    exits.append(out.exit_depth.cpu())
+            return {"pred": torch.cat(preds), "top5": torch.cat(hits5), "exit": torch.cat(exits)}
+
+        table = self._load_or_compute("direct", config.to_json(), compute)
+        depth = make_plan(self.model.cfg, **config.forward_kwargs()).depth
+        return self._result(table["pred"], table["top5"], table["exit"], depth, False, keep_predictions)
+
+    def _result(self, pred, top5, exit_depth, depth, shared, keep_predictions) -> AccuracyResult:
+        y = self._labels_all()
+        n = len(y)
+        counts = torch.bincount(exit_depth, minlength=depth + 1)[1:depth + 1].float() / n
+        return AccuracyResult(
+            top1=(pred == y).float().mean().item(), top5=top5.float().mean().item(),
+            mean_exit_depth=exit_depth.float().mean().item(), exit_fractions=counts.tolist(), samples=n,
+            shared=shared, predictions=pred if keep_predictions else None)
