@@ -52,6 +52,57 @@ def inspect(model, as_json):
         print_description(info)
 
 
+def _config_from_flags(config_file, tokens, width, depth, threshold):
+    from adasearch.config import DeploymentConfig
+
+    if config_file and any(v is not None for v in (tokens, width, depth, threshold)):
+        raise UserError("--config and --tokens/--width/--depth/--threshold are exclusive: give one or the other")
+    if config_file:
+        return DeploymentConfig.load(config_file)
+    return DeploymentConfig(num_tokens=tokens, mat_dim=width, depth=depth, depth_tau=threshold)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--data", "data_spec", default="digits", show_default=True,
+              help="'digits', a .npz file (x, y), or an image folder (one subfolder per class).")
+@click.option("--limit", type=int, default=None, help="Measure on a deterministic subsample of this many samples.")
+@click.option("--tokens", type=int, default=None, help="num_tokens (default: max_latent_tokens).")
+@click.option("--width", type=int, default=None, help="mat_dim (default: full width).")
+@click.option("--depth", type=int, default=None, help="Blocks to run (default: all).")
+@click.option("--threshold", type=float, default=None, help="Early-exit threshold depth_tau (default: none).")
+@click.option("--config", "config_file", type=click.Path(), default=None, help="A deployment YAML/JSON instead of knob flags.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, mps or auto.")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Batch size for latency.")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: torch's).")
+@click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16 or float16.")
+@click.option("--budget", type=float, default=1.0, show_default=True, help="Seconds of latency timing.")
+@click.option("--cache-dir", type=click.Path(), default=None, help="Accuracy cache (default ~/.cache/adasearch).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def measure(model, data_spec, limit, tokens, width, depth, threshold, config_file, device, batch_size, threads,
+            dtype, budget, cache_dir, as_json):
+    """Measure one config of MODEL: accuracy, MACs/FLOPs, latency, memory, mean exit depth."""
+    from adasearch.data.datasets import check_labels, load_data
+    from adasearch.measure.environment import resolve_device
+    from adasearch.measure.evaluator import Evaluator, Hardware
+    from adasearch.measure.report_table import print_measurement
+    from adasearch.model.loading import load_model
+
+    resolve_device(device)  # fail on an unavailable device before any loading
+    config = _config_from_flags(config_file, tokens, width, depth, threshold)
+    net = load_model(model)
+    config.validate(net.cfg)
+    data = load_data(data_spec, limit=limit, img_size=net.cfg.img_size, channels=net.cfg.in_channels)
+    check_labels(data, net.cfg.num_classes, "--data")
+    hw = Hardware(device=device, threads=threads, batch_size=batch_size, dtype=dtype)
+    evaluator = Evaluator(net, data, hw, cache_dir=cache_dir, latency_budget_s=budget)
+    m = evaluator.measure([config])[config]
+    if as_json:
+        click.echo(json.dumps({"config": config.to_dict(), "data": data.name, **m.to_dict()}, indent=2))
+    else:
+        print_measurement(config, m, data.name)
+
+
 @main.command("train-demo")
 @click.option("--output", "-o", default=None, help="Folder for the weights (default: the package's demo folder).")
 @click.option("--epochs", default=None, type=click.IntRange(1, 10_000), help="Training epochs.")

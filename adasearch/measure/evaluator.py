@@ -1,0 +1,136 @@
+"""The Evaluator: accuracy engine + cost model + latency timer -> one Measurement per config."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Optional
+
+import torch
+
+from adasearch.config import DeploymentConfig
+from adasearch.errors import UserError
+from adasearch.measure.accuracy import AccuracyEngine
+from adasearch.measure.environment import environment, resolve_device, set_threads
+from adasearch.measure.flops import MACS_CONVENTION, CostModel
+from adasearch.measure.latency import time_config
+from adasearch.measure.memory import peak_memory_mb
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ACCURACY_BATCH = 256  # accuracy does not depend on the batch size; a big batch is just faster
+LATENCY_BATCHES = 8  # distinct real batches cycled while timing, so early exits are realistic
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str = "cpu"
+    threads: Optional[int] = None
+    batch_size: int = 1
+    dtype: str = "float32"
+
+
+@dataclass
+class Measurement:
+    accuracy: float  # top-1 on the data
+    top5: float
+    macs: float  # expected per image under the measured exit distribution
+    flops: float  # 2 x macs
+    mean_exit_depth: float
+    exit_fractions: list
+    latency_p50_ms: Optional[float] = None  # per batch of hardware.batch_size
+    latency_p90_ms: Optional[float] = None
+    latency_p99_ms: Optional[float] = None
+    throughput: Optional[float] = None  # samples per second
+    memory_mb: Optional[float] = None
+    samples: int = 0
+    macs_convention: str = MACS_CONVENTION
+    memory_method: Optional[str] = None
+    env: dict = field(default_factory=dict)
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9
+
+    def metrics(self) -> dict:
+        """Flat numeric metrics: what constraints and objectives refer to."""
+        return {"accuracy": self.accuracy, "top5": self.top5, "macs": self.macs, "gmacs": self.gmacs,
+                "flops": self.flops, "gflops": self.gflops, "latency_p50_ms": self.latency_p50_ms,
+                "latency_p90_ms": self.latency_p90_ms, "latency_p99_ms": self.latency_p99_ms,
+                "throughput": self.throughput, "memory_mb": self.memory_mb, "mean_exit_depth": self.mean_exit_depth}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(gmacs=self.gmacs, gflops=self.gflops)
+        return d
+
+
+class Evaluator:
+    """Measures configs of one model on one dataset and one hardware profile."""
+
+    def __init__(self, model, data, hardware: Hardware = Hardware(), *, cache_dir=None,
+                 latency_budget_s: float = 0.5, progress=None):
+        if hardware.dtype not in DTYPES:
+            raise UserError(f"dtype {hardware.dtype!r} is not allowed: one of {list(DTYPES)}")
+        if hardware.batch_size < 1:
+            raise UserError(f"batch_size={hardware.batch_size} is not allowed: an integer >= 1")
+        self.hardware = hardware
+        self.device = resolve_device(hardware.device)
+        set_threads(hardware.threads)
+        self.dtype = DTYPES[hardware.dtype]
+        self.model = model.to(self.device, self.dtype).eval()
+        self.data = data
+        self.latency_budget_s = latency_budget_s
+        self.accuracy = AccuracyEngine(self.model, data, batch_size=ACCURACY_BATCH, cache_dir=cache_dir,
+                                       progress=progress)
+        self.cost = CostModel(self.model)
+        self._latency_batches = None
+
+    def latency_batches(self) -> list:
+        if self._latency_batches is None:
+            batches = []
+            for x, _ in self.data.batches(self.hardware.batch_size):
+                if len(x) == self.hardware.batch_size:
+                    batches.append(x.to(self.device, self.dtype))
+                if len(batches) == LATENCY_BATCHES:
+                    break
+            if not batches:
+                raise UserError(f"batch_size={self.hardware.batch_size} is larger than the data "
+                                f"({len(self.data)} samples); lower hardware.batch_size")
+            self._latency_batches = batches
+        return self._latency_batches
+
+    def environment(self) -> dict:
+        return {**environment(self.hardware.device, self.hardware.threads), "dtype": self.hardware.dtype,
+                "batch_size": self.hardware.batch_size}
+
+    def measure_accuracy_and_cost(self, configs: Iterable[DeploymentConfig]) -> dict:
+        configs = list(configs)
+        acc = self.accuracy.measure(configs)
+        out = {}
+        for c in configs:
+            a = acc[c]
+            macs = self.cost.config_macs(c, a.exit_fractions)
+            out[c] = Measurement(accuracy=a.top1, top5=a.top5, macs=macs, flops=2 * macs,
+                                 mean_exit_depth=a.mean_exit_depth, exit_fractions=a.exit_fractions,
+                                 samples=a.samples, env=self.environment())
+        return out
+
+    def time(self, measurement: Measurement, config: DeploymentConfig, budget_s: Optional[float] = None) -> Measurement:
+        """Fill in latency, throughput and peak memory, timed on this hardware."""
+        lat = time_config(self.model, config, self.latency_batches(), device=self.device, dtype=self.dtype,
+                          budget_s=self.latency_budget_s if budget_s is None else budget_s)
+        mem = peak_memory_mb(self.model, config, self.latency_batches()[0], self.device)
+        measurement.latency_p50_ms, measurement.latency_p90_ms = lat.p50_ms, lat.p90_ms
+        measurement.latency_p99_ms, measurement.throughput = lat.p99_ms, lat.throughput
+        measurement.memory_mb, measurement.memory_method = mem["peak_mb"], mem["method"]
+        measurement.env = {**self.environment(), "latency_reps": lat.reps, "warmup": lat.warmup}
+        return measurement
+
+    def measure(self, configs: Iterable[DeploymentConfig], latency: bool = True) -> dict:
+        results = self.measure_accuracy_and_cost(configs)
+        if latency:
+            for c, m in results.items():
+                self.time(m, c)
+        return results
