@@ -103,6 +103,33 @@ def measure(model, data_spec, limit, tokens, width, depth, threshold, config_fil
         print_measurement(config, m, data.name)
 
 
+@main.command()
+@click.argument("spec_file", type=click.Path())
+@click.option("--output", "-o", default=None, help="Results folder (overrides `output`).")
+@click.option("--engine", type=click.Choice(["auto", "exhaustive", "optuna", "ray"]), default=None)
+@click.option("--sampler", type=click.Choice(["auto", "nsga2", "tpe", "gp", "random", "bruteforce"]), default=None)
+@click.option("--trials", type=click.IntRange(1), default=None, help="Trial budget (optuna/ray).")
+@click.option("--timeout", type=float, default=None, help="Seconds before the search stops.")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Parallel worker processes on one storage.")
+@click.option("--storage", default=None, help="Optuna storage URL (default: sqlite in the results folder).")
+@click.option("--ray-address", default=None, help="Join an existing Ray cluster (default: start a local one).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def run(spec_file, output, engine, sampler, trials, timeout, workers, storage, ray_address, no_progress):
+    """Search SPEC_FILE's space for the Pareto-optimal deployment configs; write the results folder.
+
+    Running the same command again resumes from the storage.
+    """
+    from adasearch.search.runner import run as run_search
+    from adasearch.spec import load_spec
+
+    spec = load_spec(spec_file).with_overrides(output=output, engine=engine, sampler=sampler, trials=trials,
+                                               timeout=timeout, workers=workers, storage=storage,
+                                               ray_address=ray_address)
+    summary = run_search(spec, progress=not no_progress)
+    if summary.get("interrupted"):
+        sys.exit(130)
+
+
 @main.command("train-demo")
 @click.option("--output", "-o", default=None, help="Folder for the weights (default: the package's demo folder).")
 @click.option("--epochs", default=None, type=click.IntRange(1, 10_000), help="Training epochs.")

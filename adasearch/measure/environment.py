@@ -105,7 +105,7 @@ def environment(device: str, threads: Optional[int]) -> dict:
         "threads": torch.get_num_threads(),
         "threads_requested": threads,
         "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "python": platform.python_version(),
         "os": platform.system(),
         "platform": platform.platform(),  # OS, kernel release and architecture; no hostname

@@ -1,0 +1,1 @@
+"""Search: spaces, engines (exhaustive, optuna, ray), the Pareto set and the run orchestrator."""

@@ -1,0 +1,131 @@
+"""The results folder: the contract between run, report, export and serve.
+
+    run.yaml        resolved spec + environment
+    study.db        Optuna storage (resumable; optuna-dashboard opens it)
+    trials.csv      every completed trial: knobs, metrics, feasibility
+    pareto.csv, pareto.json
+    deployments/    one YAML per Pareto config, named by its figures
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import yaml
+
+from adasearch import __version__
+from adasearch.measure.flops import MACS_CONVENTION
+from adasearch.search import trials as T
+from adasearch.search.pareto import pareto_front
+
+
+def front_of(recs: list, spec) -> list:
+    """Feasible, non-dominated records, best first objective first."""
+    directions = [o.direction for o in spec.objectives]
+    feasible = [r for r in recs if r.feasible]
+    front = [feasible[i] for i in pareto_front([T.objective_values(spec, r.metrics) for r in feasible], directions)]
+    first = spec.objectives[0]
+    return sorted(front, key=lambda r: r.metrics[first.metric], reverse=first.direction == "maximize")
+
+
+def closest(recs: list, spec, n: int = 5) -> list:
+    """Infeasible records nearest to the constraints: smallest summed relative violation."""
+    def score(r):
+        return sum(v / max(abs(b), 1e-12) for k, v in r.violations.items()
+                   for b in [spec.constraints[k].max if spec.constraints[k].max is not None else spec.constraints[k].min])
+    return sorted(recs, key=score)[:n]
+
+
+def _row(r) -> dict:
+    row = {"trial": r.number, "config": r.config.label(), "feasible": r.feasible,
+           "violations": "; ".join(f"{k} by {v:.4g}" for k, v in r.violations.items())}
+    row.update({f"knob.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in r.config.to_dict().items()})
+    row.update(r.metrics)
+    return row
+
+
+SHORT = {"accuracy": "acc{:.4f}", "top5": "top5_{:.4f}", "latency_p50_ms": "p50_{:.3g}ms",
+         "latency_p90_ms": "p90_{:.3g}ms", "latency_p99_ms": "p99_{:.3g}ms", "gmacs": "{:.4g}GMACs",
+         "macs": "{:.4g}MACs", "gflops": "{:.4g}GFLOPs", "flops": "{:.4g}FLOPs", "memory_mb": "{:.3g}MB",
+         "throughput": "{:.4g}per_s", "mean_exit_depth": "exit{:.3g}"}
+
+
+def deployment_name(r, spec) -> str:
+    """e.g. acc0.9644-p50_0.678ms-N8-w16-d1.yaml: the figures first, so a listing sorts and reads well."""
+    figures = [SHORT[o.metric].format(r.metrics[o.metric]) for o in spec.objectives]
+    return "-".join(figures) + f"-{r.config.label()}.yaml"
+
+
+def write_results(ctx, recs: list, engine_name: str, interrupted: bool = False, new_trials: int = 0) -> dict:
+    import pandas as pd
+
+    spec = ctx.spec
+    out = spec.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    env = ctx.measurer.evaluator.environment()
+    front = front_of(recs, spec)
+    summary = {
+        "adasearch": __version__, "engine": engine_name, "interrupted": interrupted,
+        "space": {"name": ctx.space.name, "file": ctx.space.source, "size": ctx.space.size()},
+        "trials": len(recs), "new_trials": new_trials, "feasible": sum(r.feasible for r in recs),
+        "pareto": len(front), "macs_convention": MACS_CONVENTION, "environment": env,
+        "spec": spec.to_yaml_dict(),
+    }
+    (out / "run.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    pd.DataFrame([_row(r) for r in recs]).to_csv(out / "trials.csv", index=False)
+    pd.DataFrame([_row(r) for r in front]).to_csv(out / "pareto.csv", index=False)
+    pareto = [{"trial": r.number, "name": deployment_name(r, spec), "config": r.config.to_dict(),
+               "metrics": r.metrics} for r in front]
+    (out / "pareto.json").write_text(json.dumps({"objectives": [o.model_dump() for o in spec.objectives],
+                                                 "constraints": {k: b.model_dump() for k, b in spec.constraints.items()},
+                                                 "environment": env, "macs_convention": MACS_CONVENTION,
+                                                 "pareto": pareto}, indent=2))
+    deployments = out / "deployments"
+    if deployments.exists():
+        shutil.rmtree(deployments)  # the front may have changed since the last write
+    deployments.mkdir()
+    for r, p in zip(front, pareto):
+        doc = {"config": r.config.to_dict(), "metrics": r.metrics, "model": spec.model,
+               "hardware": spec.hardware.model_dump(), "data": spec.data.model_dump(),
+               "macs_convention": MACS_CONVENTION, "trial": r.number}
+        (deployments / p["name"]).write_text(yaml.safe_dump(doc, sort_keys=False))
+    summary["front"] = front
+    return summary
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+    return str(v)
+
+
+def print_summary(summary: dict, recs: list, spec, console) -> None:
+    from rich.table import Table
+
+    front = summary["front"]
+    console.print(f"{summary['trials']} trials ({summary['new_trials']} new, engine {summary['engine']}), "
+                  f"{summary['feasible']} feasible, {len(front)} on the Pareto front -> {spec.output_dir}")
+    headers = {"accuracy": "top-1", "latency_p50_ms": "p50 ms", "latency_p90_ms": "p90 ms", "gmacs": "GMACs",
+               "mean_exit_depth": "exit depth"}
+    cols = list(headers) + [o.metric for o in spec.objectives if o.metric not in headers]
+    if not front:
+        console.print("[bold red]no config satisfies the constraints.[/bold red] Closest configs:")
+        rows = closest(recs, spec)
+    else:
+        rows = front
+    t = Table(title="Pareto front" if front else "closest configs")
+    t.add_column("config", overflow="fold")
+    for c in cols:
+        t.add_column(headers.get(c, c), justify="right")
+    if not front:
+        t.add_column("violations")
+    for r in rows:
+        cells = [r.config.label()] + [_fmt(r.metrics.get(c)) for c in cols]
+        if not front:
+            cells.append("; ".join(f"{k} by {v:.4g}" for k, v in r.violations.items()))
+        t.add_row(*cells)
+    console.print(t)

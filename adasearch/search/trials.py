@@ -1,0 +1,97 @@
+"""Trial bookkeeping shared by every engine: measuring a config once, and recording it in the study.
+
+Every engine writes its trials into one Optuna study (SQLite in the results folder by default), with
+the config, the metrics, the constraint values (through set_constraint, so Optuna's samplers see
+them) and the canonical key. That storage is the single source of truth for the Pareto set,
+resumption and reports, whichever engine ran.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from adasearch.config import DeploymentConfig
+from adasearch.spec import RunSpec
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    config: DeploymentConfig
+    params: dict
+    metrics: dict
+    feasible: bool
+    violations: dict  # metric -> amount outside its bound (> 0)
+    state: str = "COMPLETE"
+
+
+def violations(spec: RunSpec, metrics: dict) -> dict:
+    """How far each constrained metric lies outside its bound (only the violated ones)."""
+    out = {}
+    for name, bound in spec.constraints.items():
+        v = metrics.get(name)
+        if v is None:
+            continue
+        amount = max((bound.min - v) if bound.min is not None else -math.inf,
+                     (v - bound.max) if bound.max is not None else -math.inf)
+        if amount > 0:
+            out[name] = amount
+    return out
+
+
+def constraint_values(spec: RunSpec, metrics: dict) -> dict:
+    """Optuna's convention: <= 0 is feasible. One value per constrained metric."""
+    out = {}
+    for name, bound in spec.constraints.items():
+        v = metrics.get(name)
+        if v is None:
+            continue
+        sides = [bound.min - v] if bound.min is not None else []
+        sides += [v - bound.max] if bound.max is not None else []
+        out[name] = max(sides)
+    return out
+
+
+def objective_values(spec: RunSpec, metrics: dict) -> list:
+    return [metrics[o.metric] for o in spec.objectives]
+
+
+def attach(trial, spec: RunSpec, config: DeploymentConfig, key: str, metrics: dict) -> list:
+    """Store config, key, metrics and constraints on a live or frozen Optuna trial; return its values."""
+    trial.set_user_attr("config", config.to_dict())
+    trial.set_user_attr("key", key)
+    trial.set_user_attr("metrics", metrics)
+    for name, value in constraint_values(spec, metrics).items():
+        trial.set_constraint(name, value)
+    return objective_values(spec, metrics)
+
+
+def records(study, spec: RunSpec, final: Optional[dict] = None) -> list:
+    """Completed trials as TrialRecords; `final` (trial number -> metrics) overrides re-timed metrics."""
+    from optuna.trial import TrialState
+
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "metrics" not in t.user_attrs:
+            continue
+        metrics = dict(t.user_attrs["metrics"])
+        if final and str(t.number) in final:
+            metrics.update(final[str(t.number)])
+        viol = violations(spec, metrics)
+        out.append(TrialRecord(t.number, DeploymentConfig.from_dict(t.user_attrs["config"]), dict(t.params),
+                               metrics, not viol, viol))
+    return out
+
+
+def measured_keys(study) -> dict:
+    """canonical key -> metrics of trials already in the storage (for resumption and dedup)."""
+    from optuna.trial import TrialState
+
+    return {t.user_attrs["key"]: t.user_attrs["metrics"]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "key" in t.user_attrs}
+
+
+def config_key(config: DeploymentConfig) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)

@@ -1,0 +1,196 @@
+"""RunSpec: the constraint YAML of `adasearch run`, validated up front.
+
+Every error is one line that names the file, the key and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adasearch.errors import UserError
+
+METRICS = ("accuracy", "top5", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "macs", "gmacs", "flops",
+           "gflops", "memory_mb", "throughput", "mean_exit_depth")
+MAXIMIZE = {"accuracy", "top5", "throughput"}
+LATENCY_METRICS = {"latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "memory_mb"}
+ENGINES = ("auto", "exhaustive", "optuna", "ray")
+SAMPLERS = ("auto", "nsga2", "tpe", "gp", "random", "bruteforce")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    source: str = "digits"
+    limit: Optional[int] = Field(default=None, ge=1)
+    seed: int = 0
+
+
+class HardwareSpec(_Strict):
+    device: str = "cpu"
+    threads: Optional[int] = Field(default=None, ge=1)
+    batch_size: int = Field(default=1, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class Bound(_Strict):
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _one_side(self):
+        if self.min is None and self.max is None:
+            raise ValueError("a constraint needs min and/or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+
+class Objective(_Strict):
+    metric: str
+    direction: Literal["maximize", "minimize"]
+
+
+class SearchSpec(_Strict):
+    space: str = "demo"
+    engine: Literal["auto", "exhaustive", "optuna", "ray"] = "auto"
+    sampler: Literal["auto", "nsga2", "tpe", "gp", "random", "bruteforce"] = "auto"
+    trials: int = Field(default=100, ge=1)
+    timeout: Optional[float] = Field(default=None, gt=0)
+    seed: int = 0
+    workers: int = Field(default=1, ge=1)
+    storage: Optional[str] = None
+    ray_address: Optional[str] = None
+    exhaustive_limit: int = Field(default=5000, ge=1)  # auto picks exhaustive at or below this size
+    latency_budget_s: float = Field(default=0.05, gt=0)  # timing per trial
+    final_latency_budget_s: float = Field(default=1.0, gt=0)  # re-timing of each Pareto candidate
+
+
+class RunSpec(_Strict):
+    name: Optional[str] = None
+    model: str = "demo"
+    data: DataSpec = DataSpec()
+    hardware: HardwareSpec = HardwareSpec()
+    constraints: dict[str, Bound] = {}
+    objectives: list[Objective] = [Objective(metric="accuracy", direction="maximize"),
+                                   Objective(metric="latency_p50_ms", direction="minimize")]
+    search: SearchSpec = SearchSpec()
+    output: Optional[str] = None
+    # where the file lives: relative paths in it (space, model, data) are resolved from there
+    base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_shorthand(cls, v):
+        return {"source": v} if isinstance(v, str) else v
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objective_shorthand(cls, v):
+        """Accept `- accuracy: max` and `- latency_p50_ms` as well as {metric, direction}."""
+        if not isinstance(v, list):
+            return v
+        out = []
+        for o in v:
+            if isinstance(o, str):
+                o = {"metric": o, "direction": "maximize" if o in MAXIMIZE else "minimize"}
+            elif isinstance(o, dict) and len(o) == 1 and "metric" not in o:
+                (metric, d), = o.items()
+                o = {"metric": metric, "direction": {"max": "maximize", "min": "minimize"}.get(d, d)}
+            out.append(o)
+        return out
+
+    @model_validator(mode="after")
+    def _metrics_known(self):
+        for key in self.constraints:
+            if key not in METRICS:
+                raise ValueError(f"constraints.{key}: unknown metric; allowed: {', '.join(METRICS)}")
+        if not 2 <= len(self.objectives) <= 3:
+            raise ValueError(f"objectives: give 2 or 3 metrics, got {len(self.objectives)}")
+        names = [o.metric for o in self.objectives]
+        for n in names:
+            if n not in METRICS:
+                raise ValueError(f"objectives: unknown metric {n!r}; allowed: {', '.join(METRICS)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: a metric appears twice in {names}")
+        return self
+
+    # ---------------------------------------------------------------- derived
+
+    @property
+    def run_name(self) -> str:
+        return self.name or "run"
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output) if self.output else Path("results") / self.run_name
+
+    @property
+    def needs_latency(self) -> bool:
+        used = {o.metric for o in self.objectives} | set(self.constraints)
+        return bool(used & LATENCY_METRICS)
+
+    def resolve(self, path: str) -> str:
+        """A relative path in the spec, taken from the spec file's folder when it exists there."""
+        p = Path(path).expanduser()
+        if p.is_absolute() or p.exists():
+            return str(p)
+        candidate = Path(self.base_dir) / p
+        return str(candidate) if candidate.exists() else str(p)
+
+    def with_overrides(self, **flags) -> "RunSpec":
+        """Command-line flags win over the file's keys."""
+        search = {k: v for k, v in flags.items() if k in SearchSpec.model_fields and v is not None}
+        top = {k: v for k, v in flags.items() if k in ("output",) and v is not None}
+        data = self.model_dump()
+        data["search"].update(search)
+        data.update(top)
+        data["base_dir"] = self.base_dir
+        return RunSpec(**data)
+
+    def to_yaml_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _section(loc: tuple):
+    """The schema that an unknown key at `loc` was found in, to list what is allowed there."""
+    if len(loc) == 1:
+        return RunSpec
+    return {"data": DataSpec, "hardware": HardwareSpec, "search": SearchSpec, "constraints": Bound,
+            "objectives": Objective}.get(loc[0], RunSpec)
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(x) for x in err["loc"])
+    if err["type"] == "extra_forbidden":
+        allowed = [k for k in _section(err["loc"]).model_fields if k != "base_dir"]
+        return f"unknown key {loc!r}; allowed here: {', '.join(allowed)}"
+    if err["type"] == "literal_error":
+        return f"{loc}: {err['input']!r} is not allowed; {err['msg'].replace('Input should be', 'allowed:')}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def load_spec(path: Union[str, Path]) -> RunSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such run spec file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: malformed YAML ({' '.join(str(e).split())[:200]})")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a run spec is a mapping of keys (model, data, hardware, ...)")
+    raw.setdefault("name", path.stem)
+    try:
+        return RunSpec(**raw, base_dir=str(path.parent))
+    except ValidationError as e:
+        raise UserError(f"{path}: {_describe(e.errors()[0])}")
+    except TypeError as e:  # e.g. `base_dir` given in the file twice
+        raise UserError(f"{path}: {e}")
