@@ -214,6 +214,6 @@ class AccuracyEngine:
         n = len(y)
         counts = torch.bincount(exit_depth, minlength=depth + 1)[1:depth + 1].float() / n
         return AccuracyResult(
-            top1=(pred == y).float().mean().item(), top5=top5.float().mean().item(),
+            top1=(pred == y).sum().item() / n, top5=top5.sum().item() / n,  # exact fractions, not float32
             mean_exit_depth=exit_depth.float().mean().item(), exit_fractions=counts.tolist(), samples=n,
             shared=shared, predictions=pred if keep_predictions else None)

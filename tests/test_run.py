@@ -1,0 +1,171 @@
+"""`adasearch run` end to end on the demo: exact fronts, resumption, workers, bad input."""
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from adasearch import DeploymentConfig, load_model
+from adasearch.cli import main
+from adasearch.data.datasets import load_data
+from adasearch.measure.macs import plan_macs
+from adasearch.model.adaperceiver import make_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = {"num_tokens": [1, 4, 32], "depth": [1, 3, 6], "mat_dim": [8, 32], "depth_tau": [None, 0.9]}
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADASEARCH_CACHE", str(tmp_path / "cache"))
+
+
+def write_spec(tmp_path, objectives=("accuracy", "gmacs"), constraints=None, space=SPACE, **search):
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"knobs": space}))
+    spec = {"name": "t", "model": "demo", "data": {"source": "digits", "limit": 100},
+            "objectives": list(objectives), "constraints": constraints or {},
+            "search": {"space": "space.yaml", "final_latency_budget_s": 0.02, "latency_budget_s": 0.01, **search},
+            "output": str(tmp_path / "out")}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["run", *map(str, args), "--no-progress"])
+
+
+def complete_trials(out: Path) -> list:
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}")
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def brute_force_front(space: dict) -> set:
+    """Accuracy by direct forwards, expected MACs by the closed form per sample's exit depth."""
+    model, data = load_model("demo"), load_data("digits", limit=100)
+    points = []
+    for values in itertools.product(*space.values()):
+        config = DeploymentConfig(**dict(zip(space, values)))
+        with torch.inference_mode():
+            outs = [(model.run(x, config), y) for x, y in data.batches(50)]
+        acc = sum((o.logits.argmax(-1) == y).sum().item() for o, y in outs) / 100
+        exits = torch.cat([o.exit_depth for o, _ in outs]).tolist()
+        kw = config.forward_kwargs()
+        macs = sum(plan_macs(model.cfg, make_plan(model.cfg, **{**kw, "depth": e})) for e in exits) / 100
+        points.append((acc, macs / 1e9))
+    front = {p for p in points
+             if not any(q[0] >= p[0] and q[1] <= p[1] and q != p for q in points)}
+    return {(round(a, 9), round(g, 10)) for a, g in front}
+
+
+def test_exhaustive_front_equals_brute_force(tmp_path):
+    r = invoke(write_spec(tmp_path))
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    pareto = json.loads((out / "pareto.json").read_text())["pareto"]
+    ours = {(round(p["metrics"]["accuracy"], 9), round(p["metrics"]["gmacs"], 10)) for p in pareto}
+    assert ours == brute_force_front(SPACE)
+    run = yaml.safe_load((out / "run.yaml").read_text())
+    assert run["engine"] == "exhaustive" and run["trials"] == 36 - 6  # depth 1 ignores tau: 6 duplicates
+    assert run["environment"]["torch"] == torch.__version__
+    for f in ["trials.csv", "pareto.csv", "study.db"]:
+        assert (out / f).exists()
+    deployments = sorted((out / "deployments").glob("*.yaml"))
+    assert len(deployments) == len(pareto)
+    for d in deployments:
+        doc = yaml.safe_load(d.read_text())
+        assert DeploymentConfig.load(d) == DeploymentConfig.from_dict(doc["config"])
+        assert d.name.startswith(f"acc{doc['metrics']['accuracy']:.4f}")
+        assert doc["metrics"]["latency_p50_ms"] > 0  # finalists are re-timed even without latency objectives
+
+
+def test_optuna_resumes_and_only_grows(tmp_path):
+    spec = write_spec(tmp_path, engine="optuna", sampler="tpe", trials=8)
+    assert invoke(spec).exit_code == 0
+    first = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}
+    assert len(first) == 8
+    r = invoke(spec, "--trials", 14)
+    assert r.exit_code == 0, r.output
+    second = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}
+    assert len(second) == 14 and all(second[n] == v for n, v in first.items())
+
+
+def test_resume_after_kill(tmp_path):
+    spec = write_spec(tmp_path, engine="optuna", sampler="random", trials=40)
+    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--no-progress"]
+    env = {**os.environ, "ADASEARCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "out" / "study.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.3)
+        if db.exists():
+            try:
+                if len(complete_trials(tmp_path / "out")) >= 5:
+                    break
+            except Exception:  # the study is being created
+                pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}
+    assert 5 <= len(before) < 40
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}
+    assert len(after) >= 40 and all(after[n] == v for n, v in before.items())
+
+
+def test_two_workers_share_one_storage(tmp_path):
+    spec = write_spec(tmp_path, engine="optuna", sampler="random", trials=12, workers=2)
+    r = invoke(spec)
+    assert r.exit_code == 0, r.output
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    trials = study.get_trials()
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials)))  # none lost, none duplicated
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert 12 <= len(trials) <= 13  # MaxTrialsCallback may let the other worker finish one more
+
+
+def test_no_feasible_config_shows_the_closest(tmp_path):
+    r = invoke(write_spec(tmp_path, constraints={"accuracy": {"min": 0.9999}}))
+    assert r.exit_code == 0
+    assert "no config satisfies the constraints" in r.output and "accuracy by" in r.output
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_specs(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model: demo\nsearch: [1, 2\n")
+    _one_line_error(invoke(f), "malformed YAML")
+    f.write_text("model: demo\nhardwre: {device: cpu}\n")
+    _one_line_error(invoke(f), "unknown key 'hardwre'", "allowed here:", "hardware")
+    f.write_text("model: demo\nsearch: {engin: optuna}\n")
+    _one_line_error(invoke(f), "unknown key 'search.engin'", "engine")
+    f.write_text("objectives: [accuracy, latency_ms]\n")
+    _one_line_error(invoke(f), "unknown metric 'latency_ms'", "latency_p50_ms")
+    f.write_text("constraints: {speed: {max: 3}}\n")
+    _one_line_error(invoke(f), "constraints.speed: unknown metric")
+    f.write_text("search: {engine: grid}\n")
+    _one_line_error(invoke(f), "search.engine", "'grid' is not allowed")
+    f.write_text(f"search: {{storage: 'sqlite:////nonexistent-dir/x/study.db'}}\noutput: {tmp_path / 'o'}\n")
+    _one_line_error(invoke(f), "search.storage: cannot open")
+    spec = write_spec(tmp_path, space={"num_tokens": [1, 64]})
+    _one_line_error(invoke(spec), "knobs.num_tokens: value 64 does not fit the model")
+    _one_line_error(invoke(tmp_path / "missing.yaml"), "no such run spec file")
