@@ -130,6 +130,19 @@ def run(spec_file, output, engine, sampler, trials, timeout, workers, storage, r
         sys.exit(130)
 
 
+@main.command()
+@click.argument("run_folder", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html", show_default=True,
+              help="html: report.html + report.md; csv/json: export the Pareto and trials tables.")
+def report(run_folder, fmt):
+    """Write the Pareto report of a results folder (report.html with plots embedded, report.md)."""
+    from adasearch.report.build import export_tables, write_report
+
+    paths = write_report(run_folder) if fmt == "html" else export_tables(run_folder, fmt)
+    for p in paths:
+        click.echo(str(p))
+
+
 @main.command("train-demo")
 @click.option("--output", "-o", default=None, help="Folder for the weights (default: the package's demo folder).")
 @click.option("--epochs", default=None, type=click.IntRange(1, 10_000), help="Training epochs.")

@@ -71,6 +71,8 @@ def write_results(ctx, recs: list, engine_name: str, interrupted: bool = False, 
         "space": {"name": ctx.space.name, "file": ctx.space.source, "size": ctx.space.size()},
         "trials": len(recs), "new_trials": new_trials, "feasible": sum(r.feasible for r in recs),
         "pareto": len(front), "macs_convention": MACS_CONVENTION, "environment": env,
+        "model_config": {k: getattr(ctx.space.cfg, k) for k in ("embed_dim", "depth", "max_latent_tokens",
+                                                                "mask_token_grans", "mat_dims", "num_classes")},
         "spec": spec.to_yaml_dict(),
     }
     (out / "run.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))

@@ -1,0 +1,165 @@
+"""`adasearch report RUN`: report.html (self-contained, plots embedded) and report.md from a results folder."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from adasearch.errors import UserError
+
+METRIC_COLUMNS = ["accuracy", "top5", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "mmacs",
+                  "memory_mb", "mean_exit_depth"]
+KNOB_COLUMNS = ["knob.num_tokens", "knob.token_grans", "knob.mat_dim", "knob.depth", "knob.depth_tau"]
+
+
+@dataclass
+class RunData:
+    folder: Path
+    run: dict
+    pareto: dict
+    trials: pd.DataFrame
+    front: pd.DataFrame
+
+
+def load_run(folder) -> RunData:
+    folder = Path(folder)
+    for name in ("run.yaml", "pareto.json", "trials.csv"):
+        if not (folder / name).is_file():
+            raise UserError(f"{folder}: not a results folder (no {name}); run `adasearch run SPEC.yaml` first")
+    trials = pd.read_csv(folder / "trials.csv")
+    if trials.empty:
+        raise UserError(f"{folder}: the run has no finished trials yet")
+    front_path = folder / "pareto.csv"
+    front = pd.read_csv(front_path) if front_path.stat().st_size > 1 else trials.iloc[0:0]
+    return RunData(folder, yaml.safe_load((folder / "run.yaml").read_text()),
+                   json.loads((folder / "pareto.json").read_text()), trials, front)
+
+
+def _defaults(data: RunData) -> dict:
+    """What None means for each knob column, from the model recorded in run.yaml."""
+    m = data.run.get("model_config", {})
+    def seen_max(col):
+        vals = pd.to_numeric(data.trials.get(col, pd.Series(dtype=float)), errors="coerce")
+        return float(vals.max()) if vals.notna().any() else 0.0
+    return {"knob.num_tokens": m.get("max_latent_tokens") or seen_max("knob.num_tokens"),
+            "knob.depth": m.get("depth") or seen_max("knob.depth"),
+            "knob.mat_dim": m.get("embed_dim") or seen_max("knob.mat_dim")}
+
+
+def _pictures(data: RunData) -> dict:
+    from adasearch.report import plots
+
+    spec = data.run["spec"]
+    objectives = spec["objectives"]
+    constraints = spec.get("constraints", {})
+    metrics = [o["metric"] for o in objectives]
+    cost = next((m for m in metrics if m != "accuracy"), "gmacs")
+    hv_png, fractions = plots.hypervolume_curve(data.trials, objectives)
+    return {"front": plots.front_plot(data.trials, data.front, objectives, constraints),
+            "hypervolume": hv_png,
+            "knobs": plots.knob_effects(data.trials, _defaults(data), cost),
+            "_hv": fractions}
+
+
+def _table(df: pd.DataFrame, columns: list) -> pd.DataFrame:
+    df = df.assign(mmacs=df["macs"] / 1e6) if "macs" in df else df  # millions read well at every model size
+    cols = [c for c in columns if c in df.columns and df[c].notna().any()]
+    out = df[cols].copy()
+    out.columns = [c.removeprefix("knob.") for c in cols]
+    return out
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "" if pd.isna(v) else (f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}")
+    return str(v)
+
+
+def _metadata(data: RunData) -> list:
+    env = data.run.get("environment", {})
+    spec = data.run["spec"]
+    hw = spec.get("hardware", {})
+    return [("model", spec.get("model")), ("data", json.dumps(spec.get("data"))),
+            ("device", f"{env.get('device_name', env.get('device'))} ({hw.get('device')}), "
+                       f"{env.get('threads')} threads, batch {hw.get('batch_size')}, {hw.get('dtype')}"),
+            ("versions", f"adasearch {data.run.get('adasearch')}, torch {env.get('torch')}, python {env.get('python')}"),
+            ("search", f"engine {data.run.get('engine')}, space {data.run['space']['name']} "
+                       f"({data.run['space']['size']} configs), {data.run['trials']} trials, "
+                       f"{data.run['feasible']} feasible, {data.run['pareto']} on the front"),
+            ("objectives", ", ".join(f"{o['direction']} {o['metric']}" for o in spec["objectives"])),
+            ("constraints", ", ".join(f"{k} {'>= ' + str(b['min']) if b.get('min') is not None else ''}"
+                                      f"{' <= ' + str(b['max']) if b.get('max') is not None else ''}"
+                                      for k, b in spec.get("constraints", {}).items()) or "none"),
+            ("MACs", data.run.get("macs_convention", ""))]
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left;white-space:nowrap}img{max-width:100%;margin:.5em 0}
+.meta td{text-align:left}h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em}"""
+
+
+def write_report(folder) -> list:
+    data = load_run(folder)
+    pics = _pictures(data)
+    pareto = _table(data.front, ["config"] + KNOB_COLUMNS + METRIC_COLUMNS)
+    title = f"adasearch report: {data.run['spec'].get('name') or data.folder.name}"
+    hv = pics["_hv"]
+    hv_note = (f"The front reached 90% of its final hypervolume after {next(i + 1 for i, f in enumerate(hv) if f >= 0.9)} "
+               f"of {len(hv)} trials." if hv and hv[-1] > 0 else "No feasible trial yet.")
+
+    def img(key):
+        return f'<img alt="{key}" src="data:image/png;base64,{base64.b64encode(pics[key]).decode()}">'
+
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in _metadata(data))
+    table = pareto.to_html(index=False, escape=True, na_rep="", float_format=lambda v: _fmt(v)) if len(pareto) else \
+        "<p><b>No config satisfies the constraints.</b> See trials.csv for the closest ones.</p>"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>
+<table class="meta">{rows}</table>
+<h2>Pareto front</h2>{img("front")}
+<h2>Pareto-optimal configs ({len(pareto)})</h2><div style="overflow-x:auto">{table}</div>
+<h2>Hypervolume over trials</h2><p>{hv_note}</p>{img("hypervolume")}
+<h2>Knob effects</h2>{img("knobs")}
+<p style="color:#777">Files: trials.csv (every trial), pareto.csv / pareto.json, deployments/*.yaml (import with
+<code>adasearch.serving.Deployment.load</code>).</p></body></html>"""
+    out = Path(folder)
+    (out / "report.html").write_text(page)
+
+    assets = out / "report_files"
+    assets.mkdir(exist_ok=True)
+    for key in ("front", "hypervolume", "knobs"):
+        (assets / f"{key}.png").write_bytes(pics[key])
+    md = [f"# {title}", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in _metadata(data)]
+    md += ["", "## Pareto front", "", "![Pareto front](report_files/front.png)", "",
+           f"## Pareto-optimal configs ({len(pareto)})", ""]
+    if len(pareto):
+        md.append("| " + " | ".join(pareto.columns) + " |")
+        md.append("|" + "---|" * len(pareto.columns))
+        md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in pareto.itertuples(index=False)]
+    else:
+        md.append("No config satisfies the constraints.")
+    md += ["", "## Hypervolume over trials", "", hv_note, "", "![Hypervolume](report_files/hypervolume.png)", "",
+           "## Knob effects", "", "![Knob effects](report_files/knobs.png)", ""]
+    (out / "report.md").write_text("\n".join(md))
+    return [out / "report.html", out / "report.md"]
+
+
+def export_tables(folder, fmt: str) -> list:
+    """--format csv|json: the Pareto table and all trials as report_pareto.* and report_trials.*."""
+    data = load_run(folder)
+    out = Path(folder)
+    paths = []
+    for name, df in (("pareto", data.front), ("trials", data.trials)):
+        path = out / f"report_{name}.{fmt}"
+        if fmt == "csv":
+            df.to_csv(path, index=False)
+        else:
+            path.write_text(df.to_json(orient="records", indent=2))
+        paths.append(path)
+    return paths

@@ -1,0 +1,122 @@
+"""The report's pictures, as PNG bytes: the Pareto front, hypervolume over trials, knob effects.
+
+Everything reads the results folder's tables (trials.csv, pareto.json), never the study, so a report
+can be made on a machine without the model.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from adasearch.search.pareto import hypervolume, pareto_front  # noqa: E402
+
+LABELS = {"accuracy": "top-1 accuracy", "top5": "top-5 accuracy", "latency_p50_ms": "latency p50 (ms/batch)",
+          "latency_p90_ms": "latency p90 (ms/batch)", "latency_p99_ms": "latency p99 (ms/batch)",
+          "gmacs": "GMACs per image", "macs": "MACs per image", "gflops": "GFLOPs per image",
+          "flops": "FLOPs per image", "memory_mb": "peak memory (MB)", "throughput": "throughput (samples/s)",
+          "mean_exit_depth": "mean exit depth"}
+KNOBS = [("knob.num_tokens", "latent tokens"), ("knob.depth", "depth (blocks)"), ("knob.mat_dim", "width (mat_dim)")]
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def front_plot(trials: pd.DataFrame, front: pd.DataFrame, objectives: list, constraints: dict) -> bytes:
+    """Every trial faintly (infeasible as crosses), the front bold; constraint limits as dashed lines.
+    With 3 objectives: one panel per pair."""
+    pairs = list(itertools.combinations(objectives, 2))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.2), squeeze=False)
+    for ax, (a, b) in zip(axes[0], pairs):
+        x, y = b["metric"], a["metric"]  # cost on x, quality (first objective) on y reads naturally
+        feas = trials[trials["feasible"]]
+        infeas = trials[~trials["feasible"]]
+        ax.scatter(feas[x], feas[y], s=12, alpha=0.25, color="tab:gray", label="dominated")
+        if len(infeas):
+            ax.scatter(infeas[x], infeas[y], s=14, alpha=0.25, marker="x", color="tab:red", label="infeasible")
+        f = front.sort_values(x)
+        # A 3-objective front projected on a pair is not a curve: points only.
+        ax.plot(f[x], f[y], "-o" if len(objectives) == 2 else "o", color="tab:blue", ms=5, lw=1.5,
+                label="Pareto front")
+        for metric, axis in ((x, "x"), (y, "y")):
+            bound = constraints.get(metric, {})
+            for side in ("min", "max"):
+                if bound.get(side) is not None:
+                    line = ax.axvline if axis == "x" else ax.axhline
+                    line(bound[side], ls="--", lw=1, color="tab:red")
+        ax.set_xlabel(LABELS.get(x, x))
+        ax.set_ylabel(LABELS.get(y, y))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.suptitle("Pareto front (dashed: constraint limits)", fontsize=11)
+    return _png(fig)
+
+
+def hypervolume_curve(trials: pd.DataFrame, objectives: list) -> tuple:
+    """Hypervolume of the feasible front after each trial, relative to the final one."""
+    metrics = [o["metric"] for o in objectives]
+    directions = [o["direction"] for o in objectives]
+    ordered = trials.sort_values("trial")
+    values = ordered[metrics].to_numpy()
+    # reference: the worst value seen of each objective, so every trial counts
+    ref = [values[:, i].min() if d == "maximize" else values[:, i].max() for i, d in enumerate(directions)]
+    hv, front = [], []
+    for row, feasible in zip(values.tolist(), ordered["feasible"]):
+        if feasible:
+            pts = front + [row]
+            front = [pts[i] for i in pareto_front(pts, directions)]
+        hv.append(hypervolume(front, directions, ref) if front else 0.0)
+    final = hv[-1] if hv and hv[-1] > 0 else 1.0
+    fractions = [h / final for h in hv]
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    ax.plot(range(1, len(fractions) + 1), fractions, color="tab:blue")
+    ax.set_xlabel("trials (in the order they finished)")
+    ax.set_ylabel("hypervolume / final")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.set_title("Hypervolume over trials", fontsize=11)
+    return _png(fig), fractions
+
+
+def _knob_numeric(series: pd.Series, default: float) -> pd.Series:
+    """A knob column as numbers: None means the default; a per-layer list becomes its mean."""
+    import json
+
+    def conv(v):
+        if pd.isna(v) if not isinstance(v, str) else False:
+            return default
+        if isinstance(v, str) and v.startswith("["):
+            vals = [default if x is None else x for x in json.loads(v)]
+            return sum(vals) / len(vals)
+        return float(v)
+
+    return series.map(conv)
+
+
+def knob_effects(trials: pd.DataFrame, defaults: dict, cost_metric: str) -> bytes:
+    """Accuracy and cost against tokens, depth and width (each point a trial; line: the mean)."""
+    fig, axes = plt.subplots(2, len(KNOBS), figsize=(4.2 * len(KNOBS), 6.4), squeeze=False)
+    for col, (knob, label) in enumerate(KNOBS):
+        if knob not in trials:
+            continue
+        x = _knob_numeric(trials[knob], defaults[knob])
+        for row, metric in enumerate(["accuracy", cost_metric]):
+            ax = axes[row][col]
+            ax.scatter(x, trials[metric], s=10, alpha=0.3, color="tab:gray")
+            means = trials[metric].groupby(x).mean()
+            ax.plot(means.index, means.values, "-o", color="tab:blue", ms=4)
+            ax.set_xlabel(label)
+            ax.set_ylabel(LABELS.get(metric, metric))
+            ax.grid(alpha=0.3)
+    fig.suptitle("Knob effects (grey: trials; blue: mean per value)", fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
