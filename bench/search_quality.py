@@ -180,7 +180,9 @@ def main():
               "- Measurement: time inside Measurer.measure (canonical form, memo, accuracy from the in-memory "
               "tables, cost model); warm, since the exhaustive pass filled the tables.",
               "- Overhead = wall - measurement: the Optuna loop (sampler, storage, user attrs) and bookkeeping.",
-              "- SQLite rows use runner.open_study on a temporary folder, as `adasearch run` does by default."]
+              "- SQLite rows use runner.open_study on a temporary folder, as `adasearch run` does by default; "
+              "their overhead is Optuna committing every storage call (each suggest, set_user_attr, ...) to disk, "
+              "so it follows the disk's sync speed rather than the sampler."]
     extra = "\n".join(lines) + "\n"
     (RESULTS / "search_quality.md").write_text(text + extra)
     print(extra)

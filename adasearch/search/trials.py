@@ -8,7 +8,6 @@ resumption and reports, whichever engine ran.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,20 +26,6 @@ class TrialRecord:
     state: str = "COMPLETE"
 
 
-def violations(spec: RunSpec, metrics: dict) -> dict:
-    """How far each constrained metric lies outside its bound (only the violated ones)."""
-    out = {}
-    for name, bound in spec.constraints.items():
-        v = metrics.get(name)
-        if v is None:
-            continue
-        amount = max((bound.min - v) if bound.min is not None else -math.inf,
-                     (v - bound.max) if bound.max is not None else -math.inf)
-        if amount > 0:
-            out[name] = amount
-    return out
-
-
 def constraint_values(spec: RunSpec, metrics: dict) -> dict:
     """Optuna's convention: <= 0 is feasible. One value per constrained metric."""
     out = {}
@@ -52,6 +37,11 @@ def constraint_values(spec: RunSpec, metrics: dict) -> dict:
         sides += [v - bound.max] if bound.max is not None else []
         out[name] = max(sides)
     return out
+
+
+def violations(spec: RunSpec, metrics: dict) -> dict:
+    """How far each constrained metric lies outside its bound (only the violated ones)."""
+    return {k: v for k, v in constraint_values(spec, metrics).items() if v > 0}
 
 
 def objective_values(spec: RunSpec, metrics: dict) -> list:
