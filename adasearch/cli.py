@@ -143,6 +143,39 @@ def report(run_folder, fmt):
         click.echo(str(p))
 
 
+@main.command()
+@click.argument("run_folder", metavar="RUN", type=click.Path())
+@click.option("--pick", "expr", required=True,
+              help="Which Pareto config, e.g. 'max accuracy where latency_p90_ms <= 10 and gflops <= 2'.")
+@click.option("--output", "-o", default=None, type=click.Path(), help="Write to this file (default: stdout).")
+@click.option("--as-kwargs", is_flag=True, help="The reference forward kwargs as JSON instead of the deployment YAML.")
+def export(run_folder, expr, output, as_kwargs):
+    """Pick one config of RUN's Pareto front and write it as a deployment YAML (or reference kwargs).
+
+    --pick: max|min METRIC [where METRIC OP NUMBER [and ...]], OP one of <= < >= > == !=.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from adasearch.config import DeploymentConfig
+    from adasearch.select import pick
+    from adasearch.serving.deployment import deployment_doc, read_pareto, read_spec
+
+    pareto = read_pareto(run_folder)
+    row = pick(pareto["pareto"], expr)
+    if as_kwargs:
+        text = json.dumps(DeploymentConfig.from_dict(row["config"]).reference_kwargs(), indent=2) + "\n"
+    else:
+        text = yaml.safe_dump(deployment_doc(row, pareto, read_spec(run_folder)), sort_keys=False)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(text)
+    click.echo(f"{row['name'].removesuffix('.yaml')} -> {output}")
+
+
 @main.command("train-demo")
 @click.option("--output", "-o", default=None, help="Folder for the weights (default: the package's demo folder).")
 @click.option("--epochs", default=None, type=click.IntRange(1, 10_000), help="Training epochs.")

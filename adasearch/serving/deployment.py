@@ -1,0 +1,188 @@
+"""Serve the configs a run found: load once, then pick a config per request by latency budget.
+
+This module is what an inference service imports, so it needs only torch, yaml and the package's
+model and config code: no optuna, ray, pandas, matplotlib or fvcore (a test checks it).
+
+Latency budgets are compared with each config's measured latency_p90_ms (latency_p50_ms where a run
+did not record p90): a config chosen for a budget then meets it on 9 requests in 10 on the measured
+hardware, rather than on only half of them. The figures are per batch of the run's hardware.batch_size.
+The model runs as loaded (float32, torch's threads): the run's hardware.dtype and threads are not
+applied here, so serve under the same setting for the measured figures to hold.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional, Union
+
+import torch
+import yaml
+
+from adasearch.config import DeploymentConfig
+from adasearch.errors import UserError
+from adasearch.model.adaperceiver import AdaPerceiver
+from adasearch.model.loading import load_model
+
+TOP_K = 5
+
+
+# ---------------------------------------------------------------- the results folder
+
+
+def read_pareto(folder: Union[str, Path]) -> dict:
+    """pareto.json of a results folder, with one-line errors for a wrong folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such results folder (give the folder that `adasearch run` wrote)")
+    path = folder / "pareto.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: no pareto.json; is this a results folder of `adasearch run`?")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})")
+    if not isinstance(doc, dict) or not isinstance(doc.get("pareto"), list):
+        raise UserError(f"{path}: expected an object with a 'pareto' list")
+    return doc
+
+
+def read_spec(folder: Union[str, Path]) -> dict:
+    """The resolved run spec in run.yaml (model, hardware, data, ...)."""
+    path = Path(folder) / "run.yaml"
+    if not path.is_file():
+        raise UserError(f"{Path(folder)}: no run.yaml; is this a results folder of `adasearch run`?")
+    try:
+        spec = (yaml.safe_load(path.read_text()) or {}).get("spec")
+    except (yaml.YAMLError, AttributeError):
+        spec = None
+    if not isinstance(spec, dict):
+        raise UserError(f"{path}: expected a mapping with a 'spec' section")
+    return spec
+
+
+def deployment_doc(row: dict, pareto: dict, spec: dict) -> dict:
+    """One pareto.json row as the run's deployments/*.yaml file holds it (same keys, same order)."""
+    return {"config": row["config"], "metrics": row["metrics"], "model": spec.get("model"),
+            "hardware": spec.get("hardware"), "data": spec.get("data"),
+            "macs_convention": pareto.get("macs_convention"), "trial": row.get("trial")}
+
+
+# ---------------------------------------------------------------- serving
+
+
+class Entry(NamedTuple):
+    name: str
+    config: DeploymentConfig
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class Prediction:
+    logits: torch.Tensor  # (B, C)
+    probs: tuple  # top-5 softmax probabilities as (values, indices), each (B, 5); also .values, .indices
+    classes: torch.Tensor  # (B,) argmax class
+    exit_depth: torch.Tensor  # (B,) blocks each sample ran
+    config: DeploymentConfig
+    config_name: str
+    latency_p50_ms: Optional[float]  # as the run measured it for this config, not the time of this call
+    latency_p90_ms: Optional[float]
+    within_budget: bool  # True when no budget was given
+
+
+def _budget_latency(metrics: dict) -> Optional[float]:
+    """The figure budgets are compared with (see the module docstring)."""
+    p90 = metrics.get("latency_p90_ms")
+    return p90 if p90 is not None else metrics.get("latency_p50_ms")
+
+
+def _rank(e: Entry) -> tuple:
+    """Most accurate first; between equally accurate configs, the faster."""
+    latency = _budget_latency(e.metrics)
+    return e.metrics.get("accuracy", 0.0), -(latency if latency is not None else math.inf)
+
+
+def _resolve_model(model, recorded: Optional[str], where: Path, device: str) -> AdaPerceiver:
+    if isinstance(model, AdaPerceiver):
+        net = model
+    elif model is not None:
+        net = load_model(model)
+    elif recorded is None:
+        raise UserError(f"{where} records no model; pass model=... (a folder, a weights file or an AdaPerceiver)")
+    elif recorded == "demo" or Path(recorded).expanduser().exists():
+        net = load_model(recorded)
+    else:
+        # run.yaml keeps the spec's model as written, relative to wherever the run was launched.
+        raise UserError(f"{where} records model {recorded!r}, which does not exist from here; pass "
+                        f"model=... (a folder, a weights file, a hub id or an AdaPerceiver)")
+    return net.to(device).eval()
+
+
+class Deployment:
+    """A model, loaded once, plus the configs it may run under: a run's Pareto configs or one exported config."""
+
+    def __init__(self, model: AdaPerceiver, entries: list):
+        for e in entries:
+            e.config.validate(model.cfg)  # a config of another model fails here, naming the knob
+        self.model = model
+        self._entries = list(entries)
+
+    @classmethod
+    def load(cls, source: Union[str, Path], model=None, device: str = "cpu") -> "Deployment":
+        """A results folder (every Pareto config) or one deployment YAML/JSON (that config).
+
+        model: an AdaPerceiver, a source for load_model, or None for the model the run recorded.
+        """
+        source = Path(source)
+        if source.is_dir():
+            pareto = read_pareto(source)
+            entries = [Entry(row["name"].removesuffix(".yaml"), DeploymentConfig.from_dict(row["config"], str(source)),
+                             row["metrics"]) for row in pareto["pareto"]]
+            if not entries:
+                raise UserError(f"{source}: the Pareto front is empty (no config met the run's constraints)")
+            recorded = read_spec(source).get("model") if model is None else None
+            return cls(_resolve_model(model, recorded, source / "run.yaml", device), entries)
+        if not source.is_file():
+            raise UserError(f"{source}: no such results folder or deployment YAML")
+        config = DeploymentConfig.load(source)
+        # An exported file wraps the knobs with the run's measurements and model; a bare one is knobs only.
+        doc = yaml.safe_load(source.read_text())
+        wrapped = isinstance(doc, dict) and isinstance(doc.get("config"), dict)
+        metrics = (doc.get("metrics") or {}) if wrapped else {}
+        recorded = doc.get("model") if wrapped else None
+        return cls(_resolve_model(model, recorded, source, device), [Entry(source.stem, config, metrics)])
+
+    @property
+    def configs(self) -> list:
+        """(name, config, metrics) entries, in pareto.json's order."""
+        return list(self._entries)
+
+    def choose(self, budget_ms: Optional[float] = None) -> tuple:
+        """(entry, within_budget). No budget: the most accurate config. A budget: the most accurate config
+        whose measured latency fits it, else the fastest config (within_budget False)."""
+        if budget_ms is None:
+            return max(self._entries, key=_rank), True
+        timed = [e for e in self._entries if _budget_latency(e.metrics) is not None]
+        if not timed:
+            raise UserError("no config of this deployment has a measured latency, so a budget cannot pick one "
+                            "(search with a latency objective or constraint)")
+        fits = [e for e in timed if _budget_latency(e.metrics) <= budget_ms]
+        if fits:
+            return max(fits, key=_rank), True
+        return min(timed, key=lambda e: _budget_latency(e.metrics)), False
+
+    def predict(self, x: torch.Tensor, budget_ms: Optional[float] = None) -> Prediction:
+        """Classify x, (B, C, H, W) or one image (C, H, W) (then B = 1), under the config chosen for budget_ms."""
+        entry, within = self.choose(budget_ms)
+        if isinstance(x, torch.Tensor):  # anything else is for the model to reject with its own message
+            x = x.unsqueeze(0) if x.ndim == 3 else x
+            param = next(self.model.parameters())
+            x = x.to(param.device, dtype=param.dtype if x.is_floating_point() else None)
+        with torch.inference_mode():
+            out = self.model.run(x, entry.config)  # raises InputError on a shape the model cannot take
+        probs = out.logits.softmax(-1)
+        return Prediction(logits=out.logits, probs=probs.topk(min(TOP_K, probs.shape[-1]), dim=-1),
+                          classes=out.logits.argmax(-1), exit_depth=out.exit_depth, config=entry.config,
+                          config_name=entry.name, latency_p50_ms=entry.metrics.get("latency_p50_ms"),
+                          latency_p90_ms=entry.metrics.get("latency_p90_ms"), within_budget=within)

@@ -1,0 +1,250 @@
+"""`adasearch export`, the pick language and serving: one real run, exported and served."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from adasearch import DeploymentConfig, load_model
+from adasearch.cli import main
+from adasearch.data.datasets import load_data
+from adasearch.errors import InputError, UserError
+from adasearch.select import Condition, NoMatch, Pick, parse_pick, pick
+from adasearch.serving import Deployment
+
+SPACE = {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One small real results folder for the whole module (a few seconds)."""
+    root = tmp_path_factory.mktemp("run")
+    (root / "space.yaml").write_text(yaml.safe_dump({"knobs": SPACE}))
+    spec = {"name": "t", "model": "demo", "data": {"source": "digits", "limit": 80},
+            "objectives": [{"accuracy": "max"}, {"latency_p50_ms": "min"}],
+            "search": {"space": str(root / "space.yaml"), "latency_budget_s": 0.01, "final_latency_budget_s": 0.02},
+            "output": str(root / "out")}
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADASEARCH_CACHE", str(root / "cache"))
+        r = CliRunner().invoke(main, ["run", str(root / "spec.yaml"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    front = pareto_rows(root / "out")
+    assert len(front) >= 2, "the budget tests need a front with a choice"
+    return root / "out"
+
+
+def pareto_rows(run_dir) -> list:
+    return json.loads((run_dir / "pareto.json").read_text())["pareto"]
+
+
+@pytest.fixture(scope="module")
+def images():
+    x, _ = next(iter(load_data("digits", limit=16, img_size=8, channels=1).batches(16)))
+    return x
+
+
+def export(*args):
+    return CliRunner().invoke(main, ["export", *map(str, args)])
+
+
+def p90(row) -> float:
+    return row["metrics"]["latency_p90_ms"]
+
+
+# ---------------------------------------------------------------- run -> export -> serve
+
+
+def test_exported_config_serves_the_same_predictions_as_a_direct_forward(run_dir, images, tmp_path):
+    out = tmp_path / "picked.yaml"
+    r = export(run_dir, "--pick", "min latency_p50_ms where accuracy >= 0.5", "-o", out)
+    assert r.exit_code == 0, r.output
+    doc = yaml.safe_load(out.read_text())
+    fastest = min(pareto_rows(run_dir), key=lambda row: row["metrics"]["latency_p50_ms"])
+    # the same document the run wrote for that config
+    assert doc == yaml.safe_load((run_dir / "deployments" / fastest["name"]).read_text())
+
+    served = Deployment.load(out).predict(images)
+    config = DeploymentConfig.from_dict(fastest["config"])
+    with torch.inference_mode():
+        direct = load_model("demo").run(images, config)
+    assert served.config == config and served.within_budget
+    assert torch.equal(served.classes, direct.logits.argmax(-1))
+    assert torch.allclose(served.logits, direct.logits, atol=1e-6)
+    assert torch.equal(served.exit_depth, direct.exit_depth)
+    assert served.latency_p50_ms == fastest["metrics"]["latency_p50_ms"] and served.latency_p90_ms == p90(fastest)
+    values, indices = served.probs
+    assert values.shape == indices.shape == (16, 5)
+    assert torch.equal(indices[:, 0], served.classes)
+    assert torch.allclose(values, direct.logits.softmax(-1).topk(5).values)
+
+
+def test_run_folder_loads_every_pareto_config_and_one_model(run_dir, images):
+    net = load_model("demo")
+    dep = Deployment.load(run_dir, model=net)
+    rows = pareto_rows(run_dir)
+    assert dep.model is net
+    assert [(name + ".yaml", c.to_dict(), m) for name, c, m in dep.configs] == \
+        [(row["name"], row["config"], row["metrics"]) for row in rows]
+    one = dep.predict(images[0])  # a single (C, H, W) image is a batch of one
+    assert one.logits.shape == (1, 10)
+    assert torch.allclose(one.logits, dep.predict(images).logits[:1], atol=1e-6)
+    with pytest.raises(InputError, match="channel"):
+        dep.predict(torch.zeros(2, 3, 8, 8))
+
+
+# ---------------------------------------------------------------- budgets
+
+
+def test_without_or_with_a_huge_budget_the_most_accurate_config(run_dir, images):
+    dep = Deployment.load(run_dir)
+    best = max(pareto_rows(run_dir), key=lambda row: row["metrics"]["accuracy"])
+    for budget in (None, 1e9):
+        p = dep.predict(images, budget_ms=budget)
+        assert p.config_name + ".yaml" == best["name"] and p.within_budget
+
+
+def test_a_budget_below_every_latency_gives_the_tightest_config(run_dir, images):
+    tightest = min(pareto_rows(run_dir), key=p90)
+    p = Deployment.load(run_dir).predict(images, budget_ms=p90(tightest) / 2)
+    assert p.config_name + ".yaml" == tightest["name"] and not p.within_budget
+
+
+def test_a_budget_in_between_gives_the_most_accurate_config_that_fits(run_dir, images):
+    rows = pareto_rows(run_dir)
+    latencies = sorted({p90(row) for row in rows})
+    budget = (latencies[-2] + latencies[-1]) / 2  # all but the slowest (by p90) fit
+    fits = [row for row in rows if p90(row) <= budget]
+    expected = max(fits, key=lambda row: row["metrics"]["accuracy"])
+    p = Deployment.load(run_dir).predict(images, budget_ms=budget)
+    assert p.config_name + ".yaml" == expected["name"] and p.within_budget
+    assert p.latency_p90_ms <= budget
+
+
+# ---------------------------------------------------------------- export
+
+
+def test_export_as_kwargs_prints_the_reference_kwargs(run_dir, tmp_path):
+    r = export(run_dir, "--pick", "max accuracy", "--as-kwargs")
+    assert r.exit_code == 0, r.output
+    best = max(pareto_rows(run_dir), key=lambda row: row["metrics"]["accuracy"])
+    expected = DeploymentConfig.from_dict(best["config"]).reference_kwargs()
+    assert json.loads(r.stdout) == expected
+    out = tmp_path / "kwargs.json"
+    assert export(run_dir, "--pick", "max accuracy", "--as-kwargs", "-o", out).exit_code == 0
+    assert json.loads(out.read_text()) == expected
+
+
+def test_export_without_output_prints_the_yaml(run_dir):
+    r = export(run_dir, "--pick", "max accuracy")
+    assert r.exit_code == 0, r.output
+    doc = yaml.safe_load(r.stdout)
+    assert list(doc) == ["config", "metrics", "model", "hardware", "data", "macs_convention", "trial"]
+    assert doc["model"] == "demo"
+
+
+@pytest.mark.parametrize("where, expr, message", [
+    ("missing", "max accuracy", "no such results folder"),
+    ("empty", "max accuracy", "no pareto.json"),
+    ("run", "max accuracy where", "expected a metric name"),
+    ("run", "max acc", "unknown metric 'acc'"),
+    ("run", "max accuracy where accuracy > 2", "no config satisfies"),
+])
+def test_export_errors_are_one_line_and_exit_2(run_dir, tmp_path, where, expr, message):
+    folder = {"missing": tmp_path / "nope", "empty": tmp_path, "run": run_dir}[where]
+    r = export(folder, "--pick", expr)
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+
+
+# ---------------------------------------------------------------- the pick language
+
+ROWS = [{"name": "a.yaml", "metrics": {"accuracy": 0.95, "latency_p90_ms": 9.0, "gflops": 3.0}},
+        {"name": "b.yaml", "metrics": {"accuracy": 0.90, "latency_p90_ms": 4.0, "gflops": 1.0}},
+        {"name": "c.yaml", "metrics": {"accuracy": 0.80, "latency_p90_ms": 2.0, "gflops": 1.0}}]
+
+
+def test_parse_pick():
+    assert parse_pick("max accuracy") == Pick("max", "accuracy")
+    assert parse_pick("MIN latency_p50_ms Where accuracy>=0.95 and gflops != 1e-3") == Pick(
+        "min", "latency_p50_ms", (Condition("accuracy", ">=", 0.95), Condition("gflops", "!=", 0.001)))
+
+
+@pytest.mark.parametrize("expr, name", [
+    ("max accuracy", "a"),
+    ("min latency_p90_ms", "c"),
+    ("max accuracy where latency_p90_ms <= 4", "b"),
+    ("max accuracy where latency_p90_ms < 4", "c"),
+    ("min gflops where accuracy >= 0.9", "b"),  # ties go to the earlier row
+    ("max latency_p90_ms where accuracy > 0.95", None),
+    ("max accuracy where gflops == 1 and latency_p90_ms > 2", "b"),
+    ("max accuracy where gflops != 3", "b"),
+    ("min accuracy where gflops >= 1 and gflops <= 1 and latency_p90_ms < 10", "c"),
+])
+def test_pick_operators(expr, name):
+    if name is None:
+        with pytest.raises(NoMatch):
+            pick(ROWS, expr)
+    else:
+        assert pick(ROWS, expr)["name"] == name + ".yaml"
+
+
+def test_pick_takes_plain_metric_dicts():
+    assert pick([r["metrics"] for r in ROWS], "min gflops where accuracy < 0.85") == ROWS[2]["metrics"]
+
+
+def test_no_match_lists_the_closest_rows_with_what_they_violate():
+    with pytest.raises(NoMatch) as e:
+        pick(ROWS, "max accuracy where latency_p90_ms <= 3 and accuracy >= 0.9")
+    msg = str(e.value)
+    assert "\n" not in msg
+    closest = msg.split("closest: ")[1]
+    # summed relative violations: c misses accuracy by 11%, b latency by 33%, a latency by 200%
+    assert closest.index("c:") < closest.index("b:") < closest.index("a:")
+    assert "b: latency_p90_ms=4 (needs <= 3)" in closest and "c: accuracy=0.8 (needs >= 0.9)" in closest
+
+
+def test_unknown_metric_names_the_allowed_ones():
+    with pytest.raises(UserError, match=r"unknown metric 'latency'.*allowed: accuracy, latency_p90_ms, gflops"):
+        pick(ROWS, "max accuracy where latency <= 3")
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ("", "expected 'max' or 'min' at the end"),
+    ("best accuracy", "expected 'max' or 'min', got 'best'"),
+    ("max 3", "expected a metric name, got '3'"),
+    ("max accuracy if gflops < 1", "expected 'where', got 'if'"),
+    ("max accuracy where gflops = 1", "unexpected '=' at column 27"),
+    ("max accuracy where gflops <= fast", "expected a number, got 'fast'"),
+    ("max accuracy where gflops <= 1 gflops <= 2", "expected 'and', got 'gflops'"),
+    ("max accuracy where gflops <= 1 and", "expected a metric name at the end"),
+    ("max accuracy; drop", "unexpected ';'"),
+])
+def test_syntax_errors_show_the_expression_and_what_was_expected(expr, expected):
+    with pytest.raises(UserError) as e:
+        parse_pick(expr)
+    assert f"{expr!r}" in str(e.value) and expected in str(e.value)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_a_relative_model_that_does_not_exist_asks_for_model(tmp_path, run_dir):
+    doc = yaml.safe_load(next((run_dir / "deployments").iterdir()).read_text())
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump({**doc, "model": "models/mine"}))
+    with pytest.raises(UserError, match=r"'models/mine'.*pass model="):
+        Deployment.load(path)
+    assert Deployment.load(path, model="demo").configs[0].metrics == doc["metrics"]
+    with pytest.raises(UserError, match="no such results folder or deployment YAML"):
+        Deployment.load(tmp_path / "nope.yaml")
+
+
+def test_serving_imports_no_search_engine():
+    code = ("import adasearch.serving, sys; "
+            "assert not any(m.split('.')[0] in ('optuna', 'ray') for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
