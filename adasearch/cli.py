@@ -176,6 +176,20 @@ def export(run_folder, expr, output, as_kwargs):
     click.echo(f"{row['name'].removesuffix('.yaml')} -> {output}")
 
 
+@main.command()
+@click.argument("run_folder", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--model", default=None, help="Model source, if the run's recorded model path is not valid here.")
+@click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(0.001), help="Request size cap.")
+def serve(run_folder, host, port, model, max_body_mb):
+    """Serve RUN_FOLDER's Pareto configs over HTTP: POST /predict (with budget_ms), GET /configs, /healthz."""
+    from adasearch.serving.http import serve as serve_http
+
+    click.echo(f"serving {run_folder} on http://{host}:{port} (POST /predict, GET /configs, GET /healthz)", err=True)
+    serve_http(run_folder, host=host, port=port, model=model, max_body_mb=max_body_mb)
+
+
 @main.command("train-demo")
 @click.option("--output", "-o", default=None, help="Folder for the weights (default: the package's demo folder).")
 @click.option("--epochs", default=None, type=click.IntRange(1, 10_000), help="Training epochs.")

@@ -1,0 +1,169 @@
+"""`adasearch serve`: HTTP inference that picks a Pareto config per request budget.
+
+    POST /predict   an image file (multipart field `file`, or a raw image/* body) or JSON
+                    {"inputs": [[...]] (C,H,W) or (B,C,H,W), "budget_ms": 5}; budget_ms may also be a
+                    query parameter. Returns the classes, the top-5 probabilities, the config used and
+                    its measured latency, and whether that latency fits the budget.
+    GET  /configs   the Pareto configs with their measured metrics
+    GET  /healthz   liveness
+
+Every malformed request gets a 4xx with a message and the server stays up. Bodies are capped
+(--max-body-mb) while they are read, not after. It binds to 127.0.0.1 unless told otherwise.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import threading
+from typing import Optional
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from adasearch.errors import UserError
+from adasearch.serving.deployment import Deployment
+
+MAX_BATCH = 256
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _budget(value) -> Optional[float]:
+    if value is None or value == "":
+        return None
+    try:
+        b = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(422, f"budget_ms={value!r} is not a number; give milliseconds > 0")
+    if not math.isfinite(b) or b <= 0:
+        raise RequestError(422, f"budget_ms={value!r} is not allowed; give milliseconds > 0")
+    return b
+
+
+def _tensor_from_json(body: bytes, dep: Deployment):
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"body is not valid JSON ({e.msg if hasattr(e, 'msg') else e})")
+    if not isinstance(doc, dict) or "inputs" not in doc:
+        raise RequestError(422, 'JSON body must be an object {"inputs": [...], "budget_ms": optional number}')
+    unknown = [k for k in doc if k not in ("inputs", "budget_ms")]
+    if unknown:
+        raise RequestError(422, f"unknown key {unknown[0]!r}; allowed: inputs, budget_ms")
+    try:
+        x = torch.tensor(doc["inputs"], dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise RequestError(422, "inputs must be a rectangular nested array of numbers")
+    if not torch.isfinite(x).all():
+        raise RequestError(422, "inputs contain NaN or infinity")
+    cfg = dep.model.cfg
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[0] > MAX_BATCH:
+        raise RequestError(422, f"inputs shape {list(x.shape)} is not allowed: (C,H,W) or (B,C,H,W) with "
+                                f"C={cfg.in_channels}, B <= {MAX_BATCH}, H and W multiples of {cfg.patch_size} "
+                                f"(trained at {cfg.img_size})")
+    return x, doc.get("budget_ms")
+
+
+def _tensor_from_image(data: bytes, dep: Deployment):
+    from PIL import Image, UnidentifiedImageError
+
+    from adasearch.data.datasets import preprocess_image
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise RequestError(415, "the file is not an image Pillow can read (JPEG, PNG, BMP, WebP, ...)")
+    cfg = dep.model.cfg
+    return preprocess_image(img, cfg.img_size, cfg.in_channels)[None]
+
+
+def _response(dep: Deployment, x: torch.Tensor, budget: Optional[float]) -> dict:
+    p = dep.predict(x, budget_ms=budget)
+    values, indices = p.probs
+    return {"classes": p.classes.tolist(),
+            "top5": [[{"class": int(i), "prob": round(float(v), 6)} for v, i in zip(vs, ix)]
+                     for vs, ix in zip(values.tolist(), indices.tolist())],
+            "exit_depth": p.exit_depth.tolist(), "config_name": p.config_name, "config": p.config.to_dict(),
+            "latency_p50_ms": p.latency_p50_ms, "latency_p90_ms": p.latency_p90_ms, "budget_ms": budget,
+            "within_budget": p.within_budget}
+
+
+def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
+    app = FastAPI(title="adasearch", version="1")
+    lock = threading.Lock()  # one forward at a time: parallel forwards only fight over the same cores
+
+    def infer(x, budget):
+        with lock:
+            return _response(dep, x, budget)
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise RequestError(413, f"body of {declared} bytes is over the limit of {max_body_bytes} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise RequestError(413, f"body is over the limit of {max_body_bytes} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        request._body = body  # starlette's form() re-reads a cached body instead of the consumed stream
+        return body
+
+    @app.exception_handler(RequestError)
+    async def request_error(request, exc: RequestError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok", "configs": len(dep.configs)}
+
+    @app.get("/configs")
+    def configs():
+        return [{"name": e.name, "config": e.config.to_dict(), "metrics": e.metrics} for e in dep.configs]
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        body = await read_body(request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        budget = request.query_params.get("budget_ms")
+        if ctype == "application/json":
+            x, json_budget = _tensor_from_json(body, dep)
+            budget = json_budget if json_budget is not None else budget
+        elif ctype == "multipart/form-data":
+            form = await request.form()
+            upload = form.get("file")
+            if upload is None or not hasattr(upload, "read"):
+                raise RequestError(422, "multipart body needs a file field named 'file'")
+            x = _tensor_from_image(await upload.read(), dep)
+            budget = form.get("budget_ms", budget)
+        elif ctype.startswith("image/") or ctype == "application/octet-stream":
+            x = _tensor_from_image(body, dep)
+        else:
+            raise RequestError(415, f"content-type {ctype or 'none'!r} is not allowed; send application/json, "
+                                    f"multipart/form-data (field 'file') or an image/* body")
+        budget = _budget(budget)
+        try:
+            return await run_in_threadpool(infer, x, budget)
+        except UserError as e:  # shape/size the model refuses: the client's mistake
+            raise RequestError(422, str(e))
+
+    return app
+
+
+def serve(run: str, host: str = "127.0.0.1", port: int = 8000, model=None, max_body_mb: float = 8.0) -> None:
+    import uvicorn
+
+    dep = Deployment.load(run, model=model)
+    app = create_app(dep, int(max_body_mb * (1 << 20)))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,119 @@
+"""`adasearch serve` against a real uvicorn server on a free loopback port, malformed requests mixed in."""
+import io
+import os
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+import uvicorn
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from adasearch import load_model
+from adasearch.cli import main
+from adasearch.data.digits import digits
+from adasearch.serving import Deployment
+from adasearch.serving.http import create_app
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    os.environ["ADASEARCH_CACHE"] = str(tmp / "cache")
+    (tmp / "space.yaml").write_text(yaml.safe_dump({"knobs": {"num_tokens": [1, 8, 32], "depth": [1, 6],
+                                                              "mat_dim": [8, 32]}}))
+    (tmp / "spec.yaml").write_text(yaml.safe_dump({
+        "name": "s", "model": "demo", "data": {"source": "digits", "limit": 80},
+        "objectives": ["accuracy", "latency_p50_ms"],
+        "search": {"space": "space.yaml", "latency_budget_s": 0.005, "final_latency_budget_s": 0.02},
+        "output": str(tmp / "out")}))
+    assert CliRunner().invoke(main, ["run", str(tmp / "spec.yaml"), "--no-progress"]).exit_code == 0
+    dep = Deployment.load(tmp / "out")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(dep, max_body_bytes=64 * 1024), host="127.0.0.1", port=port,
+                                        log_level="error"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client, dep
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def _png(array) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_predict_json_equals_the_model(server):
+    client, dep = server
+    x, y = digits("val")
+    r = client.post("/predict", json={"inputs": x[:4].tolist()})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    best = dep.choose()[0]
+    assert body["config_name"] == best.name
+    with torch.inference_mode():
+        expected = load_model("demo").run(x[:4], best.config).logits.argmax(-1).tolist()
+    assert body["classes"] == expected
+    assert len(body["top5"]) == 4 and len(body["top5"][0]) == 5
+    assert body["top5"][0][0]["class"] == body["classes"][0]
+    assert body["latency_p90_ms"] > 0 and body["within_budget"] is True
+
+
+def test_budgets_pick_configs(server):
+    client, dep = server
+    x = digits("val")[0][:1].tolist()
+    tight = client.post("/predict?budget_ms=0.000001", json={"inputs": x}).json()
+    assert tight["within_budget"] is False
+    fastest = min(dep.configs, key=lambda e: e.metrics["latency_p90_ms"])
+    assert tight["config_name"] == fastest.name
+    loose = client.post("/predict", json={"inputs": x, "budget_ms": 1e6}).json()
+    assert loose["within_budget"] is True and loose["config_name"] == dep.choose()[0].name
+
+
+def test_image_upload(server):
+    client, _ = server
+    img = (digits("val")[0][0, 0] * 0.5 + 0.5).clamp(0, 1).mul(255).byte().numpy()
+    r = client.post("/predict", files={"file": ("d.png", _png(img), "image/png")}, data={"budget_ms": "50"})
+    assert r.status_code == 200, r.text
+    r = client.post("/predict", content=_png(img), headers={"content-type": "image/png"})
+    assert r.status_code == 200 and 0 <= r.json()["classes"][0] < 10
+
+
+@pytest.mark.parametrize("kwargs,status,needle", [
+    (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+    (dict(json={"inputs": [[1, 2], [3]]}), 422, "rectangular"),
+    (dict(json={"inputs": torch.zeros(3, 8, 8).tolist()}), 422, "C=1"),
+    (dict(json={"inputs": torch.zeros(1, 7, 8).tolist()}), 422, "patch_size=2"),
+    (dict(json={"inputs": torch.zeros(1, 8, 8).tolist(), "budget_ms": "fast"}), 422, "budget_ms"),
+    (dict(json={"inputs": torch.zeros(1, 8, 8).tolist(), "budget_ms": -1}), 422, "budget_ms"),
+    (dict(json={"images": []}), 422, "inputs"),
+    (dict(content=b"GIF89a-not-really", headers={"content-type": "image/gif"}), 415, "not an image"),
+    (dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "content-type"),
+    (dict(content=b"x" * (65 * 1024), headers={"content-type": "application/json"}), 413, "limit"),
+])
+def test_malformed_requests_get_4xx_and_the_server_stays_up(server, kwargs, status, needle):
+    client, _ = server
+    r = client.post("/predict", **kwargs)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_configs_endpoint(server):
+    client, dep = server
+    configs = client.get("/configs").json()
+    assert [c["name"] for c in configs] == [e.name for e in dep.configs]
+    assert all("accuracy" in c["metrics"] for c in configs)
