@@ -1,0 +1,195 @@
+"""The ray engine: Ray Tune drives Optuna's multi-objective sampler over N worker processes.
+
+Each Tune trial runs in a worker process that loads the model once (a per-process cache, with Tune
+reusing its actors) and writes its trial into our Optuna storage, like the other engines do, so the
+Pareto set, resumption and reports read one storage whichever engine ran.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from adasearch.errors import UserError
+from adasearch.search import trials as T
+from adasearch.search.engines import RunContext, make_sampler
+from adasearch.spec import METRICS, RunSpec
+
+# Unix socket paths are limited to 107 bytes, so Ray's session folder must have a short name;
+# keeping it (and Tune's result files) in /tmp also keeps Ray out of $HOME and the results folder.
+TEMP_DIR = f"/tmp/ray-{os.getuid()}"
+MODES = {"maximize": "max", "minimize": "min"}
+
+
+class RayEngine:
+    name = "ray"
+
+    def run(self, ctx: RunContext) -> None:
+        from optuna.trial import TrialState
+
+        done = len(ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        todo = ctx.spec.search.trials - done  # resuming: only what the storage lacks
+        if todo <= 0:
+            return
+        started = _init_ray(ctx.spec)
+        try:
+            _tune(ctx, todo)
+        finally:  # also on Ctrl-C, which then reaches the runner: it keeps the finished trials
+            if started:
+                import ray
+
+                ray.shutdown()
+
+    def planned(self, ctx: RunContext) -> int:
+        return ctx.spec.search.trials
+
+
+def _init_ray(spec: RunSpec) -> bool:
+    """Start a local Ray on loopback, or join spec.search.ray_address. True when we started it."""
+    address = spec.search.ray_address
+    if address:
+        _check_reachable(address)
+    else:
+        # Loopback only (Ray reads this flag on import; it means 127.0.0.1 on every OS), and no token
+        # auth, which would read or write ~/.ray. Joining a cluster needs neither override.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import logging
+
+    import ray
+
+    if ray.is_initialized():  # someone else's Ray (a notebook, a script): use it, leave it running
+        return False
+    quiet = dict(log_to_driver=False, logging_level=logging.WARNING, ignore_reinit_error=True)
+    if not address:
+        ray.init(num_cpus=spec.search.workers, include_dashboard=False, _temp_dir=TEMP_DIR, **quiet)
+        return True
+    try:
+        ray.init(address=address, **quiet)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"search.ray_address: cannot join Ray at {address!r} ({type(e).__name__}: {first})")
+    return True
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable GCS for many minutes; a TCP probe fails in seconds instead."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():  # e.g. 'auto': Ray itself fails fast when nothing runs
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"search.ray_address: cannot reach Ray at {address!r} ({e.strerror or e}); "
+                        f"allowed: host:port of a running Ray head, ray://host:port, or auto")
+
+
+def _tune(ctx: RunContext, todo: int) -> None:
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    # Ray's newer console output prints a banner even at verbose=0; the classic one stays silent.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune would move each trial into its own folder, where a relative storage URL names another file.
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    # Tune's own Ctrl-C handler ends the run quietly; the runner needs the KeyboardInterrupt.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    spec = ctx.spec
+    searcher = OptunaSearch(metric=[o.metric for o in spec.objectives],
+                            mode=[MODES[o.direction] for o in spec.objectives],
+                            sampler=make_sampler(spec.search.sampler, spec.search.seed, spec.search.trials),
+                            storage=_history(ctx), study_name=spec.run_name)
+    # One choice per flat parameter, in the space's encoding (lists as '2,4,8') so that they are the
+    # same categorical choices as the stored trials'; config_from_params decodes them.
+    param_space = {p: tune.choice(list(d.choices)) for p, d in ctx.space.distributions().items()}
+    # Absolute paths: a worker on another node of a cluster starts in another folder.
+    worker_spec = json.dumps({**spec.model_dump(mode="json"), "base_dir": str(Path(spec.base_dir).resolve()),
+                              "output": str(spec.output_dir.resolve())}, sort_keys=True)
+    progress, stop = _driver_hooks(tune, ctx)
+    tuner = tune.Tuner(
+        tune.with_parameters(_trial, spec_json=worker_spec),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo,
+                                    max_concurrent_trials=spec.search.workers,
+                                    time_budget_s=spec.search.timeout, reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=f"{TEMP_DIR}/tune", verbose=0,
+                                  callbacks=[progress], stop=stop))
+    errors = tuner.fit().errors
+    if errors:  # Tune logs a failed trial and goes on; surface it (finished trials stay in the storage)
+        raise errors[0]
+
+
+def _history(ctx: RunContext):
+    """The stored trials, in memory for Tune's sampler: a resumed run continues where it stopped."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=ctx.spec.run_name,
+                                directions=[o.direction for o in ctx.spec.objectives])
+    distributions = ctx.space.distributions()
+    study.add_trials([t for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                      if t.distributions == distributions])  # trials of an edited space would mislead it
+    return storage
+
+
+def _driver_hooks(tune, ctx: RunContext) -> tuple:
+    """A Tune callback that advances the progress bar as trials report, and a stopper that starts no
+    more trials once ctx.stop is set. Both act in the driver only, but Tune pickles its whole setup
+    for Tuner.restore (which we never use: our storage is the resume point), so they pickle empty
+    and hold the driver's objects on the instance, not in a closure."""
+
+    class Progress(tune.Callback):
+        def __init__(self, on_trial):
+            self.on_trial = on_trial
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.on_trial({k: v for k, v in result.items() if k in METRICS})
+
+        def __getstate__(self):
+            return {}
+
+    class StopFlag(tune.Stopper):
+        def __init__(self, flag: list):
+            self.flag = flag
+
+        def __call__(self, trial_id, result) -> bool:
+            return False  # each trial reports once and ends by itself
+
+        def stop_all(self) -> bool:
+            return bool(self.flag)
+
+        def __getstate__(self):
+            return {}
+
+    return Progress(ctx.on_trial), StopFlag(ctx.stop)
+
+
+# ---------------------------------------------------------------- worker side
+
+_CONTEXTS: dict = {}  # spec JSON -> RunContext: Tune reuses this process for many trials, so load once
+
+
+def _context(spec_json: str) -> RunContext:
+    if spec_json not in _CONTEXTS:
+        from adasearch.search.runner import prepare
+
+        _CONTEXTS[spec_json] = prepare(RunSpec(**json.loads(spec_json)))
+    return _CONTEXTS[spec_json]
+
+
+def _trial(params: dict, spec_json: str) -> None:
+    """One Tune trial: measure the sampled config, store it in our study, report it to Tune."""
+    import optuna
+    from ray import tune
+
+    ctx = _context(spec_json)
+    canon, key, metrics, _ = ctx.measurer.measure(ctx.space.config_from_params(params))
+    trial = optuna.trial.create_trial(params=params, distributions=ctx.space.distributions(),
+                                      values=T.objective_values(ctx.spec, metrics))
+    T.attach(trial, ctx.spec, canon, key, metrics)
+    # Which machine and process measured it: latency differs between nodes of a cluster.
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    ctx.study.add_trial(trial)
+    tune.report(metrics)

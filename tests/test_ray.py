@@ -1,0 +1,89 @@
+"""The ray engine: one small end-to-end search on a local Ray, and its fast failure paths."""
+import json
+import os
+import socket
+
+import optuna
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from adasearch import DeploymentConfig, load_model
+from adasearch.cli import main
+from adasearch.data.datasets import load_data
+from adasearch.search import ray_engine
+from adasearch.search.runner import run
+from adasearch.spec import load_spec
+
+SPACE = {"knobs": {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]}}
+
+
+def write_spec(tmp_path, **search) -> str:
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    spec = {"name": "ray", "model": "demo", "data": {"source": "digits", "limit": 60},
+            "objectives": [{"accuracy": "max"}, {"gmacs": "min"}],  # no latency: fast and deterministic
+            "search": {"space": "space.yaml", "engine": "ray", **search}, "output": str(tmp_path / "out")}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_ray_search_end_to_end(tmp_path, monkeypatch):
+    # Set before Ray starts, so the worker processes inherit it too.
+    monkeypatch.setenv("ADASEARCH_CACHE", str(tmp_path / "cache"))
+    # final_latency_budget_s: the runner re-times each Pareto config afterwards; keep that short.
+    spec = load_spec(write_spec(tmp_path, trials=6, workers=2, final_latency_budget_s=0.01))
+    summary = run(spec, progress=False)
+    assert not summary["interrupted"]
+
+    out = tmp_path / "out"
+    study = optuna.load_study(study_name="ray", storage=f"sqlite:///{out / 'study.db'}")
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) >= 6
+    assert all({"config", "metrics", "worker"} <= set(t.user_attrs) for t in trials)
+
+    # Load once per worker, not per trial. A worker loads the model only in ray_engine._context, which
+    # prepares once per process and spec (test_worker_context_is_prepared_once_per_process); here each
+    # trial records the process that measured it. All trials share one spec, so with more trials than
+    # processes and no more processes than workers, the model was loaded at most `workers` times. Pids
+    # are robust where counting loads is not: Ray's workers are other processes that a test cannot patch.
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) <= 2 < len(trials)
+    assert not any(w.endswith(f":{os.getpid()}") for w in workers)  # measured in Ray's workers
+
+    pareto = json.loads((out / "pareto.json").read_text())["pareto"]
+    files = sorted((out / "deployments").glob("*.yaml"))
+    assert pareto and len(files) == len(pareto)
+    model = load_model("demo")
+    data = load_data("digits", limit=60)
+    by_number = {t.number: t for t in trials}
+    for f in files:
+        config, doc = DeploymentConfig.load(f), yaml.safe_load(f.read_text())
+        with torch.no_grad():
+            hits = sum(int((model.run(x, config).logits.argmax(-1) == y).sum()) for x, y in data.batches(16))
+        # The deployment's figures are the driver's re-measurement; the trial's are the worker's.
+        assert doc["metrics"]["accuracy"] == pytest.approx(hits / 60)
+        assert by_number[doc["trial"]].user_attrs["metrics"]["accuracy"] == pytest.approx(hits / 60)
+
+
+def test_worker_context_is_prepared_once_per_process(monkeypatch):
+    calls = []
+    monkeypatch.setattr("adasearch.search.runner.prepare", lambda spec: calls.append(spec) or object())
+    monkeypatch.setattr(ray_engine, "_CONTEXTS", {})
+    spec_json = json.dumps({"name": "once"})
+    first = ray_engine._context(spec_json)
+    assert ray_engine._context(spec_json) is first
+    assert len(calls) == 1
+
+
+def test_unreachable_ray_address_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADASEARCH_CACHE", str(tmp_path / "cache"))
+    with socket.socket() as s:  # a port nobody listens on: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    result = CliRunner().invoke(main, ["run", write_spec(tmp_path, trials=2), "--ray-address", address,
+                                       "--no-progress"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and address in lines[0] and lines[0].startswith("error: ")
