@@ -6,6 +6,7 @@ Objectives are accuracy (max) and expected GMACs (min): both are deterministic, 
 differences come from the samplers and not from latency noise. The exact front comes from measuring
 every distinct network of the space (the exhaustive engine's shared passes, cold cache).
 """
+import os
 import statistics
 import sys
 import tempfile
@@ -72,7 +73,7 @@ def in_memory_study(spec: RunSpec):
 
 
 def fmt_range(values, pct=True) -> str:
-    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.1f}")
+    f = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.1f}")
     return f"{f(statistics.mean(values))} ({f(min(values))}..{f(max(values))})"
 
 
@@ -82,6 +83,7 @@ def ms(seconds: list) -> str:
 
 def main():
     t0 = time.perf_counter()
+    load = os.getloadavg()[0]  # the timings below are only as quiet as the machine
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     model = load_model("demo")
     space = SearchSpace.load("demo", model.cfg)
@@ -126,7 +128,7 @@ def main():
     # Only the front's points: equals the whole space's hypervolume if pareto_front dropped nothing it needed.
     hv_front = hypervolume([everything[i] for i in exact_front], DIRECTIONS, reference) / hv_exact
     front_values = {tuple(everything[i]) for i in exact_front}
-    hv_rows = [["exhaustive (cold cache)", len(unique), "-", "-", f"{100 * hv_front:.1f}%",
+    hv_rows = [["exhaustive (cold cache)", len(unique), "-", "-", f"{100 * hv_front:.2f}%",
                 len(unique), f"{len(front_values)} of {len(front_values)}", f"{t_exact:.2f}"]]
     for name in SAMPLERS:
         fracs = {b: [hv_fraction(runs[name, s]["records"][:b]) for s in SEEDS] for b in BUDGETS}
@@ -169,7 +171,7 @@ def main():
          "so it matches random until that generation is complete.",
          "No constraints, so every trial is feasible; trials whose config repeats a measured network reuse it "
          "(the engine's memo) but still count toward the budget.",
-         f"Whole script: {total:.1f} s."])
+         f"Whole script: {total:.1f} s; 1-minute load average at its start: {load:.2f} (on {os.cpu_count()} cores)."])
 
     # A second small table in the same file: where a trial's time goes.
     header = ["sampler", "run", "wall ms/trial", "measurement ms/trial", "overhead ms/trial"]
