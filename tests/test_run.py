@@ -103,11 +103,13 @@ def test_resume_after_kill(tmp_path):
     spec = write_spec(tmp_path, engine="optuna", sampler="random", trials=40)
     cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--no-progress"]
     env = {**os.environ, "ADASEARCH_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "first-run.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     db = tmp_path / "out" / "study.db"
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.3)
+        assert proc.poll() is None, (tmp_path / "first-run.log").read_text()[-2000:]  # died before the kill
         if db.exists():
             try:
                 if len(complete_trials(tmp_path / "out")) >= 5:
@@ -116,8 +118,10 @@ def test_resume_after_kill(tmp_path):
                 pass
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    log.close()
+    assert db.exists(), (tmp_path / "first-run.log").read_text()[-2000:]
     before = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}
-    assert 5 <= len(before) < 40
+    assert 5 <= len(before) < 40, (tmp_path / "first-run.log").read_text()[-2000:]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     after = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}

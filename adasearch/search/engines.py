@@ -96,8 +96,15 @@ def make_sampler(name: str, seed: int, trials: int):
 
 def optuna_objective(ctx: RunContext):
     def objective(trial):
+        import optuna
+
         config = ctx.space.suggest(trial)
-        canon, key, metrics, _ = ctx.measurer.measure(config)
+        try:
+            canon, key, metrics, _ = ctx.measurer.measure(config)
+        except KeyboardInterrupt:
+            # Ctrl-C mid-trial: drop this one trial quietly (no traceback) and stop after it.
+            ctx.stop.append("interrupted")
+            raise optuna.TrialPruned("interrupted by the user")
         return T.attach(trial, ctx.spec, canon, key, metrics)
 
     return objective

@@ -117,6 +117,7 @@ def run(spec: RunSpec, progress: bool = True, console=None) -> dict:
             engine.run(ctx)
         except KeyboardInterrupt:
             interrupted = True
+    interrupted = interrupted or bool(ctx.stop)
     recs = T.records(ctx.study, spec)
     final = retime_finalists(ctx, recs) if recs and not interrupted else {}
     recs = T.records(ctx.study, spec, final)
