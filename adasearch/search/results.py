@@ -111,7 +111,7 @@ def print_summary(summary: dict, recs: list, spec, console) -> None:
     front = summary["front"]
     console.print(f"{summary['trials']} trials ({summary['new_trials']} new, engine {summary['engine']}), "
                   f"{summary['feasible']} feasible, {len(front)} on the Pareto front -> {spec.output_dir}")
-    headers = {"accuracy": "top-1", "latency_p50_ms": "p50 ms", "latency_p90_ms": "p90 ms", "gmacs": "GMACs",
+    headers = {"accuracy": "top-1", "latency_p50_ms": "p50 ms", "latency_p90_ms": "p90 ms", "mmacs": "MMACs",
                "mean_exit_depth": "exit depth"}
     cols = list(headers) + [o.metric for o in spec.objectives if o.metric not in headers]
     if not front:
@@ -123,11 +123,11 @@ def print_summary(summary: dict, recs: list, spec, console) -> None:
     t.add_column("config", overflow="fold")
     for c in cols:
         t.add_column(headers.get(c, c), justify="right")
-    if not front:
-        t.add_column("violations")
     for r in rows:
-        cells = [r.config.label()] + [_fmt(r.metrics.get(c)) for c in cols]
-        if not front:
-            cells.append("; ".join(f"{k} by {v:.4g}" for k, v in r.violations.items()))
-        t.add_row(*cells)
+        shown = {**r.metrics, "mmacs": r.metrics["macs"] / 1e6}  # millions read well at every model size
+        t.add_row(r.config.label(), *[_fmt(shown.get(c)) for c in cols])
     console.print(t)
+    if not front:
+        for r in rows:
+            console.print(f"  {r.config.label()} misses " + "; ".join(
+                f"{k} by {v:.4g} (bound {spec.constraints[k].model_dump(exclude_none=True)})" for k, v in r.violations.items()))

@@ -129,17 +129,30 @@ def run(spec: RunSpec, progress: bool = True, console=None) -> dict:
     return summary
 
 
+def candidates(recs: list, spec: RunSpec) -> list:
+    """The trials worth re-timing: the front, and when latency is measured, also the next
+    non-dominated layer (at most twice the front's size), since a trial can be pushed off the front
+    by timing noise alone."""
+    directions = [o.direction for o in spec.objectives]
+    remaining = [r for r in recs if r.feasible] or list(recs)
+    chosen: list = []
+    for layer in range(2 if spec.needs_latency else 1):
+        idx = pareto_front([T.objective_values(spec, r.metrics) for r in remaining], directions)
+        picked = [remaining[i] for i in idx][: max(1, 2 * len(chosen)) if layer else None]
+        chosen += picked
+        remaining = [r for r in remaining if r not in picked]
+        if not remaining:
+            break
+    return chosen
+
+
 def retime_finalists(ctx: RunContext, recs: list) -> dict:
     """Time every Pareto candidate again, alone and with a longer budget; store it in the study."""
-    spec = ctx.spec
-    directions = [o.direction for o in spec.objectives]
-    feasible = [r for r in recs if r.feasible] or recs
-    front = [feasible[i] for i in pareto_front([T.objective_values(spec, r.metrics) for r in feasible], directions)]
     evaluator = ctx.measurer.evaluator
     final = dict(ctx.study.user_attrs.get("final_metrics", {}))
-    for r in front:
+    for r in candidates(recs, ctx.spec):
         m = evaluator.measure_accuracy_and_cost([r.config])[r.config]
-        evaluator.time(m, r.config, budget_s=spec.search.final_latency_budget_s)
+        evaluator.time(m, r.config, budget_s=ctx.spec.search.final_latency_budget_s)
         final[str(r.number)] = {k: v for k, v in m.metrics().items() if v is not None}
     ctx.study.set_user_attr("final_metrics", final)
     return final
