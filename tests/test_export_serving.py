@@ -248,3 +248,15 @@ def test_serving_imports_no_search_engine():
     code = ("import adasearch.serving, sys; "
             "assert not any(m.split('.')[0] in ('optuna', 'ray') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_serving_runs_in_the_measured_dtype(run_dir, tmp_path):
+    """A run measured in bfloat16 is served in bfloat16 unless dtype= says otherwise."""
+    doc = yaml.safe_load(next((run_dir / "deployments").glob("*.yaml")).read_text())
+    doc["hardware"]["dtype"] = "bfloat16"
+    f = tmp_path / "bf16.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    assert next(Deployment.load(f).model.parameters()).dtype == torch.bfloat16
+    assert next(Deployment.load(f, dtype="float32").model.parameters()).dtype == torch.float32
+    with pytest.raises(UserError, match="dtype 'int8' is not allowed"):
+        Deployment.load(f, dtype="int8")

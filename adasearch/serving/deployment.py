@@ -6,8 +6,8 @@ model and config code: no optuna, ray, pandas, matplotlib or fvcore (a test chec
 Latency budgets are compared with each config's measured latency_p90_ms (latency_p50_ms where a run
 did not record p90): a config chosen for a budget then meets it on 9 requests in 10 on the measured
 hardware, rather than on only half of them. The figures are per batch of the run's hardware.batch_size.
-The model runs as loaded (float32, torch's threads): the run's hardware.dtype and threads are not
-applied here, so serve under the same setting for the measured figures to hold.
+The model runs in the dtype the run measured (hardware.dtype, unless dtype= says otherwise); threads
+are the process's own, so serve with the run's hardware.threads for the measured figures to hold.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from adasearch.model.adaperceiver import AdaPerceiver
 from adasearch.model.loading import load_model
 
 TOP_K = 5
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---------------------------------------------------------------- the results folder
@@ -103,7 +104,9 @@ def _rank(e: Entry) -> tuple:
     return e.metrics.get("accuracy", 0.0), -(latency if latency is not None else math.inf)
 
 
-def _resolve_model(model, recorded: Optional[str], where: Path, device: str) -> AdaPerceiver:
+def _resolve_model(model, recorded: Optional[str], where: Path, device: str, dtype: str) -> AdaPerceiver:
+    if dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r} is not allowed: one of {list(DTYPES)}")
     if isinstance(model, AdaPerceiver):
         net = model
     elif model is not None:
@@ -116,7 +119,7 @@ def _resolve_model(model, recorded: Optional[str], where: Path, device: str) -> 
         # run.yaml keeps the spec's model as written, relative to wherever the run was launched.
         raise UserError(f"{where} records model {recorded!r}, which does not exist from here; pass "
                         f"model=... (a folder, a weights file, a hub id or an AdaPerceiver)")
-    return net.to(device).eval()
+    return net.to(device, DTYPES[dtype]).eval()
 
 
 class Deployment:
@@ -129,10 +132,12 @@ class Deployment:
         self._entries = list(entries)
 
     @classmethod
-    def load(cls, source: Union[str, Path], model=None, device: str = "cpu") -> "Deployment":
+    def load(cls, source: Union[str, Path], model=None, device: str = "cpu",
+             dtype: Optional[str] = None) -> "Deployment":
         """A results folder (every Pareto config) or one deployment YAML/JSON (that config).
 
         model: an AdaPerceiver, a source for load_model, or None for the model the run recorded.
+        dtype: float32 | bfloat16 | float16; None runs in the dtype the run measured.
         """
         source = Path(source)
         if source.is_dir():
@@ -141,8 +146,10 @@ class Deployment:
                              row["metrics"]) for row in pareto["pareto"]]
             if not entries:
                 raise UserError(f"{source}: the Pareto front is empty (no config met the run's constraints)")
-            recorded = read_spec(source).get("model") if model is None else None
-            return cls(_resolve_model(model, recorded, source / "run.yaml", device), entries)
+            spec = read_spec(source)
+            recorded = spec.get("model") if model is None else None
+            dtype = dtype or (spec.get("hardware") or {}).get("dtype", "float32")
+            return cls(_resolve_model(model, recorded, source / "run.yaml", device, dtype), entries)
         if not source.is_file():
             raise UserError(f"{source}: no such results folder or deployment YAML")
         config = DeploymentConfig.load(source)
@@ -151,7 +158,8 @@ class Deployment:
         wrapped = isinstance(doc, dict) and isinstance(doc.get("config"), dict)
         metrics = (doc.get("metrics") or {}) if wrapped else {}
         recorded = doc.get("model") if wrapped else None
-        return cls(_resolve_model(model, recorded, source, device), [Entry(source.stem, config, metrics)])
+        dtype = dtype or ((doc.get("hardware") or {}).get("dtype") if wrapped else None) or "float32"
+        return cls(_resolve_model(model, recorded, source, device, dtype), [Entry(source.stem, config, metrics)])
 
     @property
     def configs(self) -> list:
