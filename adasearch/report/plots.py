@@ -92,12 +92,10 @@ def _knob_numeric(series: pd.Series, default: float) -> pd.Series:
     import json
 
     def conv(v):
-        if pd.isna(v) if not isinstance(v, str) else False:
-            return default
         if isinstance(v, str) and v.startswith("["):
             vals = [default if x is None else x for x in json.loads(v)]
             return sum(vals) / len(vals)
-        return float(v)
+        return default if v is None or pd.isna(v) else float(v)
 
     return series.map(conv)
 
