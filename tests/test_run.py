@@ -140,6 +140,26 @@ def test_two_workers_share_one_storage(tmp_path):
     assert 12 <= len(trials) <= 13  # MaxTrialsCallback may let the other worker finish one more
 
 
+def test_a_storage_whose_schema_another_process_is_creating_is_retried(tmp_path, monkeypatch):
+    """The loser of SQLAlchemy's create-if-missing race sees an IntegrityError (seen in CI when a
+    reader opened study.db while the run was creating it); opening again must succeed."""
+    from sqlalchemy.exc import IntegrityError
+
+    calls = []
+
+    class Racing(optuna.storages.RDBStorage):
+        def __init__(self, url, **kwargs):
+            calls.append(url)
+            super().__init__(url, **kwargs)  # on the first call, the other process that wins the race
+            if len(calls) == 1:
+                raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    r = invoke(write_spec(tmp_path, engine="optuna", sampler="random", trials=3))
+    assert r.exit_code == 0, r.output
+    assert len(calls) == 2 and len(complete_trials(tmp_path / "out")) == 3
+
+
 def test_no_feasible_config_shows_the_closest(tmp_path):
     r = invoke(write_spec(tmp_path, constraints={"accuracy": {"min": 0.9999}}))
     assert r.exit_code == 0

@@ -18,14 +18,31 @@ from adasearch.search.space import SearchSpace
 from adasearch.spec import RunSpec
 
 
+def _rdb_storage(url: str, attempts: int = 5):
+    """An RDBStorage, retried while another process (a worker, or a reader of a run in progress)
+    creates the same schema: SQLAlchemy's create-if-missing races, and the loser sees an
+    IntegrityError or "table already exists" although the storage is fine a moment later."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (IntegrityError, OperationalError) as e:
+            racing = isinstance(e, IntegrityError) or "already exists" in str(e)
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def open_study(spec: RunSpec, out_dir: Path):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = spec.search.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
     try:
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        storage = _rdb_storage(url)
     except Exception as e:
         raise UserError(f"search.storage: cannot open {url!r} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
                         f"allowed: an Optuna storage URL such as sqlite:///path/study.db")
