@@ -135,7 +135,9 @@ def _label(row: dict, i: int) -> str:
 
 
 def pick(rows: list, expr: str) -> dict:
-    """The row that the expression selects; ties go to the earlier row (pareto.json is best-first)."""
+    """The row that the expression selects. Ties on its metric go to the more accurate row, then the
+    faster (p90), then the earlier one (pareto.json is best-first), so `max accuracy` picks what
+    Deployment.predict picks without a budget."""
     p = parse_pick(expr)
     if not rows:
         raise NoMatch("the Pareto front is empty: nothing to pick from")
@@ -152,7 +154,14 @@ def pick(rows: list, expr: str) -> dict:
     if not qualifying:
         raise NoMatch(_no_match_message(rows, p))
     sign = 1 if p.direction == "max" else -1
-    return max(qualifying, key=lambda r: sign * _metrics(r)[p.metric])
+
+    def rank(r: dict) -> tuple:
+        # ties: the more accurate, then the faster by p90 (as Deployment.choose), then the earlier row
+        m = _metrics(r)
+        p90 = m.get("latency_p90_ms")
+        return sign * m[p.metric], m.get("accuracy", 0.0), -(p90 if p90 is not None else math.inf)
+
+    return max(qualifying, key=rank)
 
 
 def _misses(m: dict, p: Pick) -> list:
