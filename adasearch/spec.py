@@ -134,6 +134,12 @@ class RunSpec(_Strict):
         used = {o.metric for o in self.objectives} | set(self.constraints)
         return bool(used & LATENCY_METRICS)
 
+    @property
+    def needs_memory(self) -> bool:
+        """Peak memory per trial only when the search uses it: it costs a traced forward per config
+        (more than timing it on the demo). Pareto candidates always get it when re-timed."""
+        return "memory_mb" in {o.metric for o in self.objectives} | set(self.constraints)
+
     def resolve(self, path: str) -> str:
         """A relative path in the spec, taken from the spec file's folder when it exists there."""
         p = Path(path).expanduser()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -86,6 +87,19 @@ def test_exhaustive_front_equals_brute_force(tmp_path):
         assert DeploymentConfig.load(d) == DeploymentConfig.from_dict(doc["config"])
         assert d.name.startswith(f"acc{doc['metrics']['accuracy']:.4f}")
         assert doc["metrics"]["latency_p50_ms"] > 0  # finalists are re-timed even without latency objectives
+
+
+@pytest.mark.parametrize("constraints, every_trial", [({}, False), ({"memory_mb": {"max": 1e6}}, True)])
+def test_peak_memory_is_traced_per_trial_only_when_the_search_uses_it(tmp_path, constraints, every_trial):
+    space = {"num_tokens": [1, 4, 32], "depth": [1, 3, 6], "mat_dim": [8, 32]}
+    r = invoke(write_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), constraints=constraints, space=space))
+    assert r.exit_code == 0, r.output
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert len(trials) == 18 and (trials["latency_p50_ms"] > 0).all()
+    # without a use for it, only the re-timed candidates (a few of the 18) carry a memory figure
+    assert trials["memory_mb"].notna().all() if every_trial else trials["memory_mb"].isna().any()
+    for row in json.loads((tmp_path / "out" / "pareto.json").read_text())["pareto"]:
+        assert row["metrics"]["memory_mb"] > 0  # re-timed candidates always get it
 
 
 def test_optuna_resumes_and_only_grows(tmp_path):

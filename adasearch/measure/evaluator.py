@@ -117,14 +117,16 @@ class Evaluator:
                                  samples=a.samples, env=self.environment())
         return out
 
-    def time(self, measurement: Measurement, config: DeploymentConfig, budget_s: Optional[float] = None) -> Measurement:
-        """Fill in latency, throughput and peak memory, timed on this hardware."""
+    def time(self, measurement: Measurement, config: DeploymentConfig, budget_s: Optional[float] = None,
+             memory: bool = True) -> Measurement:
+        """Fill in latency and throughput, timed on this hardware, and peak memory unless memory=False."""
         lat = time_config(self.model, config, self.latency_batches(), device=self.device, dtype=self.dtype,
                           budget_s=self.latency_budget_s if budget_s is None else budget_s)
-        mem = peak_memory_mb(self.model, config, self.latency_batches()[0], self.device)
         measurement.latency_p50_ms, measurement.latency_p90_ms = lat.p50_ms, lat.p90_ms
         measurement.latency_p99_ms, measurement.throughput = lat.p99_ms, lat.throughput
-        measurement.memory_mb, measurement.memory_method = mem["peak_mb"], mem["method"]
+        if memory:
+            mem = peak_memory_mb(self.model, config, self.latency_batches()[0], self.device)
+            measurement.memory_mb, measurement.memory_method = mem["peak_mb"], mem["method"]
         measurement.env = {**self.environment(), "latency_reps": lat.reps, "warmup": lat.warmup}
         return measurement
 

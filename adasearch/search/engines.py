@@ -39,7 +39,7 @@ class Measurer:
             return canon, key, self.known[key], True
         m = self.evaluator.measure_accuracy_and_cost([canon])[canon]
         if self.spec.needs_latency:
-            self.evaluator.time(m, canon)
+            self.evaluator.time(m, canon, memory=self.spec.needs_memory)
         metrics = {k: v for k, v in m.metrics().items() if v is not None}
         self.known[key] = metrics
         return canon, key, metrics, False
