@@ -182,12 +182,20 @@ def export(run_folder, expr, output, as_kwargs):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--model", default=None, help="Model source, if the run's recorded model path is not valid here.")
 @click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(0.001), help="Request size cap.")
-def serve(run_folder, host, port, model, max_body_mb):
-    """Serve RUN_FOLDER's Pareto configs over HTTP: POST /predict (with budget_ms), GET /configs, /healthz."""
+@click.option("--device", default=None, help="Device (default: the one the run measured).")
+@click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Dtype (default: the one the run measured).")
+@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads (default: the run's).")
+def serve(run_folder, host, port, model, max_body_mb, device, dtype, threads):
+    """Serve RUN_FOLDER's Pareto configs over HTTP: POST /predict (with budget_ms), GET /configs, /healthz.
+
+    It runs on the run's device, dtype and thread count, so the measured latencies that budgets are
+    compared with hold."""
     from adasearch.serving.http import serve as serve_http
 
     click.echo(f"serving {run_folder} on http://{host}:{port} (POST /predict, GET /configs, GET /healthz)", err=True)
-    serve_http(run_folder, host=host, port=port, model=model, max_body_mb=max_body_mb)
+    serve_http(run_folder, host=host, port=port, model=model, max_body_mb=max_body_mb, device=device, dtype=dtype,
+               threads=threads)
 
 
 @main.command("train-demo")

@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory):
     """One small real results folder for the whole module (a few seconds)."""
     root = tmp_path_factory.mktemp("run")
     (root / "space.yaml").write_text(yaml.safe_dump({"knobs": SPACE}))
-    spec = {"name": "t", "model": "demo", "data": {"source": "digits", "limit": 80},
+    spec = {"name": "t", "model": "demo", "data": {"source": "digits", "limit": 80}, "hardware": {"threads": 1},
             # gmacs makes the front deterministic (>= 2 points) even where sub-ms timing is noise
             "objectives": [{"accuracy": "max"}, {"gmacs": "min"}, {"latency_p50_ms": "min"}],
             "search": {"space": str(root / "space.yaml"), "latency_budget_s": 0.01, "final_latency_budget_s": 0.02},
@@ -275,3 +275,34 @@ def test_serving_runs_in_the_measured_dtype(run_dir, tmp_path):
     assert next(Deployment.load(f, dtype="float32").model.parameters()).dtype == torch.float32
     with pytest.raises(UserError, match="dtype 'int8' is not allowed"):
         Deployment.load(f, dtype="int8")
+
+
+def test_serving_runs_on_the_measured_device_or_says_why_not(run_dir, tmp_path):
+    """A run timed on CUDA is not served on CPU by accident: its latencies would not hold."""
+    doc = yaml.safe_load(next((run_dir / "deployments").glob("*.yaml")).read_text())
+    doc["hardware"]["device"] = "cuda"
+    f = tmp_path / "cuda.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    if torch.cuda.is_available():
+        assert next(Deployment.load(f).model.parameters()).device.type == "cuda"
+    else:
+        with pytest.raises(UserError, match=r"measured on device 'cuda'.*Pass device="):
+            Deployment.load(f)
+    dep = Deployment.load(f, device="cpu")
+    assert next(dep.model.parameters()).device.type == "cpu" and dep.hardware["device"] == "cuda"
+    with pytest.raises(UserError, match="device 'tpu'"):
+        Deployment.load(f, device="tpu")
+
+
+def test_serve_takes_the_runs_thread_count(run_dir):
+    from adasearch.serving.http import load_for_serving
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        dep = load_for_serving(str(run_dir))  # the run measured with threads: 1
+        assert dep.hardware["threads"] == 1 and torch.get_num_threads() == 1
+        load_for_serving(str(run_dir), threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

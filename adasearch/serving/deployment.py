@@ -6,8 +6,10 @@ model and config code: no optuna, ray, pandas, matplotlib or fvcore (a test chec
 Latency budgets are compared with each config's measured latency_p90_ms (latency_p50_ms where a run
 did not record p90): a config chosen for a budget then meets it on 9 requests in 10 on the measured
 hardware, rather than on only half of them. The figures are per batch of the run's hardware.batch_size.
-The model runs in the dtype the run measured (hardware.dtype, unless dtype= says otherwise); threads
-are the process's own, so serve with the run's hardware.threads for the measured figures to hold.
+The model runs on the device and in the dtype the run measured (hardware.device and hardware.dtype,
+unless device= or dtype= say otherwise): a run timed on CUDA refuses to load on a machine without CUDA
+rather than quietly serving on CPU with latencies that are no longer true. Threads are the process's
+own, so Deployment leaves them alone; `adasearch serve` sets the run's hardware.threads.
 """
 from __future__ import annotations
 
@@ -104,7 +106,20 @@ def _rank(e: Entry) -> tuple:
     return e.metrics.get("accuracy", 0.0), -(latency if latency is not None else math.inf)
 
 
-def _resolve_model(model, recorded: Optional[str], where: Path, device: str, dtype: str) -> AdaPerceiver:
+def _resolve_device(device: Optional[str], hardware: dict, where: Path) -> torch.device:
+    from adasearch.measure.environment import resolve_device  # torch only: no heavy imports
+
+    if device is not None:
+        return resolve_device(device)
+    recorded = hardware.get("device") or "cpu"
+    try:
+        return resolve_device(recorded)
+    except UserError as e:
+        raise UserError(f"{where} was measured on device {recorded!r}: {e}. Pass device=... (--device) to "
+                        f"serve elsewhere; its measured latencies then describe the other device")
+
+
+def _resolve_model(model, recorded: Optional[str], where: Path, device: torch.device, dtype: str) -> AdaPerceiver:
     if dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not allowed: one of {list(DTYPES)}")
     if isinstance(model, AdaPerceiver):
@@ -125,18 +140,20 @@ def _resolve_model(model, recorded: Optional[str], where: Path, device: str, dty
 class Deployment:
     """A model, loaded once, plus the configs it may run under: a run's Pareto configs or one exported config."""
 
-    def __init__(self, model: AdaPerceiver, entries: list):
+    def __init__(self, model: AdaPerceiver, entries: list, hardware: Optional[dict] = None):
         for e in entries:
             e.config.validate(model.cfg)  # a config of another model fails here, naming the knob
         self.model = model
         self._entries = list(entries)
+        self.hardware = dict(hardware or {})  # what the measured figures assume: device, threads, batch_size, dtype
 
     @classmethod
-    def load(cls, source: Union[str, Path], model=None, device: str = "cpu",
+    def load(cls, source: Union[str, Path], model=None, device: Optional[str] = None,
              dtype: Optional[str] = None) -> "Deployment":
         """A results folder (every Pareto config) or one deployment YAML/JSON (that config).
 
         model: an AdaPerceiver, a source for load_model, or None for the model the run recorded.
+        device: cpu | cuda | cuda:N | mps | auto; None runs on the device the run measured (cpu if unrecorded).
         dtype: float32 | bfloat16 | float16; None runs in the dtype the run measured.
         """
         source = Path(source)
@@ -148,8 +165,11 @@ class Deployment:
                 raise UserError(f"{source}: the Pareto front is empty (no config met the run's constraints)")
             spec = read_spec(source)
             recorded = spec.get("model") if model is None else None
-            dtype = dtype or (spec.get("hardware") or {}).get("dtype", "float32")
-            return cls(_resolve_model(model, recorded, source / "run.yaml", device, dtype), entries)
+            hardware = spec.get("hardware") or {}
+            dtype = dtype or hardware.get("dtype", "float32")
+            where = source / "run.yaml"
+            net = _resolve_model(model, recorded, where, _resolve_device(device, hardware, where), dtype)
+            return cls(net, entries, hardware)
         if not source.is_file():
             raise UserError(f"{source}: no such results folder or deployment YAML")
         config = DeploymentConfig.load(source)
@@ -158,8 +178,10 @@ class Deployment:
         wrapped = isinstance(doc, dict) and isinstance(doc.get("config"), dict)
         metrics = (doc.get("metrics") or {}) if wrapped else {}
         recorded = doc.get("model") if wrapped else None
-        dtype = dtype or ((doc.get("hardware") or {}).get("dtype") if wrapped else None) or "float32"
-        return cls(_resolve_model(model, recorded, source, device, dtype), [Entry(source.stem, config, metrics)])
+        hardware = (doc.get("hardware") or {}) if wrapped else {}
+        dtype = dtype or hardware.get("dtype") or "float32"
+        net = _resolve_model(model, recorded, source, _resolve_device(device, hardware, source), dtype)
+        return cls(net, [Entry(source.stem, config, metrics)], hardware)
 
     @property
     def configs(self) -> list:

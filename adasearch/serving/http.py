@@ -161,9 +161,21 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
     return app
 
 
-def serve(run: str, host: str = "127.0.0.1", port: int = 8000, model=None, max_body_mb: float = 8.0) -> None:
+def load_for_serving(run: str, model=None, device: Optional[str] = None, dtype: Optional[str] = None,
+                     threads: Optional[int] = None) -> Deployment:
+    """The Deployment, with this process's CPU threads set to the run's (or `threads`), so the
+    latencies that budgets are compared with were measured under the same thread count."""
+    dep = Deployment.load(run, model=model, device=device, dtype=dtype)
+    threads = threads or dep.hardware.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    return dep
+
+
+def serve(run: str, host: str = "127.0.0.1", port: int = 8000, model=None, max_body_mb: float = 8.0,
+          device: Optional[str] = None, dtype: Optional[str] = None, threads: Optional[int] = None) -> None:
     import uvicorn
 
-    dep = Deployment.load(run, model=model)
+    dep = load_for_serving(run, model=model, device=device, dtype=dtype, threads=threads)
     app = create_app(dep, int(max_body_mb * (1 << 20)))
     uvicorn.run(app, host=host, port=port, log_level="warning")
