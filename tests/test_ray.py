@@ -2,6 +2,8 @@
 import json
 import os
 import socket
+import tempfile
+from pathlib import Path
 
 import optuna
 import pytest
@@ -32,10 +34,14 @@ def write_spec(tmp_path, **search) -> str:
 def test_ray_search_end_to_end(tmp_path, monkeypatch):
     # Set before Ray starts, so the worker processes inherit it too.
     monkeypatch.setenv("ADASEARCH_CACHE", str(tmp_path / "cache"))
+    ray_temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    monkeypatch.setattr(ray_engine, "TEMP_PREFIX", str(ray_temp))
     # final_latency_budget_s: the runner re-times each Pareto config afterwards; keep that short.
     spec = load_spec(write_spec(tmp_path, trials=6, workers=2, final_latency_budget_s=0.01))
     summary = run(spec, progress=False)
     assert not summary["interrupted"]
+    assert list(ray_temp.iterdir()) == []  # Ray's session folder and Tune's files are gone
+    ray_temp.rmdir()
 
     out = tmp_path / "out"
     study = optuna.load_study(study_name="ray", storage=f"sqlite:///{out / 'study.db'}")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 from adasearch.errors import UserError
@@ -18,7 +20,9 @@ from adasearch.spec import METRICS, RunSpec
 
 # Unix socket paths are limited to 107 bytes, so Ray's session folder must have a short name;
 # keeping it (and Tune's result files) in /tmp also keeps Ray out of $HOME and the results folder.
-TEMP_DIR = f"/tmp/ray-{os.getuid()}"
+# Each run gets its own folder under this prefix and removes it afterwards: our storage, not Ray's
+# session logs or Tune's checkpoints, is what a run keeps.
+TEMP_PREFIX = "/tmp"
 MODES = {"maximize": "max", "minimize": "min"}
 
 
@@ -32,20 +36,24 @@ class RayEngine:
         todo = ctx.spec.search.trials - done  # resuming: only what the storage lacks
         if todo <= 0:
             return
-        started = _init_ray(ctx.spec)
+        temp_dir = tempfile.mkdtemp(prefix="ray-", dir=TEMP_PREFIX)  # about 17 bytes
         try:
-            _tune(ctx, todo)
-        finally:  # also on Ctrl-C, which then reaches the runner: it keeps the finished trials
-            if started:
-                import ray
+            started = _init_ray(ctx.spec, temp_dir)
+            try:
+                _tune(ctx, todo, temp_dir)
+            finally:  # also on Ctrl-C, which then reaches the runner: it keeps the finished trials
+                if started:
+                    import ray
 
-                ray.shutdown()
+                    ray.shutdown()
+        finally:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
     def planned(self, ctx: RunContext) -> int:
         return ctx.spec.search.trials
 
 
-def _init_ray(spec: RunSpec) -> bool:
+def _init_ray(spec: RunSpec, temp_dir: str) -> bool:
     """Start a local Ray on loopback, or join spec.search.ray_address. True when we started it."""
     address = spec.search.ray_address
     if address:
@@ -63,7 +71,7 @@ def _init_ray(spec: RunSpec) -> bool:
         return False
     quiet = dict(log_to_driver=False, logging_level=logging.WARNING, ignore_reinit_error=True)
     if not address:
-        ray.init(num_cpus=spec.search.workers, include_dashboard=False, _temp_dir=TEMP_DIR, **quiet)
+        ray.init(num_cpus=spec.search.workers, include_dashboard=False, _temp_dir=temp_dir, **quiet)
         return True
     try:
         ray.init(address=address, **quiet)
@@ -85,7 +93,7 @@ def _check_reachable(address: str) -> None:
                         f"allowed: host:port of a running Ray head, ray://host:port, or auto")
 
 
-def _tune(ctx: RunContext, todo: int) -> None:
+def _tune(ctx: RunContext, todo: int, temp_dir: str) -> None:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -113,7 +121,7 @@ def _tune(ctx: RunContext, todo: int) -> None:
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo,
                                     max_concurrent_trials=spec.search.workers,
                                     time_budget_s=spec.search.timeout, reuse_actors=True),
-        run_config=tune.RunConfig(storage_path=f"{TEMP_DIR}/tune", verbose=0,
+        run_config=tune.RunConfig(storage_path=f"{temp_dir}/tune", verbose=0,
                                   callbacks=[progress], stop=stop))
     errors = tuner.fit().errors
     if errors:  # Tune logs a failed trial and goes on; surface it (finished trials stay in the storage)
