@@ -21,6 +21,9 @@ def test_demo_accuracy_targets():
     assert smallest <= full - 0.02  # clearly lower
     assert t[(1, cfg.depth, 32)] < t[(8, cfg.depth, 32)] <= t[(32, cfg.depth, 32)] + 0.005  # tokens buy accuracy
     assert t[(32, cfg.depth, 8)] < full  # width buys accuracy
+    assert t[(32, 1, 32)] < full  # depth buys accuracy...
+    by_depth = [sum(v for (_, d, _), v in t.items() if d == depth) for depth in range(1, cfg.depth + 1)]
+    assert by_depth[0] < by_depth[cfg.depth // 2] < by_depth[-1]  # ...averaged over every tokens x width too
     assert min(t.values()) > 0.85  # every trained config is usable
 
 

@@ -2,6 +2,7 @@
 
 Every step reads out at every prefix granularity after every block (one anytime pass) and draws a
 random trained width per sample, so one set of weights serves every tokens x depth x width config.
+Deeper readouts weigh more in the loss (DEPTH_WEIGHT_POWER), so depth buys accuracy too.
 """
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ DEMO_CONFIG = dict(
     attn_layer="sdpa", adasearch={"dataset": "digits", "trained_by": "adasearch train-demo"},
 )
 DEFAULT_EPOCHS = 45
+# Why the readout after block d is weighted by d**1.5: with equal weights, block 1 learns to solve
+# digits alone and later blocks add nothing (top-1 was flat in depth, so early exit had nothing to
+# trade). Leaning the loss towards deeper readouts keeps every readout trained while giving the deep
+# ones reason to improve: mean top-1 now rises with depth. (Tried and dropped: 1-pixel shift
+# augmentation and D=16, both below 0.90 at the full config.)
+DEPTH_WEIGHT_POWER = 1.5
 
 
 def train_demo(out_dir, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
@@ -36,6 +43,8 @@ def train_demo(out_dir, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, lr: 
     model = AdaPerceiver(cfg)
     x_train, y_train = digits("train")
     widths = torch.tensor(cfg.mat_dims)
+    depth_weights = torch.arange(1, cfg.depth + 1, dtype=torch.float32) ** DEPTH_WEIGHT_POWER
+    depth_weights = depth_weights / depth_weights.sum()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps_per_epoch = math.ceil(len(y_train) / batch_size)
     total = epochs * steps_per_epoch
@@ -53,7 +62,9 @@ def train_demo(out_dir, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, lr: 
             out = model.anytime(xb, sample_mat_dim=sample_width)  # logits (depth, G, B, C)
             d, g, b, c = out.logits.shape
             # every depth x every prefix granularity, each sample at its own width: the joint regime
-            loss = F.cross_entropy(out.logits.reshape(-1, c), yb.repeat(d * g))
+            per_readout = F.cross_entropy(out.logits.reshape(-1, c), yb.repeat(d * g), reduction="none")
+            per_readout = per_readout.view(d, g, b).mean(-1)  # (depth, G)
+            loss = (per_readout * depth_weights[:, None]).sum() / g
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
