@@ -193,7 +193,6 @@ def serve(run_folder, host, port, model, max_body_mb, device, dtype, threads):
     compared with hold."""
     from adasearch.serving.http import serve as serve_http
 
-    click.echo(f"serving {run_folder} on http://{host}:{port} (POST /predict, GET /configs, GET /healthz)", err=True)
     serve_http(run_folder, host=host, port=port, model=model, max_body_mb=max_body_mb, device=device, dtype=dtype,
                threads=threads)
 

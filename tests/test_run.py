@@ -72,6 +72,7 @@ def test_exhaustive_front_equals_brute_force(tmp_path):
     r = invoke(write_spec(tmp_path))
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
+    assert f"next: adasearch report {out}" in r.output  # where to go from here
     pareto = json.loads((out / "pareto.json").read_text())["pareto"]
     ours = {(round(p["metrics"]["accuracy"], 9), round(p["metrics"]["gmacs"], 10)) for p in pareto}
     assert ours == brute_force_front(SPACE)

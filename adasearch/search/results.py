@@ -131,3 +131,7 @@ def print_summary(summary: dict, recs: list, spec, console) -> None:
         for r in rows:
             console.print(f"  {r.config.label()} misses " + "; ".join(
                 f"{k} by {v:.4g} (bound {spec.constraints[k].model_dump(exclude_none=True)})" for k, v in r.violations.items()))
+    else:
+        out = spec.output_dir
+        console.print(f"next: adasearch report {out}   |   adasearch export {out} --pick \"max accuracy\"   |   "
+                      f"adasearch serve {out}", highlight=False, soft_wrap=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 import threading
 from typing import Optional
 
@@ -178,4 +179,7 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, model=None, max_b
 
     dep = load_for_serving(run, model=model, device=device, dtype=dtype, threads=threads)
     app = create_app(dep, int(max_body_mb * (1 << 20)))
+    device = next(dep.model.parameters()).device
+    print(f"serving {run} ({len(dep.configs)} configs, {device}, {torch.get_num_threads()} threads) on "
+          f"http://{host}:{port} (POST /predict, GET /configs, GET /healthz)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
