@@ -208,3 +208,14 @@ def test_bad_specs(tmp_path):
     spec = write_spec(tmp_path, space={"num_tokens": [1, 64]})
     _one_line_error(invoke(spec), "knobs.num_tokens: value 64 does not fit the model")
     _one_line_error(invoke(tmp_path / "missing.yaml"), "no such run spec file")
+
+
+def test_every_example_spec_is_valid():
+    """The annotated examples in examples/ are documentation that must keep working."""
+    from adasearch.spec import load_spec
+
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert len(examples) >= 4
+    for path in examples:
+        spec = load_spec(str(path))
+        assert spec.output_dir.name == path.stem  # results/<example name>

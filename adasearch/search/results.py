@@ -113,14 +113,16 @@ def print_summary(summary: dict, recs: list, spec, console) -> None:
                   f"{summary['feasible']} feasible, {len(front)} on the Pareto front -> {spec.output_dir}")
     headers = {"accuracy": "top-1", "latency_p50_ms": "p50 ms", "latency_p90_ms": "p90 ms", "mmacs": "MMACs",
                "mean_exit_depth": "exit depth"}
-    cols = list(headers) + [o.metric for o in spec.objectives if o.metric not in headers]
+    shown_as_mmacs = {"macs", "gmacs", "flops", "gflops"}  # one compute column is enough
+    cols = list(headers) + [o.metric for o in spec.objectives if o.metric not in {*headers, *shown_as_mmacs}]
+    headers.update({"throughput": "img/s", "memory_mb": "MB", "latency_p99_ms": "p99 ms"})
     if not front:
         console.print("[bold red]no config satisfies the constraints.[/bold red] Closest configs:")
         rows = closest(recs, spec)
     else:
         rows = front
     t = Table(title="Pareto front" if front else "closest configs")
-    t.add_column("config", overflow="fold")
+    t.add_column("config", no_wrap=True)  # labels are what people copy; narrow the numbers instead
     for c in cols:
         t.add_column(headers.get(c, c), justify="right")
     for r in rows:
