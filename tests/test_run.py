@@ -99,8 +99,36 @@ def test_peak_memory_is_traced_per_trial_only_when_the_search_uses_it(tmp_path, 
     assert len(trials) == 18 and (trials["latency_p50_ms"] > 0).all()
     # without a use for it, only the re-timed candidates (a few of the 18) carry a memory figure
     assert trials["memory_mb"].notna().all() if every_trial else trials["memory_mb"].isna().any()
+    final = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}").user_attrs
     for row in json.loads((tmp_path / "out" / "pareto.json").read_text())["pareto"]:
+        # every config on the final front carries the longer re-timing, even one that joined the
+        # front only because re-timed candidates came out slower
+        assert str(row["trial"]) in final["final_metrics"]
         assert row["metrics"]["memory_mb"] > 0  # re-timed candidates always get it
+
+
+def test_configs_that_join_the_front_after_re_timing_are_re_timed_too(tmp_path, monkeypatch):
+    """Make every final re-timing 50x slower: the first candidates drop off the front and trials that
+    were never candidates join it. Each of those must be re-timed before it is reported."""
+    from adasearch.measure.evaluator import Evaluator
+
+    brief = Evaluator.time
+
+    def slow_when_final(self, m, config, budget_s=None, memory=True):
+        m = brief(self, m, config, budget_s=budget_s, memory=memory)
+        if budget_s is not None:  # the runner's re-timing passes the final budget
+            m.latency_p50_ms, m.latency_p90_ms, m.latency_p99_ms = (
+                50 * m.latency_p50_ms, 50 * m.latency_p90_ms, 50 * m.latency_p99_ms)
+        return m
+
+    monkeypatch.setattr(Evaluator, "time", slow_when_final)
+    r = invoke(write_spec(tmp_path, objectives=("accuracy", "latency_p50_ms")))
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    final = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}").user_attrs["final_metrics"]
+    pareto = json.loads((out / "pareto.json").read_text())["pareto"]
+    assert pareto and all(str(row["trial"]) in final for row in pareto)
+    assert all(row["metrics"] == {**row["metrics"], **final[str(row["trial"])]} for row in pareto)
 
 
 def test_optuna_resumes_and_only_grows(tmp_path):
