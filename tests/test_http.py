@@ -50,6 +50,14 @@ def server(tmp_path_factory):
     thread.join(timeout=10)
 
 
+def _huge_png() -> bytes:
+    """A decompression bomb: 10000 x 10000 pixels that compress to about 12 kB."""
+    buf = io.BytesIO()
+    Image.new("1", (10000, 10000)).save(buf, format="PNG")
+    assert len(buf.getvalue()) < 64 * 1024  # under the body limit: the pixel check must catch it
+    return buf.getvalue()
+
+
 def _png(array) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
@@ -103,9 +111,15 @@ def test_image_upload(server):
     (dict(content=b"GIF89a-not-really", headers={"content-type": "image/gif"}), 415, "not an image"),
     (dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "content-type"),
     (dict(content=b"x" * (65 * 1024), headers={"content-type": "application/json"}), 413, "limit"),
+    (dict(content=b"[" * 30000, headers={"content-type": "application/json"}), 422, "nested too deeply"),
+    (dict(content=b'{"inputs": [[[' + b"9" * 400 + b"]]]}", headers={"content-type": "application/json"}),
+     422, "rectangular nested array of numbers"),
+    (dict(content=None, headers={"content-type": "image/png"}), 413, "pixels"),  # content: _huge_png()
 ])
 def test_malformed_requests_get_4xx_and_the_server_stays_up(server, kwargs, status, needle):
     client, _ = server
+    if kwargs.get("content", b"") is None:
+        kwargs = {**kwargs, "content": _huge_png()}
     r = client.post("/predict", **kwargs)
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]

@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import threading
+import warnings
 from typing import Optional
 
 import torch
@@ -28,6 +29,7 @@ from adasearch.errors import UserError
 from adasearch.serving.deployment import Deployment
 
 MAX_BATCH = 256
+MAX_IMAGE_PIXELS = 4096 * 4096  # a large photo; the model resizes to img_size anyway
 
 
 class RequestError(Exception):
@@ -53,6 +55,8 @@ def _tensor_from_json(body: bytes, dep: Deployment):
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(400, f"body is not valid JSON ({e.msg if hasattr(e, 'msg') else e})")
+    except RecursionError:
+        raise RequestError(422, "JSON body is nested too deeply")
     if not isinstance(doc, dict) or "inputs" not in doc:
         raise RequestError(422, 'JSON body must be an object {"inputs": [...], "budget_ms": optional number}')
     unknown = [k for k in doc if k not in ("inputs", "budget_ms")]
@@ -60,7 +64,7 @@ def _tensor_from_json(body: bytes, dep: Deployment):
         raise RequestError(422, f"unknown key {unknown[0]!r}; allowed: inputs, budget_ms")
     try:
         x = torch.tensor(doc["inputs"], dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):
+    except (TypeError, ValueError, RuntimeError, OverflowError, RecursionError):
         raise RequestError(422, "inputs must be a rectangular nested array of numbers")
     if not torch.isfinite(x).all():
         raise RequestError(422, "inputs contain NaN or infinity")
@@ -80,9 +84,18 @@ def _tensor_from_image(data: bytes, dep: Deployment):
     from adasearch.data.datasets import preprocess_image
 
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # Pillow warns on big canvases; the check below answers them
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))  # reads the header only
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise RequestError(415, "the file is not an image Pillow can read (JPEG, PNG, BMP, WebP, ...)")
+    # A small file can declare a huge canvas (a decompression bomb): check before decoding a pixel.
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        raise RequestError(413, f"image of {img.width}x{img.height} pixels is over the limit of "
+                                f"{MAX_IMAGE_PIXELS} pixels; resize it first")
+    try:
         img.load()
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
         raise RequestError(415, "the file is not an image Pillow can read (JPEG, PNG, BMP, WebP, ...)")
     cfg = dep.model.cfg
     return preprocess_image(img, cfg.img_size, cfg.in_channels)[None]
@@ -139,17 +152,17 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         budget = request.query_params.get("budget_ms")
         if ctype == "application/json":
-            x, json_budget = _tensor_from_json(body, dep)
+            x, json_budget = await run_in_threadpool(_tensor_from_json, body, dep)
             budget = json_budget if json_budget is not None else budget
         elif ctype == "multipart/form-data":
             form = await request.form()
             upload = form.get("file")
             if upload is None or not hasattr(upload, "read"):
                 raise RequestError(422, "multipart body needs a file field named 'file'")
-            x = _tensor_from_image(await upload.read(), dep)
+            x = await run_in_threadpool(_tensor_from_image, await upload.read(), dep)
             budget = form.get("budget_ms", budget)
         elif ctype.startswith("image/") or ctype == "application/octet-stream":
-            x = _tensor_from_image(body, dep)
+            x = await run_in_threadpool(_tensor_from_image, body, dep)  # decoding must not block the loop
         else:
             raise RequestError(415, f"content-type {ctype or 'none'!r} is not allowed; send application/json, "
                                     f"multipart/form-data (field 'file') or an image/* body")
