@@ -119,26 +119,45 @@ class DeploymentConfig:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, text: str) -> "DeploymentConfig":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, where: str = "config") -> "DeploymentConfig":
+        return cls.from_dict(_unwrap(parse_document(text, where, as_json=True)), where)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str, where: str = "config") -> "DeploymentConfig":
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise UserError(f"{where}: malformed YAML ({str(e).splitlines()[0]})")
-        if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
-            data = data["config"]  # exported deployment files wrap the knobs with their measurements
-        return cls.from_dict(data, where)
+        return cls.from_dict(_unwrap(parse_document(text, where)), where)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "DeploymentConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: no such deployment config file")
+        return cls.from_dict(_unwrap(read_document(path)), str(path))
+
+
+def _unwrap(data):
+    """Exported deployment files wrap the knobs ("config") with their measurements."""
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        return data["config"]
+    return data
+
+
+def parse_document(text: str, where: str, as_json: bool = False):
+    """JSON or YAML text as Python data, or a one-line UserError naming `where`."""
+    try:
+        return json.loads(text) if as_json else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})")
+    except yaml.YAMLError as e:
+        raise UserError(f"{where}: malformed YAML ({str(e).splitlines()[0]})")
+
+
+def read_document(path: Union[str, Path]):
+    """A deployment file (.json as JSON, anything else as YAML) as Python data, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such deployment config file")
+    try:
         text = path.read_text()
-        return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text, str(path))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read it as text ({type(e).__name__})")
+    return parse_document(text, str(path), as_json=path.suffix.lower() == ".json")

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -306,3 +307,76 @@ def test_serve_takes_the_runs_thread_count(run_dir):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_deployment_files_in_json_load_and_malformed_ones_say_why(run_dir, tmp_path):
+    doc = yaml.safe_load(next((run_dir / "deployments").glob("*.yaml")).read_text())
+    f = tmp_path / "tabs.json"
+    f.write_text(json.dumps(doc, indent="\t"))  # valid JSON that YAML cannot read (tabs)
+    dep = Deployment.load(f)
+    assert dep.configs[0].config == DeploymentConfig.from_dict(doc["config"])
+    assert dep.configs[0].metrics == doc["metrics"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"config": {"num_tokens": 8,}}')
+    with pytest.raises(UserError, match=r"bad.json: malformed JSON"):
+        Deployment.load(bad)
+    r = CliRunner().invoke(main, ["serve", str(bad)])
+    assert r.exit_code == 2 and "malformed JSON" in r.output and "Traceback" not in r.output
+
+
+def _edited_run(run_dir, tmp_path, edit) -> Path:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    doc = yaml.safe_load((copy / "run.yaml").read_text())
+    edit(doc)
+    (copy / "run.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return copy
+
+
+def test_the_device_a_run_measured_on_wins_over_a_spec_that_said_auto(run_dir, tmp_path):
+    def auto_on_cuda(doc):
+        doc["spec"]["hardware"]["device"] = "auto"
+        doc["environment"]["device"] = "cuda:0"
+
+    copy = _edited_run(run_dir, tmp_path, auto_on_cuda)
+    if torch.cuda.is_available():
+        assert next(Deployment.load(copy).model.parameters()).device.type == "cuda"
+    else:
+        with pytest.raises(UserError, match="measured on device 'cuda:0'"):
+            Deployment.load(copy)
+    assert Deployment.load(copy, device="cpu").hardware["device"] == "cuda:0"
+
+
+def test_a_run_of_a_hub_model_tries_the_hub_instead_of_calling_it_missing(run_dir, tmp_path):
+    def hub(doc):
+        doc["spec"]["model"] = "someorg/somemodel"
+
+    copy = _edited_run(run_dir, tmp_path, hub)
+    with pytest.raises(UserError, match=r"'someorg/somemodel'.*hub id: .*pass model="):
+        Deployment.load(copy)  # offline or without huggingface_hub here: the hub loader says why
+
+
+def test_a_model_path_relative_to_the_spec_is_recorded_so_serving_finds_it(tmp_path, monkeypatch):
+    from adasearch.model.loading import save_model
+
+    project = tmp_path / "project"
+    save_model(load_model("demo"), project / "models" / "digits")
+    (project / "space.yaml").write_text(yaml.safe_dump({"knobs": {"num_tokens": [1, 32], "depth": [1, 6]}}))
+    (project / "spec.yaml").write_text(yaml.safe_dump({
+        "name": "rel", "model": "models/digits", "data": {"source": "digits", "limit": 40},
+        "objectives": ["accuracy", "gmacs"], "search": {"space": "space.yaml", "final_latency_budget_s": 0.01},
+        "output": str(tmp_path / "out")}))
+    monkeypatch.setenv("ADASEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # not the spec's folder: the model path is relative to the spec
+    r = CliRunner().invoke(main, ["run", "project/spec.yaml", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    dep = Deployment.load(tmp_path / "out")
+    assert dep.model.cfg == load_model("demo").cfg
+    exported = next((tmp_path / "out" / "deployments").glob("*.yaml"))
+    assert Path(yaml.safe_load(exported.read_text())["model"]) == (project / "models" / "digits").resolve()
+    assert Deployment.load(exported).configs

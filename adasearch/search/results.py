@@ -58,6 +58,14 @@ def deployment_name(r, spec) -> str:
     return "-".join(figures) + f"-{r.config.label()}.yaml"
 
 
+def _model_ref(spec) -> str:
+    """spec.model as an absolute path when it names a local folder or file, else as written (demo, a hub id)."""
+    if spec.model == "demo":
+        return spec.model
+    local = Path(spec.resolve(spec.model)).expanduser()
+    return str(local.resolve()) if local.exists() else spec.model
+
+
 def write_results(ctx, recs: list, engine_name: str, interrupted: bool = False, new_trials: int = 0) -> dict:
     import pandas as pd
 
@@ -66,6 +74,11 @@ def write_results(ctx, recs: list, engine_name: str, interrupted: bool = False, 
     out.mkdir(parents=True, exist_ok=True)
     env = ctx.measurer.evaluator.environment()
     front = front_of(recs, spec)
+    # What serving code needs to reproduce the figures, written so that it holds from any directory:
+    # the model as an absolute path (the spec's may be relative to the spec file), and the device the
+    # run measured on (the spec's may say "auto").
+    model_ref = _model_ref(spec)
+    hardware = {**spec.hardware.model_dump(), "device": env["device"]}
     summary = {
         "adasearch": __version__, "engine": engine_name, "interrupted": interrupted,
         "space": {"name": ctx.space.name, "file": ctx.space.source, "size": ctx.space.size()},
@@ -73,7 +86,7 @@ def write_results(ctx, recs: list, engine_name: str, interrupted: bool = False, 
         "pareto": len(front), "macs_convention": MACS_CONVENTION, "environment": env,
         "model_config": {k: getattr(ctx.space.cfg, k) for k in ("embed_dim", "depth", "max_latent_tokens",
                                                                 "mask_token_grans", "mat_dims", "num_classes")},
-        "spec": spec.to_yaml_dict(),
+        "spec": {**spec.to_yaml_dict(), "model": model_ref},
     }
     (out / "run.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
     pd.DataFrame([_row(r) for r in recs]).to_csv(out / "trials.csv", index=False)
@@ -89,8 +102,8 @@ def write_results(ctx, recs: list, engine_name: str, interrupted: bool = False, 
         shutil.rmtree(deployments)  # the front may have changed since the last write
     deployments.mkdir()
     for r, p in zip(front, pareto):
-        doc = {"config": r.config.to_dict(), "metrics": r.metrics, "model": spec.model,
-               "hardware": spec.hardware.model_dump(), "data": spec.data.model_dump(),
+        doc = {"config": r.config.to_dict(), "metrics": r.metrics, "model": model_ref,
+               "hardware": hardware, "data": spec.data.model_dump(),
                "macs_convention": MACS_CONVENTION, "trial": r.number}
         (deployments / p["name"]).write_text(yaml.safe_dump(doc, sort_keys=False))
     summary["front"] = front

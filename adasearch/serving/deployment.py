@@ -22,8 +22,8 @@ from typing import NamedTuple, Optional, Union
 import torch
 import yaml
 
-from adasearch.config import DeploymentConfig
-from adasearch.errors import UserError
+from adasearch.config import DeploymentConfig, read_document
+from adasearch.errors import CheckpointError, UserError
 from adasearch.model.adaperceiver import AdaPerceiver
 from adasearch.model.loading import load_model
 
@@ -51,15 +51,21 @@ def read_pareto(folder: Union[str, Path]) -> dict:
     return doc
 
 
+def _read_run(folder: Union[str, Path]) -> dict:
+    """run.yaml of a results folder as a mapping ({} when unreadable; read_spec says why)."""
+    try:
+        doc = yaml.safe_load((Path(folder) / "run.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def read_spec(folder: Union[str, Path]) -> dict:
     """The resolved run spec in run.yaml (model, hardware, data, ...)."""
     path = Path(folder) / "run.yaml"
     if not path.is_file():
         raise UserError(f"{Path(folder)}: no run.yaml; is this a results folder of `adasearch run`?")
-    try:
-        spec = (yaml.safe_load(path.read_text()) or {}).get("spec")
-    except (yaml.YAMLError, AttributeError):
-        spec = None
+    spec = _read_run(folder).get("spec")
     if not isinstance(spec, dict):
         raise UserError(f"{path}: expected a mapping with a 'spec' section")
     return spec
@@ -106,6 +112,10 @@ def _rank(e: Entry) -> tuple:
     return e.metrics.get("accuracy", 0.0), -(latency if latency is not None else math.inf)
 
 
+def _looks_like_hub_id(s: str) -> bool:
+    return s.count("/") == 1 and not s.startswith((".", "/", "~")) and not Path(s).suffix
+
+
 def _resolve_device(device: Optional[str], hardware: dict, where: Path) -> torch.device:
     from adasearch.measure.environment import resolve_device  # torch only: no heavy imports
 
@@ -130,6 +140,12 @@ def _resolve_model(model, recorded: Optional[str], where: Path, device: torch.de
         raise UserError(f"{where} records no model; pass model=... (a folder, a weights file or an AdaPerceiver)")
     elif recorded == "demo" or Path(recorded).expanduser().exists():
         net = load_model(recorded)
+    elif _looks_like_hub_id(recorded):  # owner/name: a hub id, or a relative folder missing from here
+        try:
+            net = load_model(recorded)
+        except CheckpointError as e:
+            raise UserError(f"{where} records model {recorded!r}: no such folder from here, and as a hub id: "
+                            f"{e}; pass model=... (a folder, a weights file or an AdaPerceiver)")
     else:
         # run.yaml keeps the spec's model as written, relative to wherever the run was launched.
         raise UserError(f"{where} records model {recorded!r}, which does not exist from here; pass "
@@ -165,7 +181,10 @@ class Deployment:
                 raise UserError(f"{source}: the Pareto front is empty (no config met the run's constraints)")
             spec = read_spec(source)
             recorded = spec.get("model") if model is None else None
-            hardware = spec.get("hardware") or {}
+            hardware = dict(spec.get("hardware") or {})
+            measured_on = (_read_run(source).get("environment") or {}).get("device")
+            if measured_on:  # the spec may say "auto"; this is where the figures were taken
+                hardware["device"] = measured_on
             dtype = dtype or hardware.get("dtype", "float32")
             where = source / "run.yaml"
             net = _resolve_model(model, recorded, where, _resolve_device(device, hardware, where), dtype)
@@ -174,7 +193,7 @@ class Deployment:
             raise UserError(f"{source}: no such results folder or deployment YAML")
         config = DeploymentConfig.load(source)
         # An exported file wraps the knobs with the run's measurements and model; a bare one is knobs only.
-        doc = yaml.safe_load(source.read_text())
+        doc = read_document(source)
         wrapped = isinstance(doc, dict) and isinstance(doc.get("config"), dict)
         metrics = (doc.get("metrics") or {}) if wrapped else {}
         recorded = doc.get("model") if wrapped else None
