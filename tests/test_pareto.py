@@ -36,3 +36,20 @@ def test_candidates_for_retiming():
     assert [r.number for r in candidates(recs, timed)] == [0, 1, 2, 3]  # front + the next layer
     untimed = RunSpec(objectives=["accuracy", "gmacs"])
     assert [r.number for r in candidates(recs, untimed)] == [0, 1]  # deterministic: the front is exact
+
+
+def test_closest_measures_a_violation_against_the_bound_it_broke():
+    """With latency bounded on both sides, 0.1 ms is 90 % under its 1 ms minimum: farther off than an
+    accuracy 5.6 % under its minimum, although 0.9 ms is tiny next to the 100 ms maximum."""
+    from adasearch.config import DeploymentConfig
+    from adasearch.search.results import closest
+    from adasearch.search.trials import TrialRecord, violations
+
+    spec = RunSpec(objectives=["accuracy", "latency_p90_ms"],
+                   constraints={"latency_p90_ms": {"min": 1, "max": 100}, "accuracy": {"min": 0.9}})
+    recs = []
+    for number, metrics in enumerate([{"accuracy": 0.95, "latency_p90_ms": 0.1},
+                                      {"accuracy": 0.85, "latency_p90_ms": 10.0}]):
+        viol = violations(spec, metrics)
+        recs.append(TrialRecord(number, DeploymentConfig(depth=number + 1), {}, metrics, not viol, viol))
+    assert [r.number for r in closest(recs, spec)] == [1, 0]

@@ -217,6 +217,14 @@ def _one_line_error(result, *needles):
         assert n in lines[0], lines[0]
 
 
+def test_resuming_with_other_objectives_is_refused_in_one_line(tmp_path):
+    small = {"num_tokens": [1, 32], "depth": [1, 6]}
+    assert invoke(write_spec(tmp_path, objectives=("accuracy", "gmacs"), space=small)).exit_code == 0
+    # same directions (max, min), other metric: the stored values would be read as latency
+    r = invoke(write_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), space=small))
+    _one_line_error(r, "for objectives ['accuracy', 'gmacs']", "asks for ['accuracy', 'latency_p50_ms']")
+
+
 def test_bad_specs(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("model: demo\nsearch: [1, 2\n")

@@ -32,9 +32,12 @@ def front_of(recs: list, spec) -> list:
 
 def closest(recs: list, spec, n: int = 5) -> list:
     """Infeasible records nearest to the constraints: smallest summed relative violation."""
+    def violated_bound(k: str, value) -> float:
+        b = spec.constraints[k]
+        return b.min if b.min is not None and value is not None and value < b.min else b.max
+
     def score(r):
-        return sum(v / max(abs(b), 1e-12) for k, v in r.violations.items()
-                   for b in [spec.constraints[k].max if spec.constraints[k].max is not None else spec.constraints[k].min])
+        return sum(v / max(abs(violated_bound(k, r.metrics.get(k))), 1e-12) for k, v in r.violations.items())
     return sorted(recs, key=score)[:n]
 
 

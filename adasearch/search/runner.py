@@ -54,6 +54,15 @@ def open_study(spec: RunSpec, out_dir: Path):
     if stored != directions:
         raise UserError(f"storage {url!r} already holds study {spec.run_name!r} with directions {stored}; "
                         f"the spec asks for {directions}: use another output/storage or name")
+    # Directions alone do not tell accuracy/gmacs from accuracy/latency: the stored values would be
+    # read as the wrong metric. Record the objectives' names and refuse a resume that changes them.
+    metrics = [o.metric for o in spec.objectives]
+    recorded = study.user_attrs.get("objectives")
+    if recorded is None:
+        study.set_user_attr("objectives", metrics)
+    elif recorded != metrics:
+        raise UserError(f"storage {url!r} already holds study {spec.run_name!r} for objectives {recorded}; "
+                        f"the spec asks for {metrics}: use another output/storage or name")
     return study
 
 
