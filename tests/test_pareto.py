@@ -38,6 +38,28 @@ def test_candidates_for_retiming():
     assert [r.number for r in candidates(recs, untimed)] == [0, 1]  # deterministic: the front is exact
 
 
+def test_near_misses_of_a_timed_constraint_are_re_timed_too():
+    """A brief timing can push a config over a latency bound; if it would be on the front within the
+    bound, it is worth re-timing. Misses of untimed constraints, and dominated misses, are not."""
+    from adasearch.search.trials import violations
+
+    spec = RunSpec(objectives=["accuracy", "latency_p50_ms"],
+                   constraints={"latency_p50_ms": {"max": 2.0}, "accuracy": {"min": 0.8}})
+
+    def rec(n, acc, lat):
+        metrics = {"accuracy": acc, "latency_p50_ms": lat}
+        viol = violations(spec, metrics)
+        return TrialRecord(n, DeploymentConfig(depth=n % 6 + 1), {}, metrics, not viol, viol)
+
+    recs = [rec(0, 0.90, 1.0), rec(1, 0.95, 1.9),  # the feasible front
+            rec(2, 0.97, 2.2),  # 10 % over the bound, would top the front: a near miss
+            rec(3, 0.99, 9.0),  # 350 % over: a near miss too, but farther
+            rec(4, 0.70, 0.5),  # breaks accuracy, which timing cannot fix
+            rec(5, 0.94, 2.5)]  # over the bound and dominated by trial 1 anyway
+    assert [r.number for r in candidates(recs, spec)] == [0, 1, 2, 3]
+    assert [r.number for r in candidates(recs[:2] + recs[2:4][::-1], spec)] == [0, 1, 2, 3]  # closest first
+
+
 def test_closest_measures_a_violation_against_the_bound_it_broke():
     """With latency bounded on both sides, 0.1 ms is 90 % under its 1 ms minimum: farther off than an
     accuracy 5.6 % under its minimum, although 0.9 ms is tiny next to the 100 ms maximum."""

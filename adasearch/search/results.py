@@ -32,13 +32,7 @@ def front_of(recs: list, spec) -> list:
 
 def closest(recs: list, spec, n: int = 5) -> list:
     """Infeasible records nearest to the constraints: smallest summed relative violation."""
-    def violated_bound(k: str, value) -> float:
-        b = spec.constraints[k]
-        return b.min if b.min is not None and value is not None and value < b.min else b.max
-
-    def score(r):
-        return sum(v / max(abs(violated_bound(k, r.metrics.get(k))), 1e-12) for k, v in r.violations.items())
-    return sorted(recs, key=score)[:n]
+    return sorted(recs, key=lambda r: T.relative_violation(spec, r))[:n]
 
 
 def _row(r) -> dict:

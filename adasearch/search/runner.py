@@ -169,7 +169,22 @@ def candidates(recs: list, spec: RunSpec) -> list:
         remaining = [r for r in remaining if r not in picked]
         if not remaining:
             break
+    if spec.needs_latency:
+        chosen += near_misses(recs, spec, chosen, limit=len(chosen))
     return chosen
+
+
+def near_misses(recs: list, spec: RunSpec, chosen: list, limit: int) -> list:
+    """Trials that broke only timed constraints (a noisy brief timing can do that) and would be on the
+    front if they met them: the `limit` closest to their bounds."""
+    from adasearch.search.pareto import dominates
+    from adasearch.spec import LATENCY_METRICS
+
+    directions = [o.direction for o in spec.objectives]
+    front = [T.objective_values(spec, r.metrics) for r in chosen if r.feasible]
+    misses = [r for r in recs if not r.feasible and r not in chosen and set(r.violations) <= LATENCY_METRICS
+              and not any(dominates(f, T.objective_values(spec, r.metrics), directions) for f in front)]
+    return sorted(misses, key=lambda r: T.relative_violation(spec, r))[:limit]
 
 
 def retime_finalists(ctx: RunContext, recs: list) -> dict:

@@ -44,6 +44,15 @@ def violations(spec: RunSpec, metrics: dict) -> dict:
     return {k: v for k, v in constraint_values(spec, metrics).items() if v > 0}
 
 
+def relative_violation(spec: RunSpec, record) -> float:
+    """Summed violations, each relative to the bound it broke (0 when feasible)."""
+    def bound(k: str) -> float:
+        b, value = spec.constraints[k], record.metrics.get(k)
+        return b.min if b.min is not None and value is not None and value < b.min else b.max
+
+    return sum(v / max(abs(bound(k)), 1e-12) for k, v in record.violations.items())
+
+
 def objective_values(spec: RunSpec, metrics: dict) -> list:
     return [metrics[o.metric] for o in spec.objectives]
 
