@@ -101,6 +101,8 @@ def test_run_folder_loads_every_pareto_config_and_one_model(run_dir, images):
     assert torch.allclose(one.logits, dep.predict(images).logits[:1], atol=1e-6)
     with pytest.raises(InputError, match="channel"):
         dep.predict(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(InputError, match="empty batch"):
+        dep.predict(torch.zeros(0, 1, 8, 8))
 
 
 # ---------------------------------------------------------------- budgets

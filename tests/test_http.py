@@ -107,6 +107,7 @@ def test_image_upload(server):
     (dict(json={"inputs": torch.zeros(1, 7, 8).tolist()}), 422, "patch_size=2"),
     (dict(json={"inputs": torch.zeros(1, 8, 8).tolist(), "budget_ms": "fast"}), 422, "budget_ms"),
     (dict(json={"inputs": torch.zeros(1, 8, 8).tolist(), "budget_ms": -1}), 422, "budget_ms"),
+    (dict(json={"inputs": torch.zeros(1, 8, 8).tolist(), "budget_ms": True}), 422, "budget_ms"),
     (dict(json={"images": []}), 422, "inputs"),
     (dict(content=b"GIF89a-not-really", headers={"content-type": "image/gif"}), 415, "not an image"),
     (dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "content-type"),

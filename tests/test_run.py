@@ -140,6 +140,9 @@ def test_optuna_resumes_and_only_grows(tmp_path):
     assert r.exit_code == 0, r.output
     second = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}
     assert len(second) == 14 and all(second[n] == v for n, v in first.items())
+    r = invoke(spec, "--trials", 14)  # nothing left to do: no extra trial, none counted as new
+    assert r.exit_code == 0 and "(0 new" in r.output, r.output
+    assert len(complete_trials(tmp_path / "out")) == 14
 
 
 def test_resume_after_kill(tmp_path):

@@ -119,6 +119,8 @@ class OptunaEngine:
         from optuna.trial import TrialState
 
         spec = ctx.spec
+        if _completed(ctx.study) >= spec.search.trials:
+            return  # resuming a finished run: Optuna would still start one more trial before stopping
         workers = []
         if spec.search.workers > 1:
             mp = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/SQLite state
@@ -153,9 +155,18 @@ def _worker(spec_dict: dict, base_dir: str, seed: int) -> None:
     _optimize_alone(prepare(spec))
 
 
+def _completed(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
 def _optimize_alone(ctx: RunContext) -> None:
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
+
+    if _completed(ctx.study) >= ctx.spec.search.trials:
+        return
 
     ctx.study.optimize(optuna_objective(ctx), n_trials=None, timeout=ctx.spec.search.timeout,
                        callbacks=[MaxTrialsCallback(ctx.spec.search.trials, states=(TrialState.COMPLETE,))])

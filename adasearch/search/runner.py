@@ -129,7 +129,7 @@ def run(spec: RunSpec, progress: bool = True, console=None) -> dict:
     console = console or Console(stderr=True)
     ctx = prepare(spec)
     engine = choose_engine(spec, ctx.space)
-    before = len(ctx.measurer.known)
+    before = len(T.records(ctx.study, spec))  # trials, as the summary counts them (not distinct configs)
     bar = _Progress(ctx, engine.planned(ctx), progress)
 
     def on_trial(metrics=None):

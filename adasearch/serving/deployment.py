@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from adasearch.config import DeploymentConfig, read_document
-from adasearch.errors import CheckpointError, UserError
+from adasearch.errors import CheckpointError, InputError, UserError
 from adasearch.model.adaperceiver import AdaPerceiver
 from adasearch.model.loading import load_model
 
@@ -226,6 +226,8 @@ class Deployment:
         entry, within = self.choose(budget_ms)
         if isinstance(x, torch.Tensor):  # anything else is for the model to reject with its own message
             x = x.unsqueeze(0) if x.ndim == 3 else x
+            if x.ndim == 4 and x.shape[0] == 0:
+                raise InputError("predict got an empty batch (B = 0); give at least one image")
             param = next(self.model.parameters())
             x = x.to(param.device, dtype=param.dtype if x.is_floating_point() else None)
         with torch.inference_mode():

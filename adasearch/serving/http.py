@@ -41,6 +41,8 @@ class RequestError(Exception):
 def _budget(value) -> Optional[float]:
     if value is None or value == "":
         return None
+    if isinstance(value, bool):  # JSON true would otherwise read as 1 ms
+        raise RequestError(422, f"budget_ms={value!r} is not a number; give milliseconds > 0")
     try:
         b = float(value)
     except (TypeError, ValueError):
