@@ -75,3 +75,10 @@ def test_closest_measures_a_violation_against_the_bound_it_broke():
         viol = violations(spec, metrics)
         recs.append(TrialRecord(number, DeploymentConfig(depth=number + 1), {}, metrics, not viol, viol))
     assert [r.number for r in closest(recs, spec)] == [1, 0]
+
+
+def test_a_config_sampled_twice_is_a_single_candidate():
+    twice = [_rec(0, 0.9, 1.0), _rec(6, 0.9, 1.0), _rec(1, 0.95, 2.0)]  # trial 6 repeats trial 0's config
+    assert twice[0].config == twice[1].config
+    timed = RunSpec(objectives=["accuracy", "latency_p50_ms"])
+    assert [r.number for r in candidates(twice, timed)] == [0, 1]

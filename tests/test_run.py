@@ -131,6 +131,18 @@ def test_configs_that_join_the_front_after_re_timing_are_re_timed_too(tmp_path, 
     assert all(row["metrics"] == {**row["metrics"], **final[str(row["trial"])]} for row in pareto)
 
 
+def test_every_trial_of_one_config_reports_the_same_figures(tmp_path):
+    """Samplers repeat configs; the config is measured once and re-timed once, and each copy says so."""
+    small = {"num_tokens": [1, 32], "depth": [1, 6]}  # 4 networks, 12 trials: repeats are certain
+    r = invoke(write_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), space=small,
+                          engine="optuna", sampler="random", trials=12))
+    assert r.exit_code == 0, r.output
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert len(trials) == 12 and trials["config"].nunique() < 12
+    metrics = ["accuracy", "latency_p50_ms", "latency_p90_ms"]
+    assert (trials.groupby("config")[metrics].nunique() == 1).all().all()
+
+
 def test_optuna_resumes_and_only_grows(tmp_path):
     spec = write_spec(tmp_path, engine="optuna", sampler="tpe", trials=8)
     assert invoke(spec).exit_code == 0

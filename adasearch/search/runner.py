@@ -145,7 +145,9 @@ def run(spec: RunSpec, progress: bool = True, console=None) -> dict:
             interrupted = True
     interrupted = interrupted or bool(ctx.stop)
     recs = T.records(ctx.study, spec)
-    final = retime_finalists(ctx, recs) if recs and not interrupted else {}
+    # Interrupted: keep the re-timed figures earlier complete runs stored, but re-time nothing now.
+    final = (retime_finalists(ctx, recs) if recs and not interrupted
+             else dict(ctx.study.user_attrs.get("final_metrics", {})))
     recs = T.records(ctx.study, spec, final)
     summary = write_results(ctx, recs, engine.name, interrupted=interrupted, new_trials=len(recs) - before)
     print_summary(summary, recs, spec, console)
@@ -160,6 +162,10 @@ def candidates(recs: list, spec: RunSpec) -> list:
     non-dominated layer (at most twice the front's size), since a trial can be pushed off the front
     by timing noise alone."""
     directions = [o.direction for o in spec.objectives]
+    first: dict = {}
+    for r in recs:  # one trial per config (samplers can repeat one): the first, so it is timed once
+        first.setdefault(r.config, r)
+    recs = list(first.values())
     remaining = [r for r in recs if r.feasible] or list(recs)
     chosen: list = []
     for layer in range(2 if spec.needs_latency else 1):

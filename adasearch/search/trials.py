@@ -72,12 +72,16 @@ def records(study, spec: RunSpec, final: Optional[dict] = None) -> list:
     from optuna.trial import TrialState
 
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "metrics" not in t.user_attrs:
-            continue
-        metrics = dict(t.user_attrs["metrics"])
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
+    # Re-timed figures belong to the config, not the trial: a sampler can propose one config twice,
+    # and each copy re-timed on its own would let the luckier timing win (best-of-N).
+    final_by_key = {}
+    for t in trials:
         if final and str(t.number) in final:
-            metrics.update(final[str(t.number)])
+            final_by_key.setdefault(t.user_attrs.get("key", t.number), final[str(t.number)])
+    for t in trials:
+        metrics = dict(t.user_attrs["metrics"])
+        metrics.update(final_by_key.get(t.user_attrs.get("key", t.number), {}))
         viol = violations(spec, metrics)
         out.append(TrialRecord(t.number, DeploymentConfig.from_dict(t.user_attrs["config"]), dict(t.params),
                                metrics, not viol, viol))
