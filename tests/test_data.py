@@ -236,6 +236,13 @@ def test_errors_for_bad_npz(tmp_path):
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file")
     raises_naming(garbage, lambda: load_data(str(garbage)))
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")  # EOFError inside numpy
+    raises_naming(empty, lambda: load_data(str(empty)))
+    good = write_npz(tmp_path / "good.npz").read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good[: len(good) // 2])  # zipfile.BadZipFile
+    raises_naming(truncated, lambda: load_data(str(truncated)))
 
 
 def test_check_labels(tmp_path, folder):
@@ -243,3 +250,13 @@ def test_check_labels(tmp_path, folder):
     check_labels(data, 3, "model.safetensors")
     message = raises_naming("model.safetensors", lambda: check_labels(data, 2, "model.safetensors"))
     assert "up to 2" in message and "num_classes=2" in message
+
+
+def test_folder_labels_need_no_decoding(folder, monkeypatch):
+    """A cached accuracy table must not cost decoding the whole folder again just for its labels."""
+    from adasearch.data.datasets import FolderSource
+
+    data = load_data(str(folder), img_size=8, channels=3)
+    expected = all_batches(data)[1]
+    monkeypatch.setattr(FolderSource, "_read", lambda self, rel: pytest.fail("decoded an image"))
+    assert torch.equal(data.labels(), expected)

@@ -270,3 +270,22 @@ def test_every_example_spec_is_valid():
     for path in examples:
         spec = load_spec(str(path))
         assert spec.output_dir.name == path.stem  # results/<example name>
+
+
+def test_a_data_file_named_like_the_builtin_set_is_still_a_file_next_to_the_spec(tmp_path, monkeypatch):
+    import numpy as np
+
+    from adasearch.data.digits import digits
+
+    x, y = digits("val")
+    np.savez(tmp_path / "digits_small.npz", x=x[:40].numpy(), y=y[:40].numpy())
+    spec = write_spec(tmp_path, space={"num_tokens": [1, 32]})
+    doc = yaml.safe_load(spec.read_text())
+    doc["data"] = "digits_small.npz"  # relative to the spec's folder
+    spec.write_text(yaml.safe_dump(doc))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = invoke(spec)
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_csv(tmp_path / "out" / "trials.csv")) == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -52,6 +53,10 @@ class DataSource:
         """Hex digest of exactly these samples and their preprocessing; stable across processes."""
         raise NotImplementedError
 
+    def labels(self) -> torch.Tensor:
+        """All labels int64 (N,), in batch order; sources that know them without decoding override this."""
+        return torch.cat([y for _, y in self.batches(256)])
+
 
 def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
@@ -69,6 +74,9 @@ class TensorSource(DataSource):
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def labels(self) -> torch.Tensor:
+        return self.y
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         _check_batch_size(batch_size)
@@ -98,6 +106,10 @@ class FolderSource(DataSource):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def labels(self) -> torch.Tensor:
+        # from the file list: a cached accuracy table must not cost decoding every image again
+        return torch.tensor([label for _, label in self.files], dtype=torch.long)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         _check_batch_size(batch_size)
@@ -175,8 +187,10 @@ def _load_npz(path: Path, limit: Optional[int], seed: int) -> TensorSource:
                 raise UserError(f"dataset {path}: needs arrays 'x' and 'y' (or 'images' and 'labels'); "
                                 f"found {sorted(keys)}")
             x, y = f[x_key], f[y_key]
-    except (OSError, ValueError) as e:  # not a zip, or an object array that would need pickle
-        raise UserError(f"dataset {path}: cannot be read as a .npz file ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # empty, not a zip, truncated, pickled
+        raise UserError(f"dataset {path}: cannot be read as a .npz file ({type(e).__name__}: {e})") from None
+    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+        raise UserError(f"dataset {path}: arrays '{x_key}' and '{y_key}' must be numpy arrays saved with np.savez")
     if x.ndim != 4:
         raise UserError(f"dataset {path}: array '{x_key}' has shape {x.shape}; allowed (N, C, H, W)")
     if y.ndim != 1 or len(y) != len(x):

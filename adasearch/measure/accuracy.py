@@ -117,7 +117,7 @@ class AccuracyEngine:
 
     def _labels_all(self) -> torch.Tensor:
         if self._labels is None:
-            self._labels = torch.cat([y for _, y in self.data.batches(self.batch_size)])
+            self._labels = self.data.labels()
         return self._labels
 
     def _cache_path(self, kind: str, key) -> Path:

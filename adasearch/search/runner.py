@@ -76,7 +76,8 @@ def prepare(spec: RunSpec) -> RunContext:
     resolve_device(spec.hardware.device)
     model = load_model(spec.model if spec.model == "demo" else spec.resolve(spec.model))
     space = SearchSpace.load(spec.search.space, model.cfg, Path(spec.base_dir))
-    source = spec.data.source if spec.data.source.startswith("digits") else spec.resolve(spec.data.source)
+    builtin = spec.data.source == "digits" or spec.data.source.startswith("digits:")
+    source = spec.data.source if builtin else spec.resolve(spec.data.source)  # e.g. digits_small.npz is a file
     data = load_data(source, limit=spec.data.limit, seed=spec.data.seed, img_size=model.cfg.img_size,
                      channels=model.cfg.in_channels)
     check_labels(data, model.cfg.num_classes, "data.source")
