@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from adasearch.errors import UserError
 
@@ -26,20 +26,20 @@ class _Strict(BaseModel):
 
 class DataSpec(_Strict):
     source: str = "digits"
-    limit: Optional[int] = Field(default=None, ge=1)
-    seed: int = 0
+    limit: Optional[StrictInt] = Field(default=None, ge=1)  # strict: YAML `true` is not 1
+    seed: StrictInt = Field(default=0, ge=0, lt=2**31)
 
 
 class HardwareSpec(_Strict):
     device: str = "cpu"
-    threads: Optional[int] = Field(default=None, ge=1)
-    batch_size: int = Field(default=1, ge=1)
+    threads: Optional[StrictInt] = Field(default=None, ge=1)
+    batch_size: StrictInt = Field(default=1, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 class Bound(_Strict):
-    min: Optional[float] = None
-    max: Optional[float] = None
+    min: Optional[float] = Field(default=None, allow_inf_nan=False)  # NaN would fail every comparison
+    max: Optional[float] = Field(default=None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_side(self):
@@ -59,15 +59,15 @@ class SearchSpec(_Strict):
     space: str = "demo"
     engine: Literal["auto", "exhaustive", "optuna", "ray"] = "auto"
     sampler: Literal["auto", "nsga2", "tpe", "gp", "random", "bruteforce"] = "auto"
-    trials: int = Field(default=100, ge=1)
-    timeout: Optional[float] = Field(default=None, gt=0)
-    seed: int = 0
-    workers: int = Field(default=1, ge=1)
+    trials: StrictInt = Field(default=100, ge=1)
+    timeout: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
+    seed: StrictInt = Field(default=0, ge=0, lt=2**31)  # samplers take 0..2**32-1; workers add their index
+    workers: StrictInt = Field(default=1, ge=1)
     storage: Optional[str] = None
     ray_address: Optional[str] = None
     exhaustive_limit: int = Field(default=5000, ge=1)  # auto picks exhaustive at or below this size
-    latency_budget_s: float = Field(default=0.05, gt=0)  # timing per trial
-    final_latency_budget_s: float = Field(default=1.0, gt=0)  # re-timing of each Pareto candidate
+    latency_budget_s: float = Field(default=0.05, gt=0, allow_inf_nan=False)  # timing per trial
+    final_latency_budget_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)  # re-timing of each Pareto candidate
 
 
 class RunSpec(_Strict):
@@ -100,6 +100,9 @@ class RunSpec(_Strict):
                 o = {"metric": o, "direction": "maximize" if o in MAXIMIZE else "minimize"}
             elif isinstance(o, dict) and len(o) == 1 and "metric" not in o:
                 (metric, d), = o.items()
+                if not isinstance(d, str):
+                    raise ValueError(f"objectives: {metric}: {d!r} is not a direction; allowed: max, min, "
+                                     f"maximize, minimize")
                 o = {"metric": metric, "direction": {"max": "maximize", "min": "minimize"}.get(d, d)}
             out.append(o)
         return out
@@ -156,7 +159,12 @@ class RunSpec(_Strict):
         data["search"].update(search)
         data.update(top)
         data["base_dir"] = self.base_dir
-        return RunSpec(**data)
+        try:
+            return RunSpec(**data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            flag = "--" + str(err["loc"][-1]).replace("_", "-")
+            raise UserError(f"{flag}: {_describe(err)}")
 
     def to_yaml_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -187,6 +195,8 @@ def load_spec(path: Union[str, Path]) -> RunSpec:
         raise UserError(f"{path}: no such run spec file")
     try:
         raw = yaml.safe_load(path.read_text())
+    except (UnicodeDecodeError, OSError) as e:
+        raise UserError(f"{path}: cannot read it as UTF-8 text ({type(e).__name__})")
     except yaml.YAMLError as e:
         raise UserError(f"{path}: malformed YAML ({' '.join(str(e).split())[:200]})")
     if raw is None:

@@ -259,6 +259,17 @@ def test_bad_specs(tmp_path):
     spec = write_spec(tmp_path, space={"num_tokens": [1, 64]})
     _one_line_error(invoke(spec), "knobs.num_tokens: value 64 does not fit the model")
     _one_line_error(invoke(tmp_path / "missing.yaml"), "no such run spec file")
+    for text, needles in [
+        ("constraints: {accuracy: {min: .nan}}\n", ["constraints.accuracy.min"]),
+        ("search: {seed: -1}\n", ["search.seed", "greater than or equal to 0"]),
+        ("data: {source: digits, limit: true}\n", ["data.limit", "integer"]),
+        ("objectives: [{accuracy: [1]}, gmacs]\n", ["objectives: accuracy: [1] is not a direction"]),
+    ]:
+        f.write_text(text)
+        _one_line_error(invoke(f), *needles)
+    f.write_bytes(b"\xff\xfe model: demo\n")
+    _one_line_error(invoke(f), "cannot read it as UTF-8 text")
+    _one_line_error(invoke(spec, "--timeout", "-5"), "--timeout: search.timeout", "greater than 0")
 
 
 def test_every_example_spec_is_valid():
