@@ -70,3 +70,11 @@ def test_bad_inputs_get_one_line(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_device(tmp_path):
     assert "cuda" in _one_line_error(_run(["demo", "--device", "cuda"], tmp_path))
+
+
+def test_a_config_file_with_a_scalar_token_grans_is_one_line(tmp_path):
+    f = tmp_path / "deploy.yaml"
+    f.write_text("num_tokens: 8\ntoken_grans: 5\n")
+    r = CliRunner().invoke(main, ["measure", "demo", "--config", str(f), "--data", "digits", "--limit", "20"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "token_grans=5 is not allowed" in r.output

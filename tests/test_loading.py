@@ -113,3 +113,31 @@ def test_cli_bad_checkpoints_get_one_line(tmp_path, ckpt):
 def test_offline_hub_id_is_a_clear_error():
     with pytest.raises(CheckpointError, match="pjajal/adaperceiver-v1-in1k-ft"):
         load_model("pjajal/adaperceiver-v1-in1k-ft")
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("num_heads", "4", "num_heads='4' is not allowed; an integer >= 1"),
+    ("num_heads", 0, "num_heads=0 is not allowed"),
+    ("num_heads", 3, "embed_dim / num_heads must be an even integer"),
+    ("depth", "6", "depth='6' is not allowed"),
+    ("ffn_ratio", "2", "ffn_ratio='2' is not allowed; a number"),
+    ("ls_init_values", "x", "ls_init_values='x'"),
+    ("mask_token_grans", 5, "mask_token_grans=5 is not allowed"),
+    ("qkv_bias", 1, "qkv_bias=1 is not allowed; true or false"),
+])
+def test_config_json_values_are_checked(ckpt, key, value, needle):
+    folder, _ = ckpt
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[key] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert needle in _cli_error(["inspect", str(folder)])
+
+
+@pytest.mark.parametrize("content", [torch.zeros(3), [torch.zeros(2)], {"patch_embed.embed.proj.weight": torch.zeros(4, 4),
+                                                                        "patch_embed.pos_embed": torch.zeros(1, 4, 4)}])
+def test_weights_that_are_not_an_adaperceiver_state_dict(tmp_path, ckpt, content):
+    folder, _ = ckpt
+    (folder / "model.safetensors").unlink()
+    torch.save(content, folder / "pytorch_model.bin")
+    line = _cli_error(["inspect", str(folder / "pytorch_model.bin")])
+    assert "AdaPerceiver checkpoint" in line

@@ -125,3 +125,14 @@ def test_expected_cost_under_early_exit():
     assert nobody_exits == base + 4 * block + 3 * readout + readout  # three checks, then the final readout
     half = cm.plan_macs(plan, [0.5, 0, 0, 0.5])
     assert half == pytest.approx((everyone_exits_after_1 + nobody_exits) / 2)
+
+
+def test_an_unwritable_cache_warns_once_and_still_measures(demo, data, tmp_path):
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("a file where the cache folder should be")
+    configs = [DeploymentConfig(num_tokens=8), DeploymentConfig(num_tokens=8, mat_dim=8)]
+    with pytest.warns(UserWarning, match="not writable") as caught:
+        got = AccuracyEngine(demo, data, cache_dir=not_a_folder).measure(configs)
+    assert len([w for w in caught if "not writable" in str(w.message)]) == 1
+    expected = AccuracyEngine(demo, data, cache_dir=tmp_path / "ok").measure(configs)
+    assert all(got[c].top1 == expected[c].top1 for c in configs)

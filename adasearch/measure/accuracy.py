@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -78,6 +79,7 @@ class AccuracyEngine:
         self.device, self.dtype = p.device, p.dtype
         self._model_fp = None
         self._labels = None
+        self._warned_cache = False
         self._memory: dict = {}  # in-process cache of loaded tables
 
     # ------------------------------------------------------------------ public
@@ -140,11 +142,17 @@ class AccuracyEngine:
                 self._memory[path] = table
                 return table
         table = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(table, tmp)
-        os.replace(tmp, path)  # atomic: readers never see half a file
         self._memory[path] = table
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(table, tmp)
+            os.replace(tmp, path)  # atomic: readers never see half a file
+        except OSError as e:  # a read-only or misnamed cache costs reuse across runs, not this result
+            if not self._warned_cache:
+                warnings.warn(f"accuracy cache {self.cache_dir} is not writable ({type(e).__name__}: {e}); "
+                              f"results are not kept for the next run (set ADASEARCH_CACHE to a writable folder)")
+                self._warned_cache = True
         return table
 
     def _shared_table(self, key, representative: DeploymentConfig) -> dict:

@@ -552,6 +552,9 @@ def make_plan(cfg: AdaPerceiverConfig, num_tokens=None, mat_dim=None, depth=None
     taus = [None if t is None else float(t) for t in taus]
 
     base = cfg.mask_token_grans if token_grans is None else token_grans
+    if base is not None and not isinstance(base, (list, tuple)):
+        raise KnobError(f"token_grans={base!r} is not allowed: None, a strictly increasing list of positive "
+                        f"integers, or one such list per layer")
     if base is not None and len(base) and all(isinstance(g, (list, tuple)) for g in base):
         if len(base) != L:
             raise KnobError(f"token_grans has {len(base)} lists; per-layer token_grans needs depth={L} lists")
@@ -561,7 +564,7 @@ def make_plan(cfg: AdaPerceiverConfig, num_tokens=None, mat_dim=None, depth=None
     for g in layer_grans:
         if g is None:
             continue
-        if not all(_is_int(v) and v >= 1 for v in g) or any(b <= a for a, b in zip(g, g[1:])):
+        if not isinstance(g, (list, tuple)) or not all(_is_int(v) and v >= 1 for v in g) or any(b <= a for a, b in zip(g, g[1:])):
             raise KnobError(f"token_grans={list(g)!r} is not allowed: a strictly increasing list of positive integers")
     grans = [effective_grans(layer_grans[i], tokens[i]) for i in range(d)]
     return LayerPlan(d, tuple(tokens[:d]), tuple(grans), tuple(hidden[:d]), tuple(taus[:d]))

@@ -40,7 +40,46 @@ def read_config(path: Path) -> AdaPerceiverConfig:
         loud = [k for k in unknown if k not in quiet]
         if loud:
             warnings.warn(f"{path}: ignoring unknown config keys {loud}")
-    return AdaPerceiverConfig(**{k: v for k, v in raw.items() if k in known})
+    kept = {k: v for k, v in raw.items() if k in known}
+    for key, value in kept.items():
+        _check_config_value(path, key, value)
+    cfg = AdaPerceiverConfig(**kept)
+    if cfg.embed_dim % cfg.num_heads or cfg.head_dim % 2:
+        raise CheckpointError(f"{path}: embed_dim={cfg.embed_dim} and num_heads={cfg.num_heads} are not allowed "
+                              f"together; embed_dim / num_heads must be an even integer (RoPE rotates pairs)")
+    return cfg
+
+
+# What each config.json value must be; the positive integers size the network.
+_POSITIVE_INTS = {"embed_dim", "num_heads", "depth", "max_latent_tokens", "img_size", "in_channels", "patch_size",
+                  "num_classes"}
+_NUMBERS = {"rope_theta", "ffn_ratio", "proj_drop", "attn_drop", "drop_path", "head_drop"}
+_BOOLS = {"qkv_bias", "proj_bias", "use_embed_ffn", "use_output_ffn"}
+_INT_LISTS = {"mask_token_grans", "mat_dims"}
+
+
+def _check_config_value(path: Path, key: str, value) -> None:
+    def bad(allowed: str):
+        raise CheckpointError(f"{path}: {key}={value!r} is not allowed; {allowed}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if key in _POSITIVE_INTS and not (is_int(value) and value >= 1):
+        bad("an integer >= 1")
+    if key in _NUMBERS and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                and math.isfinite(value) and value >= 0):
+        bad("a number >= 0")
+    if key == "ffn_ratio" and value <= 0:
+        bad("a number > 0")
+    if key == "ls_init_values" and value is not None and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        bad("a number or null")
+    if key in _BOOLS and not isinstance(value, bool):
+        bad("true or false")
+    if key in _INT_LISTS and value is not None and not (
+            isinstance(value, list) and value and all(is_int(v) and v >= 1 for v in value)):
+        bad("null or a non-empty list of integers >= 1")
 
 
 def read_state_dict(path: Path) -> dict:
@@ -58,11 +97,17 @@ def read_state_dict(path: Path) -> dict:
 
 def fit_config_to_weights(cfg: AdaPerceiverConfig, sd: dict, where: str) -> AdaPerceiverConfig:
     """Take the shapes that the weights fix (D, p, P, L, C, in_channels) and check config.json agrees."""
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{where}: holds {type(sd).__name__}, not a state dict of tensors; "
+                              f"is this an AdaPerceiver checkpoint?")
     try:
         proj = sd["patch_embed.embed.proj.weight"]
         pos = sd["patch_embed.pos_embed"]
     except KeyError as e:
         raise CheckpointError(f"{where}: missing key {e.args[0]!r}; is this an AdaPerceiver checkpoint?")
+    if proj.ndim != 4 or pos.ndim != 3:
+        raise CheckpointError(f"{where}: patch_embed.embed.proj.weight has shape {list(proj.shape)} (needs 4 dims) "
+                              f"and patch_embed.pos_embed {list(pos.shape)} (needs 3); not an AdaPerceiver checkpoint")
     d, cin, p, _ = proj.shape
     grid = math.isqrt(pos.shape[1])
     if grid * grid != pos.shape[1]:
