@@ -164,7 +164,7 @@ def test_npz_uint8_and_alternative_keys(tmp_path):
     path = write_npz(tmp_path / "b.npz", images=x, labels=np.array([0, 6, 2], np.int32))
     data = load_data(str(path))
     xb, yb = next(data.batches(8))
-    assert torch.equal(xb[:, 0, 0, 0], torch.tensor([1.0, 0.0, 1.0]))
+    assert torch.equal(xb[:, 0, 0, 0], torch.tensor([1.0, -1.0, 1.0]))  # /255, then the gray mean/std (0.5, 0.5)
     assert yb.tolist() == [0, 6, 2] and yb.dtype == torch.int64
     assert data.num_classes_needed == 7
 
@@ -260,3 +260,18 @@ def test_folder_labels_need_no_decoding(folder, monkeypatch):
     expected = all_batches(data)[1]
     monkeypatch.setattr(FolderSource, "_read", lambda self, rel: pytest.fail("decoded an image"))
     assert torch.equal(data.labels(), expected)
+
+
+def test_uint8_npz_gets_the_same_preprocessing_as_the_builtin_digits(tmp_path):
+    """Saving the demo's own images as raw uint8 pixels must not change what the model sees."""
+    from sklearn.datasets import load_digits
+
+    from adasearch.data.digits import digits
+
+    raw = load_digits()
+    pixels = np.round(raw.images * 255 / 16).astype(np.uint8)[:, None]  # 0..16 -> 0..255
+    path = write_npz(tmp_path / "d.npz", x=pixels, y=raw.target)
+    x = torch.cat([xb for xb, _ in load_data(str(path)).batches(512)])
+    expected = (torch.tensor(raw.images, dtype=torch.float32)[:, None] / 16.0 - 0.5) / 0.5
+    assert torch.allclose(x, expected, atol=2 / 255)  # only 8-bit rounding apart
+    assert digits("val")[0].min() >= -1 and digits("val")[0].max() <= 1

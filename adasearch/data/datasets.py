@@ -207,7 +207,15 @@ def _load_npz(path: Path, limit: Optional[int], seed: int) -> TensorSource:
     if idx is not None:
         x, y = x[idx.numpy()], y[idx.numpy()]
     xt = torch.from_numpy(np.ascontiguousarray(x))
-    xt = xt.float() / 255.0 if x.dtype == np.uint8 else xt.float()
+    if x.dtype == np.uint8:
+        # Raw pixels get the image-folder preprocessing (the demo's for 1 channel, CLIP's for 3); float
+        # arrays are taken as already preprocessed.
+        xt = xt.float() / 255.0
+        if xt.shape[1] in (1, 3):
+            mean, std = (GRAY_MEAN, GRAY_STD) if xt.shape[1] == 1 else (CLIP_MEAN, CLIP_STD)
+            xt = (xt - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    else:
+        xt = xt.float()
     return TensorSource(f"npz:{path}", "npz", xt, torch.from_numpy(y.astype(np.int64)))
 
 
