@@ -52,6 +52,13 @@ def inspect(model, as_json):
         print_description(info)
 
 
+def _finite(param, value):
+    """click's FloatRange lets NaN through (every comparison with it is False)."""
+    if value is not None and value != value:
+        raise click.BadParameter(f"{value} is not a number of seconds", param=param)
+    return value
+
+
 def _config_from_flags(config_file, tokens, width, depth, threshold):
     from adasearch.config import DeploymentConfig
 
@@ -76,7 +83,8 @@ def _config_from_flags(config_file, tokens, width, depth, threshold):
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Batch size for latency.")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: torch's).")
 @click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16 or float16.")
-@click.option("--budget", type=float, default=1.0, show_default=True, help="Seconds of latency timing.")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True, max=3600), default=1.0, show_default=True,
+              callback=lambda ctx, param, v: _finite(param, v), help="Seconds of latency timing.")
 @click.option("--cache-dir", type=click.Path(), default=None, help="Accuracy cache (default ~/.cache/adasearch).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def measure(model, data_spec, limit, tokens, width, depth, threshold, config_file, device, batch_size, threads,

@@ -78,3 +78,9 @@ def test_a_config_file_with_a_scalar_token_grans_is_one_line(tmp_path):
     r = CliRunner().invoke(main, ["measure", "demo", "--config", str(f), "--data", "digits", "--limit", "20"])
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert "token_grans=5 is not allowed" in r.output
+
+
+@pytest.mark.parametrize("budget", ["nan", "0", "-1"])
+def test_a_timing_budget_must_be_a_positive_number(budget):
+    r = CliRunner().invoke(main, ["measure", "demo", "--budget", budget])
+    assert r.exit_code == 2 and "--budget" in r.output and "Traceback" not in r.output

@@ -108,6 +108,9 @@ def test_cli_bad_checkpoints_get_one_line(tmp_path, ckpt):
     (bad / "config.json").write_text("{}")
     (bad / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     assert "cannot read weights" in _cli_error(["inspect", str(bad)])
+    (bad / "config.json").unlink()
+    (bad / "config.json").mkdir()  # a folder where the file should be
+    assert "config.json: cannot be read" in _cli_error(["inspect", str(bad)])
 
 
 def test_offline_hub_id_is_a_clear_error():

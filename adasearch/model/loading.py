@@ -30,6 +30,8 @@ def read_config(path: Path) -> AdaPerceiverConfig:
         raise CheckpointError(f"{path}: no config.json (an AdaPerceiver folder holds config.json + model.safetensors)")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})")
+    except OSError as e:  # a folder named config.json, no permission, ...
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e.strerror or e})")
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: must hold a JSON object of constructor arguments")
     known = set(AdaPerceiverConfig.keys())
