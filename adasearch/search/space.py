@@ -29,7 +29,9 @@ from adasearch.errors import UserError
 from adasearch.model.adaperceiver import AdaPerceiverConfig, make_plan
 
 GRANULARITIES = ("global", "per_stage", "per_layer")
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# Inside the package, so a regular (non-editable) install has them too; the checkout's top-level
+# search_spaces/ is a link to this folder.
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
 @dataclass(frozen=True)
