@@ -38,6 +38,21 @@ def test_per_stage_and_per_layer_expand_to_layers(tmp_path, demo):
     assert c.num_tokens == (32, 4, 4, 4, 4, 4)  # running minimum: tokens can only be dropped
 
 
+def test_per_stage_token_grans_may_keep_the_checkpoints_granularities(tmp_path, demo):
+    """null in a per-stage token_grans list means the checkpoint's own granularities for that stage."""
+    f = tmp_path / "s.yaml"
+    f.write_text("knobs:\n  num_tokens: [8]\n  token_grans: {values: [null, [4, 8]], granularity: per_stage, stages: 2}\n")
+    configs = list(SearchSpace.load(f, demo.cfg).unique())
+    assert len(configs) == 4
+    x = digits("val")[0][:32]
+    with torch.inference_mode():
+        for c in configs:
+            assert demo.run(x, c).logits.shape == (32, 10)
+            assert DeploymentConfig.from_yaml(c.to_yaml()) == c  # deployment files round-trip
+    mixed = [c for c in configs if c.token_grans and isinstance(c.token_grans[0], tuple)]
+    assert len(mixed) == 2 and all(tuple(demo.cfg.mask_token_grans) in c.token_grans for c in mixed)
+
+
 @pytest.mark.parametrize("text,needle", [
     ("knobs:\n  num_tokens: [8, 64]\n", "value 64 does not fit the model; allowed: integers 1..32"),
     ("knobs:\n  mat_dim: [8, 48]\n", "knobs.mat_dim: value 48"),

@@ -135,6 +135,14 @@ class SearchSpace:
                 per = [v for v, n in zip(per, stage_sizes(self.L, knob.stages)) for _ in range(n)]
             if name == "num_tokens":
                 per = list(itertools.accumulate(per, min))  # tokens can be dropped, not added
+            if name == "token_grans":
+                # per layer, null means "the checkpoint's granularities" (a per-layer list cannot mix
+                # None with lists, and the model reads a list of lists as one list per layer)
+                per = [self.cfg.mask_token_grans if v is None else v for v in per]
+                if all(v is None for v in per):
+                    values[name] = None
+                    continue
+                per = [tuple(v) for v in per]
             values[name] = tuple(per)
         return DeploymentConfig(**values)
 
