@@ -138,6 +138,11 @@ class RunSpec(_Strict):
         return bool(used & LATENCY_METRICS)
 
     @property
+    def used_metrics(self) -> set:
+        """Every metric the objectives and constraints read."""
+        return {o.metric for o in self.objectives} | set(self.constraints)
+
+    @property
     def needs_memory(self) -> bool:
         """Peak memory per trial only when the search uses it: it costs a traced forward per config
         (more than timing it on the demo). Pareto candidates always get it when re-timed."""

@@ -143,6 +143,20 @@ def test_every_trial_of_one_config_reports_the_same_figures(tmp_path):
     assert (trials.groupby("config")[metrics].nunique() == 1).all().all()
 
 
+def test_resuming_with_a_new_timing_constraint_times_what_was_never_timed(tmp_path):
+    small = {"num_tokens": [1, 32], "depth": [1, 6]}
+    assert invoke(write_spec(tmp_path, space=small)).exit_code == 0  # accuracy vs gmacs: nothing timed
+    r = invoke(write_spec(tmp_path, space=small, constraints={"latency_p90_ms": {"max": 1e6}}))
+    assert r.exit_code == 0, r.output
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    timed = trials[trials["latency_p90_ms"].notna()]
+    assert set(timed["config"]) == set(trials["config"])  # every config got a timed trial
+    # a stored trial without the constrained metric cannot be shown feasible
+    assert not trials[trials["latency_p90_ms"].isna()]["feasible"].any()
+    run = yaml.safe_load((tmp_path / "out" / "run.yaml").read_text())
+    assert run["feasible"] == len(timed)
+
+
 def test_optuna_resumes_and_only_grows(tmp_path):
     spec = write_spec(tmp_path, engine="optuna", sampler="tpe", trials=8)
     assert invoke(spec).exit_code == 0

@@ -25,9 +25,15 @@ class Measurer:
         self.evaluator, self.space, self.spec = evaluator, space, spec
         self.known = dict(known or {})
 
+    def reusable(self, key: str) -> bool:
+        """Stored metrics can stand for a new trial only if they hold every metric this spec uses
+        (a resumed run may have added a latency objective or constraint since they were measured)."""
+        m = self.known.get(key)
+        return m is not None and all(m.get(name) is not None for name in self.spec.used_metrics)
+
     def prefetch(self, configs) -> None:
         """Accuracy of many configs in one call: they share anytime passes."""
-        todo = [c for c in {self.space.canonical(c) for c in configs} if T.config_key(c) not in self.known]
+        todo = [c for c in {self.space.canonical(c) for c in configs} if not self.reusable(T.config_key(c))]
         if todo:
             self.evaluator.accuracy.measure(todo)
 
@@ -35,7 +41,7 @@ class Measurer:
         """-> (canonical config, key, metrics dict, reused: bool)."""
         canon = self.space.canonical(config)
         key = T.config_key(canon)
-        if key in self.known:
+        if self.reusable(key):
             return canon, key, self.known[key], True
         m = self.evaluator.measure_accuracy_and_cost([canon])[canon]
         if self.spec.needs_latency:
@@ -62,7 +68,7 @@ class ExhaustiveEngine:
         import optuna
 
         unique = ctx.space.unique()  # canonical config -> params
-        todo = {c: p for c, p in unique.items() if T.config_key(c) not in ctx.measurer.known}
+        todo = {c: p for c, p in unique.items() if not ctx.measurer.reusable(T.config_key(c))}
         ctx.measurer.prefetch(todo)
         distributions = ctx.space.distributions()
         for config, params in todo.items():

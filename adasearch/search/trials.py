@@ -8,6 +8,7 @@ resumption and reports, whichever engine ran.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -40,8 +41,12 @@ def constraint_values(spec: RunSpec, metrics: dict) -> dict:
 
 
 def violations(spec: RunSpec, metrics: dict) -> dict:
-    """How far each constrained metric lies outside its bound (only the violated ones)."""
-    return {k: v for k, v in constraint_values(spec, metrics).items() if v > 0}
+    """How far each constrained metric lies outside its bound (only the violated ones). A constrained
+    metric that was never measured (a trial stored before the constraint was added) counts as
+    violated by inf: it cannot be shown to hold."""
+    out = {k: v for k, v in constraint_values(spec, metrics).items() if v > 0}
+    out.update({k: math.inf for k in spec.constraints if metrics.get(k) is None})
+    return out
 
 
 def relative_violation(spec: RunSpec, record) -> float:
