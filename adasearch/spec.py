@@ -134,8 +134,7 @@ class RunSpec(_Strict):
 
     @property
     def needs_latency(self) -> bool:
-        used = {o.metric for o in self.objectives} | set(self.constraints)
-        return bool(used & LATENCY_METRICS)
+        return bool(self.used_metrics & LATENCY_METRICS)
 
     @property
     def used_metrics(self) -> set:
@@ -146,7 +145,7 @@ class RunSpec(_Strict):
     def needs_memory(self) -> bool:
         """Peak memory per trial only when the search uses it: it costs a traced forward per config
         (more than timing it on the demo). Pareto candidates always get it when re-timed."""
-        return "memory_mb" in {o.metric for o in self.objectives} | set(self.constraints)
+        return "memory_mb" in self.used_metrics
 
     def resolve(self, path: str) -> str:
         """A relative path in the spec, taken from the spec file's folder when it exists there."""

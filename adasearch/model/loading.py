@@ -67,15 +67,16 @@ def _check_config_value(path: Path, key: str, value) -> None:
     def is_int(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
+    def is_number(v) -> bool:  # JSON booleans are Python ints: refuse them
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
     if key in _POSITIVE_INTS and not (is_int(value) and value >= 1):
         bad("an integer >= 1")
-    if key in _NUMBERS and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                and math.isfinite(value) and value >= 0):
+    if key in _NUMBERS and not (is_number(value) and value >= 0):
         bad("a number >= 0")
     if key == "ffn_ratio" and value <= 0:
         bad("a number > 0")
-    if key == "ls_init_values" and value is not None and not (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+    if key == "ls_init_values" and value is not None and not is_number(value):
         bad("a number or null")
     if key in _BOOLS and not isinstance(value, bool):
         bad("true or false")
@@ -181,6 +182,11 @@ def load_hub(repo_id: str) -> AdaPerceiver:
     return load_folder(Path(folder))
 
 
+def looks_like_hub_id(s: str) -> bool:
+    """owner/name: one slash, no suffix, not a path that starts like one."""
+    return s.count("/") == 1 and not s.startswith((".", "/", "~")) and not Path(s).suffix
+
+
 def load_model(source: Union[str, Path], config: Optional[Union[Path, dict]] = None) -> AdaPerceiver:
     """`demo`, a folder (config.json + model.safetensors), a weights file (+ config), or a hub id."""
     if isinstance(source, str) and source == "demo":
@@ -191,8 +197,7 @@ def load_model(source: Union[str, Path], config: Optional[Union[Path, dict]] = N
     if path.is_file():
         return load_file(path, config)
     s = str(source)
-    looks_like_hub_id = s.count("/") == 1 and not s.startswith((".", "/", "~")) and not path.suffix
-    if looks_like_hub_id:
+    if looks_like_hub_id(s):
         return load_hub(s)
     raise CheckpointError(f"model {s!r}: no such folder or file (allowed: 'demo', a folder with config.json + "
                           f"model.safetensors, a .safetensors file, or a hub id owner/name)")

@@ -125,7 +125,7 @@ class OptunaEngine:
         from optuna.trial import TrialState
 
         spec = ctx.spec
-        if _completed(ctx.study) >= spec.search.trials:
+        if completed(ctx.study) >= spec.search.trials:
             return  # resuming a finished run: Optuna would still start one more trial before stopping
         workers = []
         if spec.search.workers > 1:
@@ -161,7 +161,8 @@ def _worker(spec_dict: dict, base_dir: str, seed: int) -> None:
     _optimize_alone(prepare(spec))
 
 
-def _completed(study) -> int:
+def completed(study) -> int:
+    """Finished trials in the storage: what a resumed run already has."""
     from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -171,7 +172,7 @@ def _optimize_alone(ctx: RunContext) -> None:
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    if _completed(ctx.study) >= ctx.spec.search.trials:
+    if completed(ctx.study) >= ctx.spec.search.trials:
         return
 
     ctx.study.optimize(optuna_objective(ctx), n_trials=None, timeout=ctx.spec.search.timeout,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from adasearch.errors import UserError
 from adasearch.search import trials as T
-from adasearch.search.engines import RunContext, make_sampler
+from adasearch.search.engines import RunContext, completed, make_sampler
 from adasearch.spec import METRICS, RunSpec
 
 # Unix socket paths are limited to 107 bytes, so Ray's session folder must have a short name;
@@ -30,10 +30,7 @@ class RayEngine:
     name = "ray"
 
     def run(self, ctx: RunContext) -> None:
-        from optuna.trial import TrialState
-
-        done = len(ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        todo = ctx.spec.search.trials - done  # resuming: only what the storage lacks
+        todo = ctx.spec.search.trials - completed(ctx.study)  # resuming: only what the storage lacks
         if todo <= 0:
             return
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir=TEMP_PREFIX)  # about 17 bytes

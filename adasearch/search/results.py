@@ -115,17 +115,20 @@ def _fmt(v) -> str:
     return str(v)
 
 
+# Short column titles; a metric not listed keeps its own name.
+HEADERS = {"accuracy": "top-1", "latency_p50_ms": "p50 ms", "latency_p90_ms": "p90 ms", "latency_p99_ms": "p99 ms",
+           "mmacs": "MMACs", "mean_exit_depth": "exit depth", "throughput": "img/s", "memory_mb": "MB"}
+
+
 def print_summary(summary: dict, recs: list, spec, console) -> None:
     from rich.table import Table
 
     front = summary["front"]
     console.print(f"{summary['trials']} trials ({summary['new_trials']} new, engine {summary['engine']}), "
                   f"{summary['feasible']} feasible, {len(front)} on the Pareto front -> {spec.output_dir}")
-    headers = {"accuracy": "top-1", "latency_p50_ms": "p50 ms", "latency_p90_ms": "p90 ms", "mmacs": "MMACs",
-               "mean_exit_depth": "exit depth"}
+    always = ["accuracy", "latency_p50_ms", "latency_p90_ms", "mmacs", "mean_exit_depth"]
     shown_as_mmacs = {"macs", "gmacs", "flops", "gflops"}  # one compute column is enough
-    cols = list(headers) + [o.metric for o in spec.objectives if o.metric not in {*headers, *shown_as_mmacs}]
-    headers.update({"throughput": "img/s", "memory_mb": "MB", "latency_p99_ms": "p99 ms"})
+    cols = always + [o.metric for o in spec.objectives if o.metric not in {*always, *shown_as_mmacs}]
     if not front:
         console.print("[bold red]no config satisfies the constraints.[/bold red] Closest configs:")
         rows = closest(recs, spec)
@@ -134,7 +137,7 @@ def print_summary(summary: dict, recs: list, spec, console) -> None:
     t = Table(title="Pareto front" if front else "closest configs")
     t.add_column("config", no_wrap=True)  # labels are what people copy; narrow the numbers instead
     for c in cols:
-        t.add_column(headers.get(c, c), justify="right")
+        t.add_column(HEADERS.get(c, c), justify="right")
     for r in rows:
         shown = {**r.metrics, "mmacs": r.metrics["macs"] / 1e6}  # millions read well at every model size
         t.add_row(r.config.label(), *[_fmt(shown.get(c)) for c in cols])

@@ -25,7 +25,7 @@ import yaml
 from adasearch.config import DeploymentConfig, read_document
 from adasearch.errors import CheckpointError, InputError, UserError
 from adasearch.model.adaperceiver import AdaPerceiver
-from adasearch.model.loading import load_model
+from adasearch.model.loading import load_model, looks_like_hub_id
 
 TOP_K = 5
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,24 +51,23 @@ def read_pareto(folder: Union[str, Path]) -> dict:
     return doc
 
 
-def _read_run(folder: Union[str, Path]) -> dict:
-    """run.yaml of a results folder as a mapping ({} when unreadable; read_spec says why)."""
+def read_run(folder: Union[str, Path]) -> dict:
+    """run.yaml of a results folder (its resolved `spec`, `environment`, ...), with one-line errors."""
+    path = Path(folder) / "run.yaml"
+    if not path.is_file():
+        raise UserError(f"{Path(folder)}: no run.yaml; is this a results folder of `adasearch run`?")
     try:
-        doc = yaml.safe_load((Path(folder) / "run.yaml").read_text())
+        doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
+        raise UserError(f"{path}: expected a mapping with a 'spec' section")
+    return doc
 
 
 def read_spec(folder: Union[str, Path]) -> dict:
     """The resolved run spec in run.yaml (model, hardware, data, ...)."""
-    path = Path(folder) / "run.yaml"
-    if not path.is_file():
-        raise UserError(f"{Path(folder)}: no run.yaml; is this a results folder of `adasearch run`?")
-    spec = _read_run(folder).get("spec")
-    if not isinstance(spec, dict):
-        raise UserError(f"{path}: expected a mapping with a 'spec' section")
-    return spec
+    return read_run(folder)["spec"]
 
 
 def deployment_doc(row: dict, pareto: dict, spec: dict) -> dict:
@@ -112,10 +111,6 @@ def _rank(e: Entry) -> tuple:
     return e.metrics.get("accuracy", 0.0), -(latency if latency is not None else math.inf)
 
 
-def _looks_like_hub_id(s: str) -> bool:
-    return s.count("/") == 1 and not s.startswith((".", "/", "~")) and not Path(s).suffix
-
-
 def _resolve_device(device: Optional[str], hardware: dict, where: Path) -> torch.device:
     from adasearch.measure.environment import resolve_device  # torch only: no heavy imports
 
@@ -140,7 +135,7 @@ def _resolve_model(model, recorded: Optional[str], where: Path, device: torch.de
         raise UserError(f"{where} records no model; pass model=... (a folder, a weights file or an AdaPerceiver)")
     elif recorded == "demo" or Path(recorded).expanduser().exists():
         net = load_model(recorded)
-    elif _looks_like_hub_id(recorded):  # owner/name: a hub id, or a relative folder missing from here
+    elif looks_like_hub_id(recorded):  # owner/name: a hub id, or a relative folder missing from here
         try:
             net = load_model(recorded)
         except CheckpointError as e:
@@ -179,10 +174,11 @@ class Deployment:
                              row["metrics"]) for row in pareto["pareto"]]
             if not entries:
                 raise UserError(f"{source}: the Pareto front is empty (no config met the run's constraints)")
-            spec = read_spec(source)
+            run = read_run(source)
+            spec = run["spec"]
             recorded = spec.get("model") if model is None else None
             hardware = dict(spec.get("hardware") or {})
-            measured_on = (_read_run(source).get("environment") or {}).get("device")
+            measured_on = (run.get("environment") or {}).get("device")
             if measured_on:  # the spec may say "auto"; this is where the figures were taken
                 hardware["device"] = measured_on
             dtype = dtype or hardware.get("dtype", "float32")
