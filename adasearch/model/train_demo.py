@@ -7,6 +7,7 @@ Deeper readouts weigh more in the loss (DEPTH_WEIGHT_POWER), so depth buys accur
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -103,4 +104,7 @@ def write_accuracy_table(model: AdaPerceiver) -> str:
         lines.append("|---|" + "---|" * cfg.depth)
         for g in grans:
             lines.append(f"| {g} | " + " | ".join(f"{t[(g, d, w)]:.3f}" for d in range(1, cfg.depth + 1)) + " |")
+    by_depth = [statistics.mean(v for (_, d, _), v in t.items() if d == depth) for depth in range(1, cfg.depth + 1)]
+    lines.append("\nmean top-1 over every tokens x width, by depth: "
+                 + ", ".join(f"{d}: {m:.3f}" for d, m in enumerate(by_depth, 1)))
     return "\n".join(lines)
