@@ -90,20 +90,15 @@ def _config_from_flags(config_file, tokens, width, depth, threshold):
 def measure(model, data_spec, limit, tokens, width, depth, threshold, config_file, device, batch_size, threads,
             dtype, budget, cache_dir, as_json):
     """Measure one config of MODEL: accuracy, MACs/FLOPs, latency, memory, mean exit depth."""
-    from adasearch.data.datasets import check_labels, load_data
-    from adasearch.measure.environment import resolve_device
-    from adasearch.measure.evaluator import Evaluator, Hardware
+    from adasearch.measure.evaluator import Hardware, build_evaluator
     from adasearch.measure.report_table import print_measurement
-    from adasearch.model.loading import load_model
 
-    resolve_device(device)  # fail on an unavailable device before any loading
     config = _config_from_flags(config_file, tokens, width, depth, threshold)
-    net = load_model(model)
-    config.validate(net.cfg)
-    data = load_data(data_spec, limit=limit, img_size=net.cfg.img_size, channels=net.cfg.in_channels)
-    check_labels(data, net.cfg.num_classes, "--data")
     hw = Hardware(device=device, threads=threads, batch_size=batch_size, dtype=dtype)
-    evaluator = Evaluator(net, data, hw, cache_dir=cache_dir, latency_budget_s=budget)
+    evaluator = build_evaluator(model, data_spec, hw, limit=limit, data_key="--data", cache_dir=cache_dir,
+                                latency_budget_s=budget)
+    config.validate(evaluator.model.cfg)
+    data = evaluator.data
     m = evaluator.measure([config])[config]
     if as_json:
         click.echo(json.dumps({"config": config.to_dict(), "data": data.name, **m.to_dict()}, indent=2))
@@ -134,7 +129,7 @@ def run(spec_file, output, engine, sampler, trials, timeout, workers, storage, r
                                                timeout=timeout, workers=workers, storage=storage,
                                                ray_address=ray_address)
     summary = run_search(spec, progress=not no_progress)
-    if summary.get("interrupted"):
+    if summary.interrupted:
         sys.exit(130)
 
 
@@ -167,7 +162,7 @@ def export(run_folder, expr, output, as_kwargs):
     import yaml
 
     from adasearch.config import DeploymentConfig
-    from adasearch.select import pick
+    from adasearch.pick import pick
     from adasearch.serving.deployment import deployment_doc, read_pareto, read_spec
 
     pareto = read_pareto(run_folder)
@@ -214,7 +209,7 @@ def train_demo_cmd(output, epochs, seed):
     from rich.progress import Progress
 
     from adasearch.model.loading import DEMO_DIR, load_model
-    from adasearch.model.train_demo import DEFAULT_EPOCHS, train_demo, write_accuracy_table
+    from adasearch.model.train_demo import DEFAULT_EPOCHS, train_demo, format_accuracy_table
 
     output = output or str(DEMO_DIR)
     epochs = epochs or DEFAULT_EPOCHS
@@ -223,7 +218,7 @@ def train_demo_cmd(output, epochs, seed):
         info = train_demo(output, epochs=epochs, seed=seed,
                           progress=lambda e, n, loss: bar.update(task, completed=e, description=f"loss {loss:.3f}"))
     click.echo(f"trained {info['epochs']} epochs in {info['seconds']:.0f} s -> {output}")
-    click.echo(write_accuracy_table(load_model(output)))
+    click.echo(format_accuracy_table(load_model(output)))
 
 
 if __name__ == "__main__":

@@ -60,10 +60,6 @@ class DeploymentConfig:
         grans_global = self.token_grans is None or not any(isinstance(g, tuple) for g in self.token_grans)
         return grans_global and not any(isinstance(getattr(self, k), tuple) for k in ("num_tokens", "mat_dim", "depth_tau"))
 
-    def forward_kwargs(self) -> dict:
-        """Arguments for AdaPerceiver.forward (lists where per layer)."""
-        return {k: _thaw(getattr(self, k)) for k in KNOBS}
-
     def reference_kwargs(self) -> dict:
         """Kwargs for the reference hub class's forward. Only for global configs.
 
@@ -74,13 +70,13 @@ class DeploymentConfig:
             raise KnobError("this config has per-layer knobs; the reference forward takes global knobs only")
         if self.depth_tau is not None and self.depth is not None:
             raise KnobError("the reference ignores depth when depth_tau is set; this config uses both")
-        return self.forward_kwargs()
+        return self.to_dict()
 
     def validate(self, model_cfg) -> None:
         """Raise KnobError naming the knob when this config does not fit the model."""
         from adasearch.model.adaperceiver import make_plan
 
-        make_plan(model_cfg, **self.forward_kwargs())
+        make_plan(model_cfg, **self.to_dict())
 
     def replace(self, **changes) -> "DeploymentConfig":
         return DeploymentConfig(**{**self.to_dict(), **changes})
@@ -104,6 +100,7 @@ class DeploymentConfig:
     # ---------------------------------------------------------------- serialisation
 
     def to_dict(self) -> dict:
+        """The knobs as plain data (lists where per layer): also AdaPerceiver.forward's keyword arguments."""
         return {k: _thaw(getattr(self, k)) for k in KNOBS}
 
     @classmethod

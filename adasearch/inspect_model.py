@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from adasearch.config import DeploymentConfig
-from adasearch.measure.macs import plan_macs
+from adasearch.measure.closed_form_macs import MACS_CONVENTION, CostModel
 from adasearch.model.loading import load_model
 
 
@@ -20,8 +20,9 @@ def describe(source: str) -> dict:
     model = load_model(source)
     cfg = model.cfg
     rows = []
+    cost = CostModel(model)  # the figures `measure` and `run` report for the same configs
     for c in sample_configs(cfg):
-        macs = plan_macs(cfg, model.plan(**c.forward_kwargs()))
+        macs = int(cost.config_macs(c))
         rows.append({"config": c.label(), **c.to_dict(), "macs": macs, "mmacs": round(macs / 1e6, 3)})
     return {
         "source": str(source),
@@ -31,7 +32,7 @@ def describe(source: str) -> dict:
         "trained_widths": cfg.mat_dims,
         "ffn_hidden": cfg.ffn_hidden,
         "num_patches": cfg.num_patches,
-        "macs_convention": "1 MAC = 1 multiply-add (fvcore's 'flop'); FLOPs = 2 x MACs; dense attention",
+        "macs_convention": MACS_CONVENTION,
         "configs": rows,
     }
 

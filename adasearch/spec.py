@@ -12,10 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from adasearch.errors import UserError
 
-METRICS = ("accuracy", "top5", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "macs", "gmacs", "flops",
-           "gflops", "memory_mb", "throughput", "mean_exit_depth")
-MAXIMIZE = {"accuracy", "top5", "throughput"}
-LATENCY_METRICS = {"latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "memory_mb"}
+from adasearch import metrics
+from adasearch.checks import DTYPE_NAMES
+from adasearch.metrics import DEFAULT_OBJECTIVES, HARDWARE_METRICS, MAXIMIZE, MEMORY_METRIC
+
+METRICS = metrics.NAMES
 ENGINES = ("auto", "exhaustive", "optuna", "ray")
 SAMPLERS = ("auto", "nsga2", "tpe", "gp", "random", "bruteforce")
 
@@ -34,7 +35,7 @@ class HardwareSpec(_Strict):
     device: str = "cpu"
     threads: Optional[StrictInt] = Field(default=None, ge=1)
     batch_size: StrictInt = Field(default=1, ge=1)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal[DTYPE_NAMES] = "float32"
 
 
 class Bound(_Strict):
@@ -57,8 +58,8 @@ class Objective(_Strict):
 
 class SearchSpec(_Strict):
     space: str = "demo"
-    engine: Literal["auto", "exhaustive", "optuna", "ray"] = "auto"
-    sampler: Literal["auto", "nsga2", "tpe", "gp", "random", "bruteforce"] = "auto"
+    engine: Literal[ENGINES] = "auto"
+    sampler: Literal[SAMPLERS] = "auto"
     trials: StrictInt = Field(default=100, ge=1)
     timeout: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
     seed: StrictInt = Field(default=0, ge=0, lt=2**31)  # samplers take 0..2**32-1; workers add their index
@@ -76,8 +77,7 @@ class RunSpec(_Strict):
     data: DataSpec = DataSpec()
     hardware: HardwareSpec = HardwareSpec()
     constraints: dict[str, Bound] = {}
-    objectives: list[Objective] = [Objective(metric="accuracy", direction="maximize"),
-                                   Objective(metric="latency_p50_ms", direction="minimize")]
+    objectives: list[Objective] = [Objective(metric=m, direction=metrics.direction(m)) for m in DEFAULT_OBJECTIVES]
     search: SearchSpec = SearchSpec()
     output: Optional[str] = None
     # where the file lives: relative paths in it (space, model, data) are resolved from there
@@ -134,7 +134,7 @@ class RunSpec(_Strict):
 
     @property
     def needs_latency(self) -> bool:
-        return bool(self.used_metrics & LATENCY_METRICS)
+        return bool(self.used_metrics & HARDWARE_METRICS)
 
     @property
     def used_metrics(self) -> set:
@@ -145,7 +145,7 @@ class RunSpec(_Strict):
     def needs_memory(self) -> bool:
         """Peak memory per trial only when the search uses it: it costs a traced forward per config
         (more than timing it on the demo). Pareto candidates always get it when re-timed."""
-        return "memory_mb" in self.used_metrics
+        return MEMORY_METRIC in self.used_metrics
 
     def resolve(self, path: str) -> str:
         """A relative path in the spec, taken from the spec file's folder when it exists there."""

@@ -11,9 +11,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _table import save_table  # noqa: E402
 
 from adasearch import AdaPerceiver, AdaPerceiverConfig, DeploymentConfig  # noqa: E402
-from adasearch.measure.flops import CostModel  # noqa: E402
+from adasearch.measure.closed_form_macs import CostModel, plan_macs  # noqa: E402
+from adasearch.measure.fvcore_macs import FvcoreStages  # noqa: E402
 from adasearch.measure.latency import time_config  # noqa: E402
-from adasearch.measure.macs import plan_macs  # noqa: E402
 
 IN1K = dict(embed_dim=832, num_heads=13, depth=21, max_latent_tokens=256, ffn_ratio=2.57, patch_size=16,
             img_size=224, num_classes=1000, use_embed_ffn=True, mask_token_grans=[32, 64, 96, 128, 192, 256],
@@ -23,12 +23,12 @@ IN1K = dict(embed_dim=832, num_heads=13, depth=21, max_latent_tokens=256, ffn_ra
 def main(budget_s: float = 4.0):
     torch.manual_seed(0)
     model = AdaPerceiver(AdaPerceiverConfig(**IN1K)).eval()
-    cost = CostModel(model)
+    cost = CostModel(model, stages=FvcoreStages(model))  # the cross-check beside the closed form
     batches = [torch.randn(1, 3, 224, 224) for _ in range(2)]
     rows = []
     for n in IN1K["mask_token_grans"]:
         c = DeploymentConfig(num_tokens=n)
-        plan = model.plan(**c.forward_kwargs())
+        plan = model.plan(**c.to_dict())
         macs = cost.plan_macs(plan)
         lat = time_config(model, c, batches, device=torch.device("cpu"), budget_s=budget_s, min_reps=3, warmup=1)
         rows.append([n, f"{macs / 1e9:.2f}", f"{plan_macs(model.cfg, plan) / 1e9:.2f}", f"{lat.p50_ms:.1f}",

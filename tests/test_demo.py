@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from adasearch import load_model
 from adasearch.cli import main
 from adasearch.data.digits import digits
-from adasearch.model.train_demo import accuracy_table, write_accuracy_table
+from adasearch.model.train_demo import accuracy_table, format_accuracy_table
 
 
 def test_demo_accuracy_targets():
@@ -26,7 +26,7 @@ def test_demo_accuracy_targets():
     assert by_depth[0] < by_depth[cfg.depth // 2] < by_depth[-1]  # ...averaged over every tokens x width too
     # the README's table (from `adasearch train-demo`) prints those means
     means = ", ".join(f"{d}: {v * cfg.depth / len(t):.3f}" for d, v in enumerate(by_depth, 1))
-    assert f"mean top-1 over every tokens x width, by depth: {means}" in write_accuracy_table(model)
+    assert f"mean top-1 over every tokens x width, by depth: {means}" in format_accuracy_table(model)
     assert min(t.values()) > 0.85  # every trained config is usable
 
 

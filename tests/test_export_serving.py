@@ -13,7 +13,7 @@ from adasearch import DeploymentConfig, load_model
 from adasearch.cli import main
 from adasearch.data.datasets import load_data
 from adasearch.errors import InputError, UserError
-from adasearch.select import Condition, NoMatch, Pick, parse_pick, pick
+from adasearch.pick import Condition, NoMatch, Pick, parse_pick, pick
 from adasearch.serving import Deployment
 
 SPACE = {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]}

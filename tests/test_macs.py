@@ -1,7 +1,7 @@
 """Closed-form MACs against the reference's published totals for the released IN-1K shape."""
 import pytest
 
-from adasearch.measure.macs import plan_macs
+from adasearch.measure.closed_form_macs import plan_macs
 from adasearch.model.adaperceiver import AdaPerceiverConfig, make_plan
 
 IN1K = AdaPerceiverConfig(embed_dim=832, num_heads=13, depth=21, ffn_ratio=2.57, patch_size=16, img_size=224,

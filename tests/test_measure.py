@@ -8,8 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from adasearch import DeploymentConfig, load_model
 from adasearch.data.datasets import load_data
 from adasearch.measure.accuracy import AccuracyEngine
-from adasearch.measure.flops import CostModel
-from adasearch.measure.macs import plan_macs
+from adasearch.measure.closed_form_macs import CostModel, plan_macs
+from adasearch.measure.fvcore_macs import FvcoreStages
 from tests.conftest import random_model
 
 
@@ -92,7 +92,9 @@ CONFIGS = [dict(), dict(num_tokens=8, mat_dim=16), dict(depth=2, num_tokens=4, d
 def test_fvcore_matches_closed_form(kw):
     model = random_model()
     plan = model.plan(**kw)
-    assert CostModel(model).plan_macs(plan) == pytest.approx(plan_macs(model.cfg, plan), rel=0.01)
+    fvcore = CostModel(model, stages=FvcoreStages(model)).plan_macs(plan)
+    assert fvcore == pytest.approx(plan_macs(model.cfg, plan), rel=0.01)
+    assert CostModel(model).plan_macs(plan) == plan_macs(model.cfg, plan)  # the one source of truth
 
 
 @pytest.mark.parametrize("kw", [k for k in CONFIGS if "depth_tau" not in k])
@@ -109,16 +111,17 @@ def test_fvcore_matches_torch_flop_counter(kw):
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa_cpu}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         model(torch.zeros(1, 3, 16, 16), **kw)
-    macs = CostModel(model).plan_macs(model.plan(**kw))
-    assert counter.get_total_flops() == pytest.approx(2 * macs, rel=0.01)
+    for stages in (None, FvcoreStages(model)):
+        macs = CostModel(model, stages=stages).plan_macs(model.plan(**kw))
+        assert counter.get_total_flops() == pytest.approx(2 * macs, rel=0.01)
 
 
 def test_expected_cost_under_early_exit():
     model = random_model()
     cm = CostModel(model)
     plan = model.plan(num_tokens=8, depth_tau=0.5)
-    block, readout = cm.block(8, model.cfg.ffn_hidden, plan.grans[0]), cm.readout(8)
-    base = cm.embed() + cm.read(8)
+    block, readout = cm.stages.block(8, model.cfg.ffn_hidden, plan.grans[0]), cm.stages.readout(8)
+    base = cm.stages.embed() + cm.stages.read(8)
     everyone_exits_after_1 = cm.plan_macs(plan, [1.0, 0, 0, 0])
     assert everyone_exits_after_1 == base + block + readout
     nobody_exits = cm.plan_macs(plan, [0, 0, 0, 1.0])

@@ -3,7 +3,7 @@ import pytest
 
 from adasearch import DeploymentConfig
 from adasearch.search.pareto import dominates, hypervolume, pareto_front
-from adasearch.search.runner import candidates
+from adasearch.search.finalists import candidates
 from adasearch.search.trials import TrialRecord
 from adasearch.spec import RunSpec
 

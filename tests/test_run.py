@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from adasearch import DeploymentConfig, load_model
 from adasearch.cli import main
 from adasearch.data.datasets import load_data
-from adasearch.measure.macs import plan_macs
+from adasearch.measure.closed_form_macs import plan_macs
 from adasearch.model.adaperceiver import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +50,11 @@ def complete_trials(out: Path) -> list:
     return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
 
 
+def distinct_networks(out: Path) -> int:
+    """The trial budget counts distinct networks; repeats of a measured one are stored but do not count."""
+    return len({t.user_attrs["key"] for t in complete_trials(out)})
+
+
 def brute_force_front(space: dict) -> set:
     """Accuracy by direct forwards, expected MACs by the closed form per sample's exit depth."""
     model, data = load_model("demo"), load_data("digits", limit=100)
@@ -60,7 +65,7 @@ def brute_force_front(space: dict) -> set:
             outs = [(model.run(x, config), y) for x, y in data.batches(50)]
         acc = sum((o.logits.argmax(-1) == y).sum().item() for o, y in outs) / 100
         exits = torch.cat([o.exit_depth for o, _ in outs]).tolist()
-        kw = config.forward_kwargs()
+        kw = config.to_dict()
         macs = sum(plan_macs(model.cfg, make_plan(model.cfg, **{**kw, "depth": e})) for e in exits) / 100
         points.append((acc, macs / 1e9))
     front = {p for p in points
@@ -132,13 +137,17 @@ def test_configs_that_join_the_front_after_re_timing_are_re_timed_too(tmp_path, 
 
 
 def test_every_trial_of_one_config_reports_the_same_figures(tmp_path):
-    """Samplers repeat configs; the config is measured once and re-timed once, and each copy says so."""
-    small = {"num_tokens": [1, 32], "depth": [1, 6]}  # 4 networks, 12 trials: repeats are certain
+    """Samplers repeat configs; the config is measured once and re-timed once, and each copy says so.
+    Repeats do not count against the budget: the run ends when every network is measured."""
+    small = {"num_tokens": [1, 32], "depth": [1, 6]}  # 4 networks, budget 12: repeats are certain
     r = invoke(write_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), space=small,
                           engine="optuna", sampler="random", trials=12))
     assert r.exit_code == 0, r.output
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
-    assert len(trials) == 12 and trials["config"].nunique() < 12
+    assert trials["config"].nunique() == 4 and len(trials) > 4  # all 4 networks, and repeats recorded
+    run = yaml.safe_load((tmp_path / "out" / "run.yaml").read_text())
+    assert run["networks"] == 4 and run["trials"] == len(trials)
+    assert any("every one of the space's 4 networks" in n for n in run["notes"])
     metrics = ["accuracy", "latency_p50_ms", "latency_p90_ms"]
     assert (trials.groupby("config")[metrics].nunique() == 1).all().all()
 
@@ -161,18 +170,18 @@ def test_optuna_resumes_and_only_grows(tmp_path):
     spec = write_spec(tmp_path, engine="optuna", sampler="tpe", trials=8)
     assert invoke(spec).exit_code == 0
     first = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}
-    assert len(first) == 8
+    assert distinct_networks(tmp_path / "out") == 8
     r = invoke(spec, "--trials", 14)
     assert r.exit_code == 0, r.output
     second = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}
-    assert len(second) == 14 and all(second[n] == v for n, v in first.items())
+    assert distinct_networks(tmp_path / "out") == 14 and all(second[n] == v for n, v in first.items())
     r = invoke(spec, "--trials", 14)  # nothing left to do: no extra trial, none counted as new
     assert r.exit_code == 0 and "(0 new" in r.output, r.output
-    assert len(complete_trials(tmp_path / "out")) == 14
+    assert len(complete_trials(tmp_path / "out")) == len(second)
 
 
 def test_resume_after_kill(tmp_path):
-    spec = write_spec(tmp_path, engine="optuna", sampler="random", trials=40)
+    spec = write_spec(tmp_path, engine="optuna", sampler="random", trials=24)
     cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--no-progress"]
     env = {**os.environ, "ADASEARCH_CACHE": str(tmp_path / "cache")}
     log = open(tmp_path / "first-run.log", "w")
@@ -184,7 +193,7 @@ def test_resume_after_kill(tmp_path):
         assert proc.poll() is None, (tmp_path / "first-run.log").read_text()[-2000:]  # died before the kill
         if db.exists():
             try:
-                if len(complete_trials(tmp_path / "out")) >= 5:
+                if distinct_networks(tmp_path / "out") >= 5:
                     break
             except Exception:  # the study is being created
                 pass
@@ -193,11 +202,11 @@ def test_resume_after_kill(tmp_path):
     log.close()
     assert db.exists(), (tmp_path / "first-run.log").read_text()[-2000:]
     before = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}
-    assert 5 <= len(before) < 40, (tmp_path / "first-run.log").read_text()[-2000:]
+    assert 5 <= distinct_networks(tmp_path / "out") < 24, (tmp_path / "first-run.log").read_text()[-2000:]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     after = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}
-    assert len(after) >= 40 and all(after[n] == v for n, v in before.items())
+    assert distinct_networks(tmp_path / "out") == 24 and all(after[n] == v for n, v in before.items())
 
 
 def test_two_workers_share_one_storage(tmp_path):
@@ -208,8 +217,9 @@ def test_two_workers_share_one_storage(tmp_path):
     trials = study.get_trials()
     numbers = [t.number for t in trials]
     assert sorted(numbers) == list(range(len(trials)))  # none lost, none duplicated
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    assert 12 <= len(trials) <= 13  # MaxTrialsCallback may let the other worker finish one more
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)  # none left RUNNING
+    # each worker stops once 12 distinct networks are stored; the other may finish the one in flight
+    assert 12 <= len({t.user_attrs["key"] for t in trials}) <= 13
 
 
 def test_a_storage_whose_schema_another_process_is_creating_is_retried(tmp_path, monkeypatch):

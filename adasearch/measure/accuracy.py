@@ -112,7 +112,7 @@ class AccuracyEngine:
             return False
         full = make_plan(cfg, mat_dim=config.mat_dim, token_grans=config.token_grans)
         common = set.intersection(*(set(g) for g in full.grans))
-        plan = make_plan(cfg, **config.forward_kwargs())
+        plan = make_plan(cfg, **config.to_dict())
         return all(t in common for t in plan.tokens)
 
     # ------------------------------------------------------------------ shared path
@@ -157,8 +157,8 @@ class AccuracyEngine:
 
     def _shared_table(self, key, representative: DeploymentConfig) -> dict:
         def compute():
-            kw = dict(mat_dim=representative.forward_kwargs()["mat_dim"],
-                      token_grans=representative.forward_kwargs()["token_grans"])
+            kw = dict(mat_dim=representative.to_dict()["mat_dim"],
+                      token_grans=representative.to_dict()["token_grans"])
             preds, hits5, confs, prefixes = [], [], [], None
             total = len(self.data)
             done = 0
@@ -179,7 +179,7 @@ class AccuracyEngine:
         return self._load_or_compute("anytime", key, compute)
 
     def _from_table(self, table: dict, config: DeploymentConfig, keep_predictions: bool) -> AccuracyResult:
-        plan = make_plan(self.model.cfg, **config.forward_kwargs())
+        plan = make_plan(self.model.cfg, **config.to_dict())
         prefixes = table["prefixes"].tolist()
         col = [prefixes.index(t) for t in plan.tokens]
         n = table["pred"].shape[-1]
@@ -214,7 +214,7 @@ class AccuracyEngine:
             return {"pred": torch.cat(preds), "top5": torch.cat(hits5), "exit": torch.cat(exits)}
 
         table = self._load_or_compute("direct", config.to_json(), compute)
-        depth = make_plan(self.model.cfg, **config.forward_kwargs()).depth
+        depth = make_plan(self.model.cfg, **config.to_dict()).depth
         return self._result(table["pred"], table["top5"], table["exit"], depth, False, keep_predictions)
 
     def _result(self, pred, top5, exit_depth, depth, shared, keep_predictions) -> AccuracyResult:

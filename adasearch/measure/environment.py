@@ -11,7 +11,18 @@ from typing import Optional
 
 import torch
 
+from adasearch.checks import DTYPE_NAMES
 from adasearch.errors import UserError
+
+# The one map from the spec's dtype names to torch dtypes (measuring and serving both use it).
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """A dtype name as a torch.dtype, or a one-line UserError listing the allowed names."""
+    if name not in DTYPES:
+        raise UserError(f"dtype {name!r} is not allowed: one of {list(DTYPES)}")
+    return DTYPES[name]
 
 
 def _cuda_count() -> int:

@@ -7,14 +7,14 @@ from typing import Iterable, Optional
 import torch
 
 from adasearch.config import DeploymentConfig
+from adasearch.metrics import NAMES as metric_names
 from adasearch.errors import UserError
 from adasearch.measure.accuracy import AccuracyEngine
-from adasearch.measure.environment import environment, resolve_device, set_threads
-from adasearch.measure.flops import MACS_CONVENTION, CostModel
+from adasearch.measure.environment import environment, resolve_device, resolve_dtype, set_threads
+from adasearch.measure.closed_form_macs import MACS_CONVENTION, CostModel
 from adasearch.measure.latency import time_config
 from adasearch.measure.memory import peak_memory_mb
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ACCURACY_BATCH = 256  # accuracy does not depend on the batch size; a big batch is just faster
 LATENCY_BATCHES = 8  # distinct real batches cycled while timing, so early exits are realistic
 
@@ -54,11 +54,9 @@ class Measurement:
         return self.flops / 1e9
 
     def metrics(self) -> dict:
-        """Flat numeric metrics: what constraints and objectives refer to."""
-        return {"accuracy": self.accuracy, "top5": self.top5, "macs": self.macs, "gmacs": self.gmacs,
-                "flops": self.flops, "gflops": self.gflops, "latency_p50_ms": self.latency_p50_ms,
-                "latency_p90_ms": self.latency_p90_ms, "latency_p99_ms": self.latency_p99_ms,
-                "throughput": self.throughput, "memory_mb": self.memory_mb, "mean_exit_depth": self.mean_exit_depth}
+        """Flat numeric metrics, one per name of the metric registry: what constraints and objectives
+        refer to (None where not measured)."""
+        return {name: getattr(self, name) for name in metric_names}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -71,14 +69,12 @@ class Evaluator:
 
     def __init__(self, model, data, hardware: Hardware = Hardware(), *, cache_dir=None,
                  latency_budget_s: float = 0.5, progress=None):
-        if hardware.dtype not in DTYPES:
-            raise UserError(f"dtype {hardware.dtype!r} is not allowed: one of {list(DTYPES)}")
         if hardware.batch_size < 1:
             raise UserError(f"batch_size={hardware.batch_size} is not allowed: an integer >= 1")
         self.hardware = hardware
         self.device = resolve_device(hardware.device)
         set_threads(hardware.threads)
-        self.dtype = DTYPES[hardware.dtype]
+        self.dtype = resolve_dtype(hardware.dtype)
         self.model = model.to(self.device, self.dtype).eval()
         self.data = data
         self.latency_budget_s = latency_budget_s
@@ -136,3 +132,21 @@ class Evaluator:
             for c, m in results.items():
                 self.time(m, c)
         return results
+
+
+def build_evaluator(model_source: str, data_source: str, hardware: Hardware, *, limit: Optional[int] = None,
+                    data_seed: int = 0, data_key: str = "data", cache_dir=None,
+                    latency_budget_s: float = 0.5) -> Evaluator:
+    """Model + data + hardware -> an Evaluator: the wiring `measure` and `run` share.
+
+    Fails on an unavailable device before any loading, and on labels the model cannot have (naming
+    `data_key`, the flag or spec key the data came from)."""
+    from adasearch.data.datasets import check_labels, load_data
+    from adasearch.model.loading import load_model
+
+    resolve_device(hardware.device)
+    model = load_model(model_source)
+    data = load_data(data_source, limit=limit, seed=data_seed, img_size=model.cfg.img_size,
+                     channels=model.cfg.in_channels)
+    check_labels(data, model.cfg.num_classes, data_key)
+    return Evaluator(model, data, hardware, cache_dir=cache_dir, latency_budget_s=latency_budget_s)

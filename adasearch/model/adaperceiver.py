@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adasearch.checks import is_int, is_number
 from adasearch.errors import InputError, KnobError
 
 LN_EPS = 1e-6
@@ -416,7 +417,7 @@ class AdaPerceiver(nn.Module):
 
     def run(self, x, config) -> ClassificationOutput:
         """Forward under a DeploymentConfig (adasearch.config)."""
-        return self.forward(x, **config.forward_kwargs())
+        return self.forward(x, **config.to_dict())
 
     def forward_plan(self, x, plan: LayerPlan) -> ClassificationOutput:
         latents = self.read(self.embed(x), plan.tokens[0])
@@ -504,14 +505,6 @@ def check_input(cfg: AdaPerceiverConfig, x) -> None:
                          f"patch_size={p} (the model was trained at {cfg.img_size}x{cfg.img_size})")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _per_layer(name: str, value, L: int, scalar_ok, describe: str) -> list:
     """Expand a scalar or a list of L values to L values; every error names the knob and what is allowed."""
     if isinstance(value, (list, tuple)):
@@ -532,22 +525,22 @@ def make_plan(cfg: AdaPerceiverConfig, num_tokens=None, mat_dim=None, depth=None
     max_tokens = 16 * cfg.max_latent_tokens
     if depth is None:
         d = L
-    elif _is_int(depth) and 1 <= depth <= L:
+    elif is_int(depth) and 1 <= depth <= L:
         d = depth
     else:
         raise KnobError(f"depth={depth!r} is not allowed: an integer 1..{L}")
 
     n0 = cfg.max_latent_tokens if num_tokens is None else num_tokens
-    tokens = _per_layer("num_tokens", n0, L, lambda v: _is_int(v) and 1 <= v <= max_tokens,
+    tokens = _per_layer("num_tokens", n0, L, lambda v: is_int(v) and 1 <= v <= max_tokens,
                         f"an integer 1..{max_tokens}, or a non-increasing list of {L} such integers")
     if any(b > a for a, b in zip(tokens, tokens[1:])):
         raise KnobError(f"num_tokens schedule {list(tokens)} is not allowed: it must be non-increasing")
 
-    widths = _per_layer("mat_dim", mat_dim, L, lambda v: v is None or (_is_int(v) and 1 <= v <= cfg.embed_dim),
+    widths = _per_layer("mat_dim", mat_dim, L, lambda v: v is None or (is_int(v) and 1 <= v <= cfg.embed_dim),
                         f"None (full width) or an integer 1..{cfg.embed_dim}, globally or one per layer")
     hidden = [cfg.ffn_hidden if w is None else max(1, int(w * cfg.ffn_ratio)) for w in widths]
 
-    taus = _per_layer("depth_tau", depth_tau, L, lambda v: v is None or (_is_num(v) and 0.0 <= v <= 1.0),
+    taus = _per_layer("depth_tau", depth_tau, L, lambda v: v is None or (is_number(v) and 0.0 <= v <= 1.0),
                       "None (no exit) or a number in [0, 1], globally or one per layer")
     taus = [None if t is None else float(t) for t in taus]
 
@@ -564,7 +557,7 @@ def make_plan(cfg: AdaPerceiverConfig, num_tokens=None, mat_dim=None, depth=None
     for g in layer_grans:
         if g is None:
             continue
-        if not isinstance(g, (list, tuple)) or not all(_is_int(v) and v >= 1 for v in g) or any(b <= a for a, b in zip(g, g[1:])):
+        if not isinstance(g, (list, tuple)) or not all(is_int(v) and v >= 1 for v in g) or any(b <= a for a, b in zip(g, g[1:])):
             raise KnobError(f"token_grans={list(g)!r} is not allowed: a strictly increasing list of positive integers")
     grans = [effective_grans(layer_grans[i], tokens[i]) for i in range(d)]
     return LayerPlan(d, tuple(tokens[:d]), tuple(grans), tuple(hidden[:d]), tuple(taus[:d]))

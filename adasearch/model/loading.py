@@ -13,6 +13,7 @@ from typing import Optional, Union
 
 import torch
 
+from adasearch.checks import is_int, is_number
 from adasearch.errors import CheckpointError
 from adasearch.model.adaperceiver import AdaPerceiver, AdaPerceiverConfig
 
@@ -63,12 +64,6 @@ _INT_LISTS = {"mask_token_grans", "mat_dims"}
 def _check_config_value(path: Path, key: str, value) -> None:
     def bad(allowed: str):
         raise CheckpointError(f"{path}: {key}={value!r} is not allowed; {allowed}")
-
-    def is_int(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_number(v) -> bool:  # JSON booleans are Python ints: refuse them
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     if key in _POSITIVE_INTS and not (is_int(value) and value >= 1):
         bad("an integer >= 1")

@@ -91,7 +91,7 @@ def accuracy_table(model: AdaPerceiver, x: torch.Tensor, y: torch.Tensor) -> dic
     return table
 
 
-def write_accuracy_table(model: AdaPerceiver) -> str:
+def format_accuracy_table(model: AdaPerceiver) -> str:
     """Markdown: held-out top-1 per token count x depth at each trained width (the README's table)."""
     x, y = digits("val")
     t = accuracy_table(model, x, y)

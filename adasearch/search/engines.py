@@ -1,194 +1,189 @@
-"""Search engines behind one small interface: `engine.run(ctx)` adds trials to ctx.study.
+"""Search engines: they propose configs and are told the results; they never measure or store.
 
-- exhaustive: every distinct network of the space; with the shared accuracy engine this is the
-  exact front, and auto picks it for spaces up to search.exhaustive_limit configs.
-- optuna: a multi-objective sampler (nsga2, tpe, gp, random, bruteforce) with constraints given to
-  it through trial.set_constraint; N workers are N processes on one storage.
-- ray: Ray Tune driving OptunaSearch (adasearch.search.ray_engine).
+The boundary follows Ray Tune's Searcher and Optuna's ask/tell. The runner's one loop asks an
+Engine for proposals, measures each once (context.Measurer), records it (context.record_trial, the
+only writer of trials) and tells the engine. Ray Tune schedules its own trials, so the ray engine
+is a Driver instead: its workers measure and return, and the driver records each result through the
+same record_trial.
+
+- exhaustive: every distinct network of the space, proposed at once so that accuracy is measured in
+  shared anytime passes; with the shared accuracy engine this is the exact front. `auto` picks it for
+  spaces up to search.exhaustive_limit configs.
+- optuna: a multi-objective sampler (nsga2, tpe, gp, random, bruteforce) through study.ask/tell,
+  with constraints given to it through trial.set_constraint.
+- ray: Ray Tune driving OptunaSearch (ray_engine.py).
+
+The trial budget (search.trials) counts distinct networks. A sampler may propose a network that
+was measured already: the proposal is recorded as a trial with the stored figures (so the sampler
+learns it) but does not count. TPE on a small categorical space converges and then repeats itself,
+so after EXPLORE_AFTER repeats in a row the engine enqueues one unmeasured network, drawn with the
+run's seed (Optuna's enqueue_trial), and the sampler goes on from there. A search ends early, with
+a note, when every network of the space is measured or no unmeasured one can be found.
 """
+
 from __future__ import annotations
 
-import multiprocessing
-from dataclasses import dataclass, field
+import abc
+import random
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from adasearch.config import DeploymentConfig
-from adasearch.search import trials as T
-from adasearch.search.space import SearchSpace
-from adasearch.spec import RunSpec
+from adasearch.search.context import Measured, RunContext
+from adasearch.search.trials import config_key
 
-
-class Measurer:
-    """Measures a config once: canonical form first, then the storage's and this process's memo."""
-
-    def __init__(self, evaluator, space: SearchSpace, spec: RunSpec, known: Optional[dict] = None):
-        self.evaluator, self.space, self.spec = evaluator, space, spec
-        self.known = dict(known or {})
-
-    def reusable(self, key: str) -> bool:
-        """Stored metrics can stand for a new trial only if they hold every metric this spec uses
-        (a resumed run may have added a latency objective or constraint since they were measured)."""
-        m = self.known.get(key)
-        return m is not None and all(m.get(name) is not None for name in self.spec.used_metrics)
-
-    def prefetch(self, configs) -> None:
-        """Accuracy of many configs in one call: they share anytime passes."""
-        todo = [c for c in {self.space.canonical(c) for c in configs} if not self.reusable(T.config_key(c))]
-        if todo:
-            self.evaluator.accuracy.measure(todo)
-
-    def measure(self, config: DeploymentConfig):
-        """-> (canonical config, key, metrics dict, reused: bool)."""
-        canon = self.space.canonical(config)
-        key = T.config_key(canon)
-        if self.reusable(key):
-            return canon, key, self.known[key], True
-        m = self.evaluator.measure_accuracy_and_cost([canon])[canon]
-        if self.spec.needs_latency:
-            self.evaluator.time(m, canon, memory=self.spec.needs_memory)
-        metrics = {k: v for k, v in m.metrics().items() if v is not None}
-        self.known[key] = metrics
-        return canon, key, metrics, False
+EXPLORE_AFTER = 3  # repeated proposals in a row before an unmeasured network is enqueued
+REPEAT_LIMIT = 50  # repeated proposals in a row after which the search is taken to have run dry
+DRAWS = 200  # random draws tried when looking for an unmeasured network of a large space
 
 
 @dataclass
-class RunContext:
-    spec: RunSpec
-    space: SearchSpace
-    study: object  # optuna.Study
-    measurer: Measurer
-    on_trial: Callable[..., None] = lambda metrics=None: None
-    stop: list = field(default_factory=list)  # non-empty: stop after the current trial
+class Proposal:
+    config: DeploymentConfig
+    params: dict  # flat parameters in the space's encoding (what Optuna stores, what trials.csv shows)
+    trial: object = None  # a live optuna.Trial when the engine asks through study.ask, else None
 
 
-class ExhaustiveEngine:
+class Engine(abc.ABC):
+    """Proposes configs of the space and is told their results.
+
+    Contract:
+    - ``ask()`` returns the next proposals to measure, one or many (many share accuracy passes), or
+      an empty list when the engine has nothing more to propose. It must not measure or store.
+    - Every proposal it returned is either told (``tell``) after the runner recorded it, or dropped
+      (``drop``) when the run stops before measuring it. Nothing else reaches the storage.
+    - ``planned()`` is the number of distinct networks the engine expects to measure in total,
+      finished ones included: the progress bar's total.
+    """
+
+    name: str = "engine"
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def ask(self) -> list:
+        """-> list[Proposal]; [] when done."""
+
+    def tell(self, proposal: Proposal, measured: Measured) -> None:
+        """The proposal was measured (measured.reused: a network measured before) and recorded."""
+
+    def drop(self, proposal: Proposal) -> None:
+        """The proposal will not be measured (the run stops)."""
+
+    @abc.abstractmethod
+    def planned(self) -> int:
+        """Distinct networks this engine expects the run to hold when it is done."""
+
+
+class Driver(abc.ABC):
+    """An engine that schedules its own trials (Ray Tune). Its workers measure and return; the driver
+    calls ``record(measured, params)`` for each result, in the driver process, and stops starting
+    trials once ``ctx.stop`` is set."""
+
+    name: str = "driver"
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def drive(self, record: Callable[[Measured, dict], None]) -> None:
+        """Run the search to its budget, recording each result through `record`."""
+
+    @abc.abstractmethod
+    def planned(self) -> int:
+        """As Engine.planned."""
+
+
+class ExhaustiveEngine(Engine):
     name = "exhaustive"
 
-    def run(self, ctx: RunContext) -> None:
-        import optuna
+    def __init__(self, ctx: RunContext):
+        super().__init__(ctx)
+        self._unique = ctx.space.unique()  # canonical config -> params of its first occurrence
+        self._asked = False
 
-        unique = ctx.space.unique()  # canonical config -> params
-        todo = {c: p for c, p in unique.items() if not ctx.measurer.reusable(T.config_key(c))}
-        ctx.measurer.prefetch(todo)
-        distributions = ctx.space.distributions()
-        for config, params in todo.items():
-            if ctx.stop:
-                return
-            canon, key, metrics, _ = ctx.measurer.measure(config)
-            trial = optuna.trial.create_trial(params=ctx.space.encode_params(params), distributions=distributions,
-                                              values=T.objective_values(ctx.spec, metrics))
-            T.attach(trial, ctx.spec, canon, key, metrics)
-            ctx.study.add_trial(trial)
-            ctx.on_trial(metrics)
+    def ask(self) -> list:
+        if self._asked:
+            return []
+        self._asked = True
+        encode = self.ctx.space.encode_params
+        return [
+            Proposal(config, encode(params))
+            for config, params in self._unique.items()
+            if not self.ctx.measurer.reusable(config_key(config))
+        ]
 
-    def planned(self, ctx: RunContext) -> int:
-        return len(ctx.space.unique())
-
-
-def make_sampler(name: str, seed: int, trials: int):
-    import optuna
-
-    if name in ("auto", "tpe"):
-        # TPE is the most sample-efficient of these at the budgets people give (tens to hundreds).
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 5)))
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, trials // 4)))
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.BruteForceSampler(seed=seed)
+    def planned(self) -> int:
+        return len(self._unique)
 
 
-def optuna_objective(ctx: RunContext):
-    def objective(trial):
-        import optuna
+class OptunaEngine(Engine):
+    """Asks the study's sampler for one config at a time (study.ask); the runner tells the study."""
 
-        config = ctx.space.suggest(trial)
-        try:
-            canon, key, metrics, _ = ctx.measurer.measure(config)
-        except KeyboardInterrupt:
-            # Ctrl-C mid-trial: drop this one trial quietly (no traceback) and stop after it.
-            ctx.stop.append("interrupted")
-            raise optuna.TrialPruned("interrupted by the user")
-        return T.attach(trial, ctx.spec, canon, key, metrics)
-
-    return objective
-
-
-class OptunaEngine:
     name = "optuna"
 
-    def run(self, ctx: RunContext) -> None:
-        import optuna
-        from optuna.study import MaxTrialsCallback
-        from optuna.trial import TrialState
+    def __init__(self, ctx: RunContext):
+        super().__init__(ctx)
+        self.budget = ctx.spec.search.trials
+        self.repeats = 0  # consecutive proposals of networks already measured
+        # The number of distinct networks, where counting them is cheap: the search is over when all are measured.
+        small = ctx.space.size() <= ctx.spec.search.exhaustive_limit
+        self.unique: Optional[dict] = ctx.space.unique() if small else None
+        self.networks: Optional[int] = None if self.unique is None else len(self.unique)
+        self.rng = random.Random(ctx.spec.search.seed)
 
-        spec = ctx.spec
-        if completed(ctx.study) >= spec.search.trials:
-            return  # resuming a finished run: Optuna would still start one more trial before stopping
-        workers = []
-        if spec.search.workers > 1:
-            mp = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/SQLite state
-            for i in range(1, spec.search.workers):
-                w = mp.Process(target=_worker, args=(spec.model_dump(), spec.base_dir, spec.search.seed + i))
-                w.start()
-                workers.append(w)
+    def ask(self) -> list:
+        done = self.ctx.distinct_measured()
+        if done >= self.budget:
+            return []
+        if self.networks is not None and done >= self.networks:
+            self.ctx.notes.append(f"every one of the space's {self.networks} networks is measured")
+            return []
+        if self.repeats >= REPEAT_LIMIT:
+            self.ctx.notes.append(
+                f"the sampler proposed only measured networks {REPEAT_LIMIT} times in a row; stopped at "
+                f"{done} of {self.budget} (the space may be nearly exhausted)"
+            )
+            return []
+        if self.repeats and self.repeats % EXPLORE_AFTER == 0:
+            params = self._unmeasured()
+            if params is not None:
+                self.ctx.study.enqueue_trial(params)
+        trial = self.ctx.study.ask()
+        config = self.ctx.space.suggest(trial)
+        return [Proposal(config, dict(trial.params), trial)]
 
-        def callback(study, trial):
-            ctx.on_trial(trial.user_attrs.get("metrics"))
-            if ctx.stop:
-                study.stop()
+    def tell(self, proposal: Proposal, measured: Measured) -> None:
+        self.repeats = self.repeats + 1 if measured.reused else 0
 
-        try:
-            ctx.study.optimize(optuna_objective(ctx), n_trials=None, timeout=spec.search.timeout,
-                               callbacks=[MaxTrialsCallback(spec.search.trials, states=(TrialState.COMPLETE,)),
-                                          callback], catch=())
-        finally:
-            for w in workers:
-                w.join()
+    def _unmeasured(self) -> Optional[dict]:
+        """Encoded params of a network not measured yet, drawn with the run's seed; None if none is found."""
+        space, known = self.ctx.space, self.ctx.measurer.known
+        if self.unique is not None:
+            todo = [params for config, params in self.unique.items() if config_key(config) not in known]
+            return space.encode_params(self.rng.choice(todo)) if todo else None
+        choices = space.parameters()
+        for _ in range(DRAWS):
+            params = {name: self.rng.choice(values) for name, values in choices}
+            if config_key(space.canonical(space.config_from_params(params))) not in known:
+                return space.encode_params(params)
+        return None
 
-    def planned(self, ctx: RunContext) -> int:
-        return ctx.spec.search.trials
-
-
-def _worker(spec_dict: dict, base_dir: str, seed: int) -> None:
-    """One extra worker process: loads the model once, then samples from the shared storage."""
-    from adasearch.search.runner import prepare
-
-    spec = RunSpec(**{**spec_dict, "base_dir": base_dir})
-    spec = spec.with_overrides(seed=seed)
-    _optimize_alone(prepare(spec))
-
-
-def completed(study) -> int:
-    """Finished trials in the storage: what a resumed run already has."""
-    from optuna.trial import TrialState
-
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-
-
-def _optimize_alone(ctx: RunContext) -> None:
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-
-    if completed(ctx.study) >= ctx.spec.search.trials:
-        return
-
-    ctx.study.optimize(optuna_objective(ctx), n_trials=None, timeout=ctx.spec.search.timeout,
-                       callbacks=[MaxTrialsCallback(ctx.spec.search.trials, states=(TrialState.COMPLETE,))])
+    def planned(self) -> int:
+        return self.budget if self.networks is None else min(self.budget, self.networks)
 
 
-ENGINES = {"exhaustive": ExhaustiveEngine, "optuna": OptunaEngine}
-
-
-def choose_engine(spec: RunSpec, space: SearchSpace):
+def choose_engine(ctx: RunContext):
+    """The spec's engine, or for `auto`: exhaustive for small spaces searched by one process with the
+    default sampler, else optuna."""
+    spec = ctx.spec
     name = spec.search.engine
     if name == "auto":
-        small = space.size() <= spec.search.exhaustive_limit
+        small = ctx.space.size() <= spec.search.exhaustive_limit
         name = "exhaustive" if small and spec.search.workers == 1 and spec.search.sampler == "auto" else "optuna"
     if name == "ray":
         from adasearch.search.ray_engine import RayEngine
 
-        return RayEngine()
-    return ENGINES[name]()
+        return RayEngine(ctx)
+    return {"exhaustive": ExhaustiveEngine, "optuna": OptunaEngine}[name](ctx)

@@ -1,8 +1,11 @@
 """The ray engine: Ray Tune drives Optuna's multi-objective sampler over N worker processes.
 
 Each Tune trial runs in a worker process that loads the model once (a per-process cache, with Tune
-reusing its actors) and writes its trial into our Optuna storage, like the other engines do, so the
-Pareto set, resumption and reports read one storage whichever engine ran.
+reusing its actors), measures the sampled config and reports its figures. A worker never opens the
+study: on a cluster it would be another machine's file. The driver records every reported result
+through context.record_trial, like the other engines, so the Pareto set, resumption and reports read
+one storage whichever engine ran. Each trial records the Ray node that measured it (measured_on),
+never a hostname.
 """
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ import socket
 import tempfile
 from pathlib import Path
 
+from adasearch.config import DeploymentConfig
 from adasearch.errors import UserError
-from adasearch.search import trials as T
-from adasearch.search.engines import RunContext, completed, make_sampler
-from adasearch.spec import METRICS, RunSpec
+from adasearch.search.context import Measured, RunContext, make_sampler, prepare
+from adasearch.search.engines import Driver
+from adasearch.spec import RunSpec
 
 # Unix socket paths are limited to 107 bytes, so Ray's session folder must have a short name;
 # keeping it (and Tune's result files) in /tmp also keeps Ray out of $HOME and the results folder.
@@ -26,10 +30,11 @@ TEMP_PREFIX = "/tmp"
 MODES = {"maximize": "max", "minimize": "min"}
 
 
-class RayEngine:
+class RayEngine(Driver):
     name = "ray"
 
-    def run(self, ctx: RunContext) -> None:
+    def drive(self, record) -> None:
+        ctx = self.ctx
         todo = ctx.spec.search.trials - completed(ctx.study)  # resuming: only what the storage lacks
         if todo <= 0:
             return
@@ -37,7 +42,7 @@ class RayEngine:
         try:
             started = _init_ray(ctx.spec, temp_dir)
             try:
-                _tune(ctx, todo, temp_dir)
+                _tune(ctx, todo, temp_dir, record)
             finally:  # also on Ctrl-C, which then reaches the runner: it keeps the finished trials
                 if started:
                     import ray
@@ -46,8 +51,16 @@ class RayEngine:
         finally:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
-    def planned(self, ctx: RunContext) -> int:
-        return ctx.spec.search.trials
+    def planned(self) -> int:
+        return self.ctx.spec.search.trials
+
+
+def completed(study) -> int:
+    """Finished trials in the storage. Tune's num_samples is fixed when it starts, so on this engine
+    repeats of a measured network count against search.trials (they cost no measuring)."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def _init_ray(spec: RunSpec, temp_dir: str) -> bool:
@@ -90,7 +103,7 @@ def _check_reachable(address: str) -> None:
                         f"allowed: host:port of a running Ray head, ray://host:port, or auto")
 
 
-def _tune(ctx: RunContext, todo: int, temp_dir: str) -> None:
+def _tune(ctx: RunContext, todo: int, temp_dir: str, record) -> None:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -111,7 +124,7 @@ def _tune(ctx: RunContext, todo: int, temp_dir: str) -> None:
     # Absolute paths: a worker on another node of a cluster starts in another folder.
     worker_spec = json.dumps({**spec.model_dump(mode="json"), "base_dir": str(Path(spec.base_dir).resolve()),
                               "output": str(spec.output_dir.resolve())}, sort_keys=True)
-    progress, stop = _driver_hooks(tune, ctx)
+    progress, stop = _driver_hooks(tune, ctx, record)
     tuner = tune.Tuner(
         tune.with_parameters(_trial, spec_json=worker_spec),
         param_space=param_space,
@@ -139,18 +152,21 @@ def _history(ctx: RunContext):
     return storage
 
 
-def _driver_hooks(tune, ctx: RunContext) -> tuple:
-    """A Tune callback that advances the progress bar as trials report, and a stopper that starts no
-    more trials once ctx.stop is set. Both act in the driver only, but Tune pickles its whole setup
-    for Tuner.restore (which we never use: our storage is the resume point), so they pickle empty
-    and hold the driver's objects on the instance, not in a closure."""
+def _driver_hooks(tune, ctx: RunContext, record) -> tuple:
+    """A Tune callback that records each reported result in the storage (in the driver, the only
+    writer), and a stopper that starts no more trials once ctx.stop is set. Tune pickles its whole
+    setup for Tuner.restore (which we never use: our storage is the resume point), so both pickle
+    empty and hold the driver's objects on the instance, not in a closure."""
 
-    class Progress(tune.Callback):
-        def __init__(self, on_trial):
-            self.on_trial = on_trial
+    class Record(tune.Callback):
+        def __init__(self, record):
+            self.record = record
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.on_trial({k: v for k, v in result.items() if k in METRICS})
+            done = json.loads(result[RESULT_KEY])
+            measured = Measured(DeploymentConfig.from_dict(done["config"]), done["key"], done["metrics"],
+                                done["reused"], done["measured_on"])
+            self.record(measured, done["params"])
 
         def __getstate__(self):
             return {}
@@ -168,33 +184,30 @@ def _driver_hooks(tune, ctx: RunContext) -> tuple:
         def __getstate__(self):
             return {}
 
-    return Progress(ctx.on_trial), StopFlag(ctx.stop)
+    return Record(record), StopFlag(ctx.stop)
 
 
 # ---------------------------------------------------------------- worker side
 
+RESULT_KEY = "adasearch"  # the reported result's field that carries the measured trial to the driver
 _CONTEXTS: dict = {}  # spec JSON -> RunContext: Tune reuses this process for many trials, so load once
 
 
 def _context(spec_json: str) -> RunContext:
     if spec_json not in _CONTEXTS:
-        from adasearch.search.runner import prepare
-
-        _CONTEXTS[spec_json] = prepare(RunSpec(**json.loads(spec_json)))
+        _CONTEXTS[spec_json] = prepare(RunSpec(**json.loads(spec_json)), storage=False)
     return _CONTEXTS[spec_json]
 
 
 def _trial(params: dict, spec_json: str) -> None:
-    """One Tune trial: measure the sampled config, store it in our study, report it to Tune."""
-    import optuna
+    """One Tune trial: measure the sampled config and report it (objectives for Tune's searcher, and
+    the whole measurement for the driver, which records it)."""
+    import ray
     from ray import tune
 
     ctx = _context(spec_json)
-    canon, key, metrics, _ = ctx.measurer.measure(ctx.space.config_from_params(params))
-    trial = optuna.trial.create_trial(params=params, distributions=ctx.space.distributions(),
-                                      values=T.objective_values(ctx.spec, metrics))
-    T.attach(trial, ctx.spec, canon, key, metrics)
-    # Which machine and process measured it: latency differs between nodes of a cluster.
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    ctx.study.add_trial(trial)
-    tune.report(metrics)
+    measured = ctx.measurer.measure(ctx.space.config_from_params(params))
+    node = ray.get_runtime_context().get_node_id()  # which node measured it: latency differs between nodes
+    done = {"config": measured.config.to_dict(), "key": measured.key, "metrics": measured.metrics,
+            "reused": measured.reused, "measured_on": node, "params": params}
+    tune.report({**measured.metrics, RESULT_KEY: json.dumps(done)})

@@ -1,57 +1,61 @@
-"""The results folder: the contract between run, report, export and serve.
-
-    run.yaml        resolved spec + environment
-    study.db        Optuna storage (resumable; optuna-dashboard opens it)
-    trials.csv      every completed trial: knobs, metrics, feasibility
-    pareto.csv, pareto.json
-    deployments/    one YAML per Pareto config, named by its figures
+"""What a run produces from its trials: the front, the rows and documents of the results folder
+(written through RunFolder), and the summary printed at the end.
 """
+
 from __future__ import annotations
 
 import json
-import math
-import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from adasearch import __version__
-from adasearch.measure.flops import MACS_CONVENTION
-from adasearch.search import trials as T
+from adasearch import __version__, metrics
+from adasearch.measure.closed_form_macs import MACS_CONVENTION
+from adasearch.run_folder import RunFolder, deployment_doc
+from adasearch.search import trials
 from adasearch.search.pareto import pareto_front
+
+
+@dataclass
+class RunSummary:
+    """What `run` did: the counts of run.yaml, the records and the front."""
+
+    engine: str
+    trials: int  # completed trials in the storage (repeats of a network included)
+    networks: int  # distinct networks among them
+    new_trials: int
+    feasible: int
+    interrupted: bool
+    records: list = field(repr=False, default_factory=list)
+    front: list = field(repr=False, default_factory=list)
+    notes: list = field(default_factory=list)
 
 
 def front_of(recs: list, spec) -> list:
     """Feasible, non-dominated records, best first objective first."""
     directions = [o.direction for o in spec.objectives]
     feasible = [r for r in recs if r.feasible]
-    front = [feasible[i] for i in pareto_front([T.objective_values(spec, r.metrics) for r in feasible], directions)]
+    front = [feasible[i] for i in pareto_front([trials.objective_values(spec, r.metrics) for r in feasible], directions)]
     first = spec.objectives[0]
     return sorted(front, key=lambda r: r.metrics[first.metric], reverse=first.direction == "maximize")
 
 
 def closest(recs: list, spec, n: int = 5) -> list:
     """Infeasible records nearest to the constraints: smallest summed relative violation."""
-    return sorted(recs, key=lambda r: T.relative_violation(spec, r))[:n]
+    return sorted(recs, key=lambda r: trials.relative_violation(spec, r))[:n]
 
 
 def _row(r) -> dict:
     row = {"trial": r.number, "config": r.config.label(), "feasible": r.feasible,
-           "violations": "; ".join(f"{k} by {v:.4g}" for k, v in r.violations.items())}
+           "violations": "; ".join(f"{k} by {v:.4g}" for k, v in r.violations.items()),
+           "measured_on": r.measured_on}
     row.update({f"knob.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in r.config.to_dict().items()})
     row.update(r.metrics)
     return row
 
 
-SHORT = {"accuracy": "acc{:.4f}", "top5": "top5_{:.4f}", "latency_p50_ms": "p50_{:.3g}ms",
-         "latency_p90_ms": "p90_{:.3g}ms", "latency_p99_ms": "p99_{:.3g}ms", "gmacs": "{:.4g}GMACs",
-         "macs": "{:.4g}MACs", "gflops": "{:.4g}GFLOPs", "flops": "{:.4g}FLOPs", "memory_mb": "{:.3g}MB",
-         "throughput": "{:.4g}per_s", "mean_exit_depth": "exit{:.3g}"}
-
-
 def deployment_name(r, spec) -> str:
     """e.g. acc0.9644-p50_0.678ms-N8-w16-d1.yaml: the figures first, so a listing sorts and reads well."""
-    figures = [SHORT[o.metric].format(r.metrics[o.metric]) for o in spec.objectives]
+    figures = [metrics.short(o.metric, r.metrics[o.metric]) for o in spec.objectives]
     return "-".join(figures) + f"-{r.config.label()}.yaml"
 
 
@@ -63,48 +67,33 @@ def _model_ref(spec) -> str:
     return str(local.resolve()) if local.exists() else spec.model
 
 
-def write_results(ctx, recs: list, engine_name: str, interrupted: bool = False, new_trials: int = 0) -> dict:
-    import pandas as pd
-
+def write_results(ctx, summary: RunSummary) -> None:
+    """run.yaml, trials.csv, pareto.csv, pareto.json and deployments/, through RunFolder."""
     spec = ctx.spec
-    out = spec.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(spec.output_dir).create()
     env = ctx.measurer.evaluator.environment()
-    front = front_of(recs, spec)
-    # What serving code needs to reproduce the figures, written so that it holds from any directory:
-    # the model as an absolute path (the spec's may be relative to the spec file), and the device the
-    # run measured on (the spec's may say "auto").
-    model_ref = _model_ref(spec)
-    hardware = {**spec.hardware.model_dump(), "device": env["device"]}
-    summary = {
-        "adasearch": __version__, "engine": engine_name, "interrupted": interrupted,
+    front = summary.front
+    run_doc = {
+        "adasearch": __version__, "engine": summary.engine, "interrupted": summary.interrupted,
         "space": {"name": ctx.space.name, "file": ctx.space.source, "size": ctx.space.size()},
-        "trials": len(recs), "new_trials": new_trials, "feasible": sum(r.feasible for r in recs),
-        "pareto": len(front), "macs_convention": MACS_CONVENTION, "environment": env,
+        "trials": summary.trials, "networks": summary.networks, "new_trials": summary.new_trials,
+        "feasible": summary.feasible, "pareto": len(front), "notes": summary.notes,
+        "macs_convention": MACS_CONVENTION, "environment": env,
         "model_config": {k: getattr(ctx.space.cfg, k) for k in ("embed_dim", "depth", "max_latent_tokens",
                                                                 "mask_token_grans", "mat_dims", "num_classes")},
-        "spec": {**spec.to_yaml_dict(), "model": model_ref},
+        # The model as an absolute path: the spec's may be relative to the spec file, and serving
+        # code reads this from any directory.
+        "spec": {**spec.to_yaml_dict(), "model": _model_ref(spec)},
     }
-    (out / "run.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
-    pd.DataFrame([_row(r) for r in recs]).to_csv(out / "trials.csv", index=False)
-    pd.DataFrame([_row(r) for r in front]).to_csv(out / "pareto.csv", index=False)
+    folder.write_run(run_doc)
+    folder.write_trials([_row(r) for r in summary.records])
+    folder.write_front([_row(r) for r in front])
     pareto = [{"trial": r.number, "name": deployment_name(r, spec), "config": r.config.to_dict(),
                "metrics": r.metrics} for r in front]
-    (out / "pareto.json").write_text(json.dumps({"objectives": [o.model_dump() for o in spec.objectives],
-                                                 "constraints": {k: b.model_dump() for k, b in spec.constraints.items()},
-                                                 "environment": env, "macs_convention": MACS_CONVENTION,
-                                                 "pareto": pareto}, indent=2))
-    deployments = out / "deployments"
-    if deployments.exists():
-        shutil.rmtree(deployments)  # the front may have changed since the last write
-    deployments.mkdir()
-    for r, p in zip(front, pareto):
-        doc = {"config": r.config.to_dict(), "metrics": r.metrics, "model": model_ref,
-               "hardware": hardware, "data": spec.data.model_dump(),
-               "macs_convention": MACS_CONVENTION, "trial": r.number}
-        (deployments / p["name"]).write_text(yaml.safe_dump(doc, sort_keys=False))
-    summary["front"] = front
-    return summary
+    folder.write_pareto({"objectives": [o.model_dump() for o in spec.objectives],
+                         "constraints": {k: b.model_dump() for k, b in spec.constraints.items()},
+                         "environment": env, "macs_convention": MACS_CONVENTION, "pareto": pareto})
+    folder.write_deployments({row["name"]: deployment_doc(row, run_doc) for row in pareto})
 
 
 def _fmt(v) -> str:
@@ -115,20 +104,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
-# Short column titles; a metric not listed keeps its own name.
-HEADERS = {"accuracy": "top-1", "latency_p50_ms": "p50 ms", "latency_p90_ms": "p90 ms", "latency_p99_ms": "p99 ms",
-           "mmacs": "MMACs", "mean_exit_depth": "exit depth", "throughput": "img/s", "memory_mb": "MB"}
-
-
-def print_summary(summary: dict, recs: list, spec, console) -> None:
+def print_summary(summary: RunSummary, spec, console) -> None:
     from rich.table import Table
 
-    front = summary["front"]
-    console.print(f"{summary['trials']} trials ({summary['new_trials']} new, engine {summary['engine']}), "
-                  f"{summary['feasible']} feasible, {len(front)} on the Pareto front -> {spec.output_dir}")
-    always = ["accuracy", "latency_p50_ms", "latency_p90_ms", "mmacs", "mean_exit_depth"]
-    shown_as_mmacs = {"macs", "gmacs", "flops", "gflops"}  # one compute column is enough
-    cols = always + [o.metric for o in spec.objectives if o.metric not in {*always, *shown_as_mmacs}]
+    front, recs = summary.front, summary.records
+    repeats = f", {summary.trials - summary.networks} repeats" if summary.trials > summary.networks else ""
+    console.print(f"{summary.networks} networks measured ({summary.new_trials} new trials{repeats}, engine "
+                  f"{summary.engine}), {summary.feasible} feasible trials, {len(front)} on the Pareto front "
+                  f"-> {spec.output_dir}")
+    for note in summary.notes:
+        console.print(f"note: {note}")
+    cols = list(metrics.SUMMARY_COLUMNS)
+    cols += [o.metric for o in spec.objectives if o.metric not in {*cols, *metrics.COMPUTE_ALIASES}]
     if not front:
         console.print("[bold red]no config satisfies the constraints.[/bold red] Closest configs:")
         rows = closest(recs, spec)
@@ -137,16 +124,17 @@ def print_summary(summary: dict, recs: list, spec, console) -> None:
     t = Table(title="Pareto front" if front else "closest configs")
     t.add_column("config", no_wrap=True)  # labels are what people copy; narrow the numbers instead
     for c in cols:
-        t.add_column(HEADERS.get(c, c), justify="right")
+        t.add_column(metrics.header(c), justify="right")
     for r in rows:
-        shown = {**r.metrics, "mmacs": r.metrics["macs"] / 1e6}  # millions read well at every model size
+        shown = metrics.with_mmacs(r.metrics)
         t.add_row(r.config.label(), *[_fmt(shown.get(c)) for c in cols])
     console.print(t)
     if not front:
         for r in rows:
             console.print(f"  {r.config.label()} misses " + "; ".join(
-                f"{k} by {v:.4g} (bound {spec.constraints[k].model_dump(exclude_none=True)})" for k, v in r.violations.items()))
+                f"{k} by {v:.4g} (bound {spec.constraints[k].model_dump(exclude_none=True)})"
+                for k, v in r.violations.items()))
     else:
         out = spec.output_dir
-        console.print(f"next: adasearch report {out}   |   adasearch export {out} --pick \"max accuracy\"   |   "
+        console.print(f"next: adasearch report {out}   |   adasearch export {out} --pick \"max {metrics.QUALITY}\"   |   "
                       f"adasearch serve {out}", highlight=False, soft_wrap=True)

@@ -25,7 +25,8 @@ from typing import Iterator, Optional, Union
 import yaml
 
 from adasearch.config import KNOBS, DeploymentConfig
-from adasearch.errors import UserError
+from adasearch.checks import is_int
+from adasearch.errors import KnobError, UserError
 from adasearch.model.adaperceiver import AdaPerceiverConfig, make_plan
 
 GRANULARITIES = ("global", "per_stage", "per_layer")
@@ -164,13 +165,13 @@ def canonical(config: DeploymentConfig, cfg: AdaPerceiverConfig) -> DeploymentCo
       the checkpoint's granularities) become None.
     """
     L = cfg.depth
-    plan = make_plan(cfg, **config.forward_kwargs())
+    plan = make_plan(cfg, **config.to_dict())
     d = plan.depth
     taus = list(plan.taus[: d - 1])
     if 0.0 in taus:  # the first check with tau 0 stops everyone: the same as depth = that block
         d = taus.index(0.0) + 1
         taus = taus[: d - 1]
-    kw = config.forward_kwargs()
+    kw = config.to_dict()
     tokens = list(plan.tokens[:d])
     hidden_full = cfg.ffn_hidden
 
@@ -263,18 +264,14 @@ def _parse_knob(path: Path, name: str, spec, cfg: AdaPerceiverConfig) -> Knob:
 
 
 def _check_value(where: str, name: str, v, cfg: AdaPerceiverConfig):
-    def bad(allowed):
-        raise UserError(f"{where}: value {v!r} does not fit the model; allowed: {allowed}")
-
-    is_int = isinstance(v, int) and not isinstance(v, bool)
-    if name == "num_tokens" and not (is_int and 1 <= v <= cfg.max_latent_tokens):
-        bad(f"integers 1..{cfg.max_latent_tokens} (max_latent_tokens; trained: {cfg.mask_token_grans})")
-    if name == "mat_dim" and not (v is None or (is_int and 1 <= v <= cfg.embed_dim)):
-        bad(f"null (full) or integers 1..{cfg.embed_dim} (trained: {cfg.mat_dims})")
-    if name == "depth" and not (is_int and 1 <= v <= cfg.depth):
-        bad(f"integers 1..{cfg.depth}")
-    if name == "depth_tau" and not (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1)):
-        bad("null (no exit) or numbers in [0, 1]")
-    if name == "token_grans" and not (v is None or (isinstance(v, list) and v and all(isinstance(g, int) and g >= 1 for g in v)
-                                                      and all(b > a for a, b in zip(v, v[1:])))):
-        bad("null (the checkpoint's) or strictly increasing lists of positive integers")
+    """One knob value against the model: the model's own check (make_plan, which names the knob and
+    what is allowed), after the space's tighter token range (a space searches trained counts only)."""
+    if name == "num_tokens" and not (is_int(v) and 1 <= v <= cfg.max_latent_tokens):
+        raise UserError(f"{where}: value {v!r} does not fit the model; allowed: integers 1..{cfg.max_latent_tokens} "
+                        f"(max_latent_tokens; trained: {cfg.mask_token_grans})")
+    if name == "depth" and not (is_int(v) and 1 <= v <= cfg.depth):
+        raise UserError(f"{where}: value {v!r} does not fit the model; allowed: integers 1..{cfg.depth}")
+    try:
+        make_plan(cfg, **{name: v})
+    except KnobError as e:
+        raise UserError(f"{where}: value {v!r} does not fit the model; {e}")

@@ -1,9 +1,9 @@
-"""Trial bookkeeping shared by every engine: measuring a config once, and recording it in the study.
+"""How a trial is stored in the study and read back: user attributes, constraints, feasibility.
 
-Every engine writes its trials into one Optuna study (SQLite in the results folder by default), with
-the config, the metrics, the constraint values (through set_constraint, so Optuna's samplers see
-them) and the canonical key. That storage is the single source of truth for the Pareto set,
-resumption and reports, whichever engine ran.
+Every trial of a run lives in one Optuna study (SQLite in the results folder by default), with the
+config, the metrics, the constraint values (through set_constraint, so Optuna's samplers see them),
+the canonical key and where it was measured. context.record_trial writes them through `attach`;
+`records` reads them back as TrialRecords for the Pareto set, resumption and the results folder.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from adasearch.config import DeploymentConfig
+from adasearch.metrics import relative_miss
 from adasearch.spec import RunSpec
 
 
@@ -24,7 +25,7 @@ class TrialRecord:
     metrics: dict
     feasible: bool
     violations: dict  # metric -> amount outside its bound (> 0)
-    state: str = "COMPLETE"
+    measured_on: str = "local"  # "local", or the Ray node id that measured it
 
 
 def constraint_values(spec: RunSpec, metrics: dict) -> dict:
@@ -55,21 +56,22 @@ def relative_violation(spec: RunSpec, record) -> float:
         b, value = spec.constraints[k], record.metrics.get(k)
         return b.min if b.min is not None and value is not None and value < b.min else b.max
 
-    return sum(v / max(abs(bound(k)), 1e-12) for k, v in record.violations.items())
+    return sum(relative_miss(v, bound(k)) for k, v in record.violations.items())
 
 
 def objective_values(spec: RunSpec, metrics: dict) -> list:
     return [metrics[o.metric] for o in spec.objectives]
 
 
-def attach(trial, spec: RunSpec, config: DeploymentConfig, key: str, metrics: dict) -> list:
-    """Store config, key, metrics and constraints on a live or frozen Optuna trial; return its values."""
-    trial.set_user_attr("config", config.to_dict())
-    trial.set_user_attr("key", key)
-    trial.set_user_attr("metrics", metrics)
-    for name, value in constraint_values(spec, metrics).items():
+def attach(trial, spec: RunSpec, measured) -> None:
+    """Store config, key, metrics, where it was measured and the constraints on a live or frozen
+    Optuna trial. `measured` is a context.Measured."""
+    trial.set_user_attr("config", measured.config.to_dict())
+    trial.set_user_attr("key", measured.key)
+    trial.set_user_attr("metrics", measured.metrics)
+    trial.set_user_attr("measured_on", measured.measured_on)
+    for name, value in constraint_values(spec, measured.metrics).items():
         trial.set_constraint(name, value)
-    return objective_values(spec, metrics)
 
 
 def records(study, spec: RunSpec, final: Optional[dict] = None) -> list:
@@ -89,7 +91,7 @@ def records(study, spec: RunSpec, final: Optional[dict] = None) -> list:
         metrics.update(final_by_key.get(t.user_attrs.get("key", t.number), {}))
         viol = violations(spec, metrics)
         out.append(TrialRecord(t.number, DeploymentConfig.from_dict(t.user_attrs["config"]), dict(t.params),
-                               metrics, not viol, viol))
+                               metrics, not viol, viol, t.user_attrs.get("measured_on", "local")))
     return out
 
 

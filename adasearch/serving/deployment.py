@@ -24,11 +24,12 @@ import yaml
 
 from adasearch.config import DeploymentConfig, read_document
 from adasearch.errors import CheckpointError, InputError, UserError
+from adasearch.metrics import budget_latency, tie_break
+from adasearch.measure.environment import resolve_device, resolve_dtype  # torch only: no heavy imports
 from adasearch.model.adaperceiver import AdaPerceiver
 from adasearch.model.loading import load_model, looks_like_hub_id
 
 TOP_K = 5
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---------------------------------------------------------------- the results folder
@@ -99,21 +100,12 @@ class Prediction:
     within_budget: bool  # True when no budget was given
 
 
-def _budget_latency(metrics: dict) -> Optional[float]:
-    """The figure budgets are compared with (see the module docstring)."""
-    p90 = metrics.get("latency_p90_ms")
-    return p90 if p90 is not None else metrics.get("latency_p50_ms")
-
-
 def _rank(e: Entry) -> tuple:
-    """Most accurate first; between equally accurate configs, the faster."""
-    latency = _budget_latency(e.metrics)
-    return e.metrics.get("accuracy", 0.0), -(latency if latency is not None else math.inf)
+    """Most accurate first; between equally accurate configs, the faster (the tie-break --pick uses)."""
+    return tie_break(e.metrics)
 
 
 def _resolve_device(device: Optional[str], hardware: dict, where: Path) -> torch.device:
-    from adasearch.measure.environment import resolve_device  # torch only: no heavy imports
-
     if device is not None:
         return resolve_device(device)
     recorded = hardware.get("device") or "cpu"
@@ -125,8 +117,7 @@ def _resolve_device(device: Optional[str], hardware: dict, where: Path) -> torch
 
 
 def _resolve_model(model, recorded: Optional[str], where: Path, device: torch.device, dtype: str) -> AdaPerceiver:
-    if dtype not in DTYPES:
-        raise UserError(f"dtype {dtype!r} is not allowed: one of {list(DTYPES)}")
+    torch_dtype = resolve_dtype(dtype)
     if isinstance(model, AdaPerceiver):
         net = model
     elif model is not None:
@@ -145,7 +136,7 @@ def _resolve_model(model, recorded: Optional[str], where: Path, device: torch.de
         # run.yaml keeps the spec's model as written, relative to wherever the run was launched.
         raise UserError(f"{where} records model {recorded!r}, which does not exist from here; pass "
                         f"model=... (a folder, a weights file, a hub id or an AdaPerceiver)")
-    return net.to(device, DTYPES[dtype]).eval()
+    return net.to(device, torch_dtype).eval()
 
 
 class Deployment:
@@ -208,14 +199,14 @@ class Deployment:
         whose measured latency fits it, else the fastest config (within_budget False)."""
         if budget_ms is None:
             return max(self._entries, key=_rank), True
-        timed = [e for e in self._entries if _budget_latency(e.metrics) is not None]
+        timed = [e for e in self._entries if budget_latency(e.metrics) is not None]
         if not timed:
             raise UserError("no config of this deployment has a measured latency, so a budget cannot pick one "
                             "(search with a latency objective or constraint)")
-        fits = [e for e in timed if _budget_latency(e.metrics) <= budget_ms]
+        fits = [e for e in timed if budget_latency(e.metrics) <= budget_ms]
         if fits:
             return max(fits, key=_rank), True
-        return min(timed, key=lambda e: _budget_latency(e.metrics)), False
+        return min(timed, key=lambda e: budget_latency(e.metrics)), False
 
     def predict(self, x: torch.Tensor, budget_ms: Optional[float] = None) -> Prediction:
         """Classify x, (B, C, H, W) or one image (C, H, W) (then B = 1), under the config chosen for budget_ms."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from adasearch.errors import UserError
+from adasearch.metrics import relative_miss, tie_break
 
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq,
        "!=": operator.ne}
@@ -49,7 +50,7 @@ class Condition:
             return math.inf  # not measured in this run: further than any number
         if self.op == "!=":
             return 1.0  # equal to the excluded value: no distance to speak of, but a miss
-        return abs(v - self.value) / max(abs(self.value), 1e-12)
+        return relative_miss(v - self.value, self.value)
 
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.value:g}"
@@ -135,9 +136,9 @@ def _label(row: dict, i: int) -> str:
 
 
 def pick(rows: list, expr: str) -> dict:
-    """The row that the expression selects. Ties on its metric go to the more accurate row, then the
-    faster (p90), then the earlier one (pareto.json is best-first), so `max accuracy` picks what
-    Deployment.predict picks without a budget."""
+    """The row that the expression selects. Ties on its metric are broken by metrics.tie_break (the more
+    accurate row, then the faster by p90), then the earlier one (pareto.json is best-first), so
+    `max accuracy` picks what Deployment.predict picks without a budget."""
     p = parse_pick(expr)
     if not rows:
         raise NoMatch("the Pareto front is empty: nothing to pick from")
@@ -156,10 +157,9 @@ def pick(rows: list, expr: str) -> dict:
     sign = 1 if p.direction == "max" else -1
 
     def rank(r: dict) -> tuple:
-        # ties: the more accurate, then the faster by p90 (as Deployment.choose), then the earlier row
+        # ties: adasearch's one tie-break (as Deployment.choose), then the earlier row (max keeps the first)
         m = _metrics(r)
-        p90 = m.get("latency_p90_ms")
-        return sign * m[p.metric], m.get("accuracy", 0.0), -(p90 if p90 is not None else math.inf)
+        return (sign * m[p.metric], *tie_break(m))
 
     return max(qualifying, key=rank)
 

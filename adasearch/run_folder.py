@@ -1,0 +1,214 @@
+"""RunFolder: the results folder of one run, and the only code that reads or writes its files.
+
+    run.yaml        resolved spec + environment + counts
+    study.db        Optuna storage (written by Optuna itself; resumable; optuna-dashboard opens it)
+    trials.csv      every completed trial: knobs, metrics, feasibility
+    pareto.csv      the Pareto trials, same columns
+    pareto.json     the front as serving reads it: objectives, constraints, environment, one row a config
+    deployments/    one YAML per Pareto config, named by its figures
+    report.html, report.md, report_files/, report_*.csv|json   written by `adasearch report`
+
+run, report, export and serve all come through here. Every problem with a file (missing, corrupt,
+foreign, unwritable) is a one-line UserError naming that file. Files are written atomically (a temp
+file in the same folder, then a rename), so an interrupted write never leaves half a pareto.json.
+
+Imports only the standard library and yaml (pandas inside the table methods): serving code reads
+results folders without the search stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import yaml
+
+from adasearch.errors import UserError
+
+RUN, TRIALS, PARETO_CSV, PARETO_JSON, DEPLOYMENTS = "run.yaml", "trials.csv", "pareto.csv", "pareto.json", "deployments"
+TABLE_COLUMNS = ("trial", "config", "feasible")  # every trials.csv / pareto.csv has at least these
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+class RunFolder:
+    """One results folder. Construct it with the folder's path; nothing is read or written until asked."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ---------------------------------------------------------------- writing
+
+    def create(self) -> "RunFolder":
+        """Make the folder (and parents) and check that it can be written; a one-line error if not."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path}: output exists and is not a folder; choose another --output")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{self.path}: cannot create the results folder ({e.strerror or _first_line(e)})")
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise UserError(f"{self.path}: the results folder is not writable; choose another --output")
+        return self
+
+    def _write(self, name: str, data: Union[str, bytes]) -> Path:
+        """Atomically: a temp file beside the target, then os.replace."""
+        target = self.path / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data.encode() if isinstance(data, str) else data)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as e:
+            raise UserError(f"{target}: cannot write it ({e.strerror or _first_line(e)})")
+        return target
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self._write(name, text)
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        return self._write(name, data)
+
+    def write_run(self, doc: dict) -> Path:
+        return self._write(RUN, yaml.safe_dump(doc, sort_keys=False))
+
+    def write_table(self, name: str, rows: list) -> Path:
+        """A list of flat dicts as CSV (trials.csv, pareto.csv, report_*.csv); columns in first-seen order."""
+        import pandas as pd
+
+        return self._write(name, pd.DataFrame(rows).to_csv(index=False))
+
+    def write_trials(self, rows: list) -> Path:
+        return self.write_table(TRIALS, rows)
+
+    def write_front(self, rows: list) -> Path:
+        return self.write_table(PARETO_CSV, rows)
+
+    def write_pareto(self, doc: dict) -> Path:
+        return self._write(PARETO_JSON, json.dumps(doc, indent=2))
+
+    def write_deployments(self, docs: dict) -> None:
+        """deployments/<name> for each (name -> document); the folder holds exactly these afterwards
+        (the front may have changed since the last write)."""
+        folder = self.path / DEPLOYMENTS
+        if folder.exists():
+            try:
+                shutil.rmtree(folder)
+            except OSError as e:
+                raise UserError(f"{folder}: cannot replace it ({e.strerror or _first_line(e)})")
+        for name, doc in docs.items():
+            self._write(f"{DEPLOYMENTS}/{name}", yaml.safe_dump(doc, sort_keys=False))
+
+    # ---------------------------------------------------------------- reading
+
+    def check(self) -> "RunFolder":
+        if not self.path.is_dir():
+            raise UserError(f"{self.path}: no such results folder (give the folder that `adasearch run` wrote)")
+        return self
+
+    def _read_text(self, name: str) -> str:
+        path = self.check().path / name
+        if not path.is_file():
+            raise UserError(f"{path}: missing; is {self.path} a results folder of `adasearch run`?")
+        try:
+            return path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or type(e).__name__})")
+
+    def read_run(self) -> dict:
+        """run.yaml: its resolved `spec` (model, hardware, data, objectives, ...), `environment`, counts."""
+        path = self.path / RUN
+        try:
+            doc = yaml.safe_load(self._read_text(RUN))
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: malformed YAML ({_first_line(e)})")
+        if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
+            raise UserError(f"{path}: expected a mapping with a 'spec' section; not a run.yaml of adasearch")
+        return doc
+
+    def read_spec(self) -> dict:
+        return self.read_run()["spec"]
+
+    def read_pareto(self) -> dict:
+        """pareto.json: {"objectives", "constraints", "environment", "pareto": [{trial, name, config, metrics}]}."""
+        path = self.path / PARETO_JSON
+        try:
+            doc = json.loads(self._read_text(PARETO_JSON))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
+        rows = doc.get("pareto") if isinstance(doc, dict) else None
+        if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("config"), dict) and isinstance(r.get("metrics"), dict)
+            and isinstance(r.get("name"), str)
+            for r in rows
+        ):
+            raise UserError(f"{path}: expected an object with a 'pareto' list of {{name, config, metrics}} rows")
+        return doc
+
+    def read_table(self, name: str):
+        """trials.csv or pareto.csv as a pandas DataFrame (an empty pareto.csv is an empty front)."""
+        import pandas as pd
+
+        path = self.path / name
+        text = self._read_text(name)
+        if not text.strip():
+            return pd.DataFrame(columns=list(TABLE_COLUMNS))
+        try:
+            import io
+
+            table = pd.read_csv(io.StringIO(text))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+            raise UserError(f"{path}: not a CSV table of trials ({_first_line(e)})")
+        missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+        if missing:
+            raise UserError(f"{path}: not a table of trials (no column {missing[0]!r})")
+        if table["feasible"].dtype != bool:
+            flags = table["feasible"].astype(str).str.lower()
+            if not flags.isin(["true", "false"]).all():
+                raise UserError(f"{path}: column 'feasible' holds values other than True/False")
+            table["feasible"] = flags == "true"
+        return table
+
+    def read_trials(self):
+        return self.read_table(TRIALS)
+
+    def read_front(self):
+        return self.read_table(PARETO_CSV)
+
+
+def deployment_doc(row: dict, run: dict, macs_convention: Optional[str] = None) -> dict:
+    """One pareto.json row as a deployment file: what serving code needs to reproduce its figures, from
+    any directory. `run` is run.yaml's document: its spec's model (an absolute path where local) and
+    the device the run actually measured on (the spec may say "auto")."""
+    spec = run.get("spec") or {}
+    hardware = dict(spec.get("hardware") or {})
+    measured_on = (run.get("environment") or {}).get("device")
+    if measured_on:
+        hardware["device"] = measured_on
+    return {
+        "config": row["config"],
+        "metrics": row["metrics"],
+        "model": spec.get("model"),
+        "hardware": hardware,
+        "data": spec.get("data"),
+        "macs_convention": macs_convention or run.get("macs_convention"),
+        "trial": row.get("trial"),
+    }

@@ -1,0 +1,78 @@
+"""Finalists: which trials are re-timed with the longer budget, and the re-timing itself.
+
+Brief per-trial timings are noisy (sub-millisecond demo configs especially), so a config can be
+pushed on or off the front by noise alone. The candidates (the front, the next non-dominated layer,
+and near misses of timed constraints) are timed again, alone and with search.final_latency_budget_s,
+and the front is recomputed from those figures. The re-timed figures are stored in the study's
+`final_metrics` attribute, keyed by trial number, so a later run (or an interrupted one) keeps them.
+"""
+
+from __future__ import annotations
+
+from adasearch.metrics import TIMED_METRICS
+from adasearch.search import trials
+from adasearch.search.context import RunContext
+from adasearch.search.pareto import dominates, pareto_front
+from adasearch.search.results import front_of
+from adasearch.spec import RunSpec
+
+
+def candidates(recs: list, spec: RunSpec) -> list:
+    """The trials worth re-timing: the front, and when latency is measured, also the next
+    non-dominated layer (at most twice the front's size), since a trial can be pushed off the front
+    by timing noise alone."""
+    directions = [o.direction for o in spec.objectives]
+    first: dict = {}
+    for r in recs:  # one trial per config (samplers can repeat one): the first, so it is timed once
+        first.setdefault(r.config, r)
+    recs = list(first.values())
+    remaining = [r for r in recs if r.feasible] or list(recs)
+    chosen: list = []
+    for layer in range(2 if spec.needs_latency else 1):
+        idx = pareto_front([trials.objective_values(spec, r.metrics) for r in remaining], directions)
+        picked = [remaining[i] for i in idx][: max(1, 2 * len(chosen)) if layer else None]
+        chosen += picked
+        remaining = [r for r in remaining if r not in picked]
+        if not remaining:
+            break
+    if spec.needs_latency:
+        chosen += near_misses(recs, spec, chosen, limit=len(chosen))
+    return chosen
+
+
+def near_misses(recs: list, spec: RunSpec, chosen: list, limit: int) -> list:
+    """Trials that broke only timed constraints (a noisy brief timing can do that) and would be on the
+    front if they met them: the `limit` closest to their bounds. Memory is not a timing: a config over
+    a memory bound stays over it."""
+    directions = [o.direction for o in spec.objectives]
+    front = [trials.objective_values(spec, r.metrics) for r in chosen if r.feasible]
+    misses = [
+        r
+        for r in recs
+        if not r.feasible
+        and r not in chosen
+        and set(r.violations) <= TIMED_METRICS
+        and not any(dominates(f, trials.objective_values(spec, r.metrics), directions) for f in front)
+    ]
+    return sorted(misses, key=lambda r: trials.relative_violation(spec, r))[:limit]
+
+
+def retime_finalists(ctx: RunContext, recs: list) -> dict:
+    """Time every Pareto candidate again, alone and with a longer budget; store it in the study.
+
+    Re-timing can move the front: when candidates come out slower, a trial that was never re-timed
+    may become non-dominated. Such trials are re-timed too, until every config on the final front
+    carries the longer timing (each round adds at least one, so this ends)."""
+    evaluator = ctx.measurer.evaluator
+    final = dict(ctx.study.user_attrs.get("final_metrics", {}))
+    retimed: set = set()
+    todo = candidates(recs, ctx.spec)
+    while todo:
+        for r in todo:
+            m = evaluator.measure_accuracy_and_cost([r.config])[r.config]
+            evaluator.time(m, r.config, budget_s=ctx.spec.search.final_latency_budget_s)
+            final[str(r.number)] = {k: v for k, v in m.metrics().items() if v is not None}
+            retimed.add(r.number)
+        todo = [r for r in front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec) if r.number not in retimed]
+    ctx.study.set_user_attr("final_metrics", final)
+    return final

@@ -1,0 +1,55 @@
+"""The search's progress line: distinct networks measured, the current front size and the ETA."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from adasearch.search import trials
+from adasearch.search.context import RunContext
+from adasearch.search.pareto import pareto_front
+
+
+class SearchProgress:
+    """One rich progress line. `add(metrics)` after each recorded trial; a context manager."""
+
+    def __init__(self, ctx: RunContext, total: int, enabled: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.ctx = ctx
+        self.directions = [o.direction for o in ctx.spec.objectives]
+        self.front: list = []
+        self._synced = time.monotonic()
+        for metrics in ctx.measurer.known.values():  # resuming: start from what the storage holds
+            self._consider(metrics)
+        self.done = len(ctx.measurer.known)
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("front {task.fields[front]}"),
+            TimeRemainingColumn(),
+            disable=not enabled,
+        )
+        self.task = self.bar.add_task("networks", total=max(total, self.done), completed=self.done,
+                                      front=len(self.front))
+
+    def __enter__(self) -> "SearchProgress":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def _consider(self, metrics: Optional[dict]) -> None:
+        if metrics is not None and not trials.violations(self.ctx.spec, metrics):
+            pts = self.front + [trials.objective_values(self.ctx.spec, metrics)]
+            self.front = [pts[i] for i in pareto_front(pts, self.directions)]
+
+    def add(self, metrics: Optional[dict] = None) -> None:
+        self.done = len(self.ctx.measurer.known)
+        if time.monotonic() - self._synced > 2 and self.ctx.spec.search.workers > 1:
+            self.done = self.ctx.distinct_measured()  # other workers' trials too
+            self._synced = time.monotonic()
+        self._consider(metrics)
+        self.bar.update(self.task, completed=self.done, front=len(self.front))
