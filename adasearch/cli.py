@@ -157,25 +157,24 @@ def export(run_folder, expr, output, as_kwargs):
 
     --pick: max|min METRIC [where METRIC OP NUMBER [and ...]], OP one of <= < >= > == !=.
     """
-    from pathlib import Path
 
     import yaml
 
     from adasearch.config import DeploymentConfig
     from adasearch.pick import pick
-    from adasearch.serving.deployment import deployment_doc, read_pareto, read_spec
+    from adasearch.run_folder import RunFolder, deployment_doc, write_atomic
 
-    pareto = read_pareto(run_folder)
+    folder = RunFolder(run_folder)
+    pareto = folder.read_pareto()
     row = pick(pareto["pareto"], expr)
     if as_kwargs:
         text = json.dumps(DeploymentConfig.from_dict(row["config"]).reference_kwargs(), indent=2) + "\n"
     else:
-        text = yaml.safe_dump(deployment_doc(row, pareto, read_spec(run_folder)), sort_keys=False)
+        text = yaml.safe_dump(deployment_doc(row, folder.read_run(), pareto.get("macs_convention")), sort_keys=False)
     if output is None:
         click.echo(text, nl=False)
         return
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(text)
+    write_atomic(output, text)
     click.echo(f"{row['name'].removesuffix('.yaml')} -> {output}")
 
 

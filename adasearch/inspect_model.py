@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from adasearch.config import DeploymentConfig
+from adasearch.metrics import COMPUTE, MMACS
 from adasearch.measure.closed_form_macs import MACS_CONVENTION, CostModel
 from adasearch.model.loading import load_model
 
@@ -23,7 +24,7 @@ def describe(source: str) -> dict:
     cost = CostModel(model)  # the figures `measure` and `run` report for the same configs
     for c in sample_configs(cfg):
         macs = int(cost.config_macs(c))
-        rows.append({"config": c.label(), **c.to_dict(), "macs": macs, "mmacs": round(macs / 1e6, 3)})
+        rows.append({"config": c.label(), **c.to_dict(), COMPUTE: macs, MMACS: round(macs / 1e6, 3)})
     return {
         "source": str(source),
         "config": cfg.to_dict(),
@@ -55,5 +56,5 @@ def print_description(info: dict) -> None:
         t.add_column(col, justify="right" if col != "config" else "left")
     for r in info["configs"]:
         t.add_row(r["config"], str(r["num_tokens"] or "max"), str(r["mat_dim"] or "full"),
-                  str(r["depth"] or "all"), f"{r['macs']:,}", f"{r['mmacs']:,.3f}")
+                  str(r["depth"] or "all"), f"{r[COMPUTE]:,}", f"{r[MMACS]:,.3f}")
     console.print(t)

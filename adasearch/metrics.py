@@ -63,12 +63,14 @@ HARDWARE_METRICS = TIMED_METRICS | MEMORY_METRICS
 
 # Roles: the policies below name metrics through these, never by a literal elsewhere.
 QUALITY = "accuracy"  # what "the most accurate" means
+P50, P90 = "latency_p50_ms", "latency_p90_ms"  # the latencies serving reports with each prediction
 COMPUTE = "macs"  # the one compute figure the summary and the report show (as millions)
-BUDGET = ("latency_p90_ms", "latency_p50_ms")  # what a latency budget is compared with, first present wins
-DEFAULT_OBJECTIVES = (QUALITY, "latency_p50_ms")
+BUDGET = (P90, P50)  # what a latency budget is compared with, first present wins
+DEFAULT_OBJECTIVES = (QUALITY, P50)
 DEFAULT_COST = "gmacs"  # the cost axis of knob plots when the objectives name no cost
 MEMORY_METRIC = next(iter(MEMORY_METRICS))
-SUMMARY_COLUMNS = (QUALITY, "latency_p50_ms", "latency_p90_ms", "mmacs", "mean_exit_depth")
+MMACS = "mmacs"  # a derived column: COMPUTE in millions
+SUMMARY_COLUMNS = (QUALITY, P50, P90, MMACS, "mean_exit_depth")
 REPORT_COLUMNS = (
     QUALITY,
     "top5",
@@ -76,7 +78,7 @@ REPORT_COLUMNS = (
     "latency_p90_ms",
     "latency_p99_ms",
     "throughput",
-    "mmacs",
+    MMACS,
     "memory_mb",
     "mean_exit_depth",
 )
@@ -88,7 +90,7 @@ def label(name: str) -> str:
 
 
 def header(name: str) -> str:
-    if name == "mmacs":
+    if name == MMACS:
         return "MMACs"
     return REGISTRY[name].header if name in REGISTRY else name
 
@@ -104,7 +106,7 @@ def direction(name: str) -> str:
 def with_mmacs(metrics: dict) -> dict:
     """The metrics plus `mmacs` (millions of MACs), which read well at every model size."""
     macs = metrics.get(COMPUTE)
-    return {**metrics, "mmacs": None if macs is None else macs / 1e6}
+    return {**metrics, MMACS: None if macs is None else macs / 1e6}
 
 
 def budget_latency(metrics: dict) -> Optional[float]:

@@ -38,6 +38,27 @@ def _first_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:200]
 
 
+def write_atomic(target: Union[str, Path], data: Union[str, bytes]) -> Path:
+    """Write a file whole or not at all: a temp file beside the target, then os.replace. A folder in
+    the way, or a place that cannot be written, is a one-line UserError naming the path."""
+    target = Path(target)
+    if target.is_dir():
+        raise UserError(f"{target}: is a folder; give a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise UserError(f"{target}: cannot write it ({e.strerror or _first_line(e)})")
+    return target
+
+
 class RunFolder:
     """One results folder. Construct it with the folder's path; nothing is read or written until asked."""
 
@@ -65,21 +86,7 @@ class RunFolder:
         return self
 
     def _write(self, name: str, data: Union[str, bytes]) -> Path:
-        """Atomically: a temp file beside the target, then os.replace."""
-        target = self.path / name
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data.encode() if isinstance(data, str) else data)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError as e:
-            raise UserError(f"{target}: cannot write it ({e.strerror or _first_line(e)})")
-        return target
+        return write_atomic(self.path / name, data)
 
     def write_text(self, name: str, text: str) -> Path:
         return self._write(name, text)
@@ -127,7 +134,7 @@ class RunFolder:
     def _read_text(self, name: str) -> str:
         path = self.check().path / name
         if not path.is_file():
-            raise UserError(f"{path}: missing; is {self.path} a results folder of `adasearch run`?")
+            raise UserError(f"{self.path}: not a results folder of `adasearch run` (no {name})")
         try:
             return path.read_text()
         except (OSError, UnicodeDecodeError) as e:
@@ -142,6 +149,21 @@ class RunFolder:
             raise UserError(f"{path}: malformed YAML ({_first_line(e)})")
         if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
             raise UserError(f"{path}: expected a mapping with a 'spec' section; not a run.yaml of adasearch")
+        spec = doc["spec"]
+        objectives = spec.get("objectives", [])
+        if not isinstance(objectives, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("metric"), str) and o.get("direction") in ("maximize", "minimize")
+            for o in objectives
+        ):
+            raise UserError(f"{path}: spec.objectives must be a list of {{metric, direction}} mappings")
+        for key in ("constraints", "hardware", "data"):
+            if spec.get(key) is not None and not isinstance(spec[key], dict):
+                raise UserError(f"{path}: spec.{key} must be a mapping")
+        if not all(isinstance(b, dict) for b in (spec.get("constraints") or {}).values()):
+            raise UserError(f"{path}: spec.constraints must map metrics to {{min, max}} mappings")
+        for key in ("environment", "space", "model_config"):
+            if doc.get(key) is not None and not isinstance(doc[key], dict):
+                raise UserError(f"{path}: {key} must be a mapping")
         return doc
 
     def read_spec(self) -> dict:

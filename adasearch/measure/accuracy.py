@@ -27,7 +27,7 @@ import torch
 from adasearch.config import DeploymentConfig
 from adasearch.model.adaperceiver import AdaPerceiver, confidence, make_plan
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-sample top-5 hits stored as "in_top5"
 
 
 @dataclass
@@ -42,7 +42,7 @@ class AccuracyResult:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("ADASEARCH_CACHE", Path.home() / ".cache" / "adasearch")) / "accuracy"
+    return Path(os.environ.get("ADASEARCH_CACHE", Path.home() / ".cache" / "adasearch")) / "anytime"
 
 
 def model_fingerprint(model: AdaPerceiver) -> str:
@@ -173,7 +173,7 @@ class AccuracyEngine:
                     done += len(y)
                     if self.progress:
                         self.progress("anytime pass", done, total)
-            return {"pred": torch.cat(preds, -1), "top5": torch.cat(hits5, -1), "conf": torch.cat(confs, -1),
+            return {"pred": torch.cat(preds, -1), "in_top5": torch.cat(hits5, -1), "conf": torch.cat(confs, -1),
                     "prefixes": torch.tensor(prefixes)}
 
         return self._load_or_compute("anytime", key, compute)
@@ -196,7 +196,7 @@ class AccuracyEngine:
         column = torch.tensor(col)[layer]
         idx = torch.arange(n)
         pred = table["pred"][layer, column, idx].long()
-        top5 = table["top5"][layer, column, idx]
+        top5 = table["in_top5"][layer, column, idx]
         return self._result(pred, top5, exit_depth, plan.depth, True, keep_predictions)
 
     # ------------------------------------------------------------------ direct path
@@ -211,11 +211,11 @@ class AccuracyEngine:
                     preds.append(logits.argmax(-1))
                     hits5.append(_top5_hit(logits, y))
                     exits.append(out.exit_depth.cpu())
-            return {"pred": torch.cat(preds), "top5": torch.cat(hits5), "exit": torch.cat(exits)}
+            return {"pred": torch.cat(preds), "in_top5": torch.cat(hits5), "exit": torch.cat(exits)}
 
         table = self._load_or_compute("direct", config.to_json(), compute)
         depth = make_plan(self.model.cfg, **config.to_dict()).depth
-        return self._result(table["pred"], table["top5"], table["exit"], depth, False, keep_predictions)
+        return self._result(table["pred"], table["in_top5"], table["exit"], depth, False, keep_predictions)
 
     def _result(self, pred, top5, exit_depth, depth, shared, keep_predictions) -> AccuracyResult:
         y = self._labels_all()

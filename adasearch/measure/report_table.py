@@ -20,7 +20,7 @@ def print_measurement(config, m, data_name: str) -> None:
                             + ", ".join(f"{f:.2f}" for f in m.exit_fractions) + ")"),
         ("latency p50 / p90 / p99", f"{_fmt(m.latency_p50_ms)} / {_fmt(m.latency_p90_ms)} / {_fmt(m.latency_p99_ms)} ms "
                                     f"per batch of {env.get('batch_size')}"),
-        ("throughput", f"{_fmt(m.throughput, ',.1f')} samples/s"),
+        ("samples per second", f"{_fmt(m.throughput, ',.1f')} samples/s"),
         ("peak memory", f"{_fmt(m.memory_mb, ',.2f')} MB  ({m.memory_method})"),
         ("environment", f"{env.get('device_name', env.get('device'))}, torch {env.get('torch')}, "
                         f"{env.get('threads')} threads, {env.get('dtype')}, {env.get('latency_reps')} timed reps"),

@@ -5,39 +5,38 @@ import base64
 import html
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from adasearch import metrics
 from adasearch.errors import UserError
+from adasearch.run_folder import RUN, TRIALS, RunFolder
 
-METRIC_COLUMNS = ["accuracy", "top5", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "mmacs",
-                  "memory_mb", "mean_exit_depth"]
 KNOB_COLUMNS = ["knob.num_tokens", "knob.token_grans", "knob.mat_dim", "knob.depth", "knob.depth_tau"]
 
 
 @dataclass
 class RunData:
-    folder: Path
+    folder: RunFolder
     run: dict
     pareto: dict
     trials: pd.DataFrame
     front: pd.DataFrame
 
 
-def load_run(folder) -> RunData:
-    folder = Path(folder)
-    for name in ("run.yaml", "pareto.json", "trials.csv"):
-        if not (folder / name).is_file():
-            raise UserError(f"{folder}: not a results folder (no {name}); run `adasearch run SPEC.yaml` first")
-    trials = pd.read_csv(folder / "trials.csv")
+def load_run(path) -> RunData:
+    """Everything the report reads, through RunFolder (one-line errors for a missing or corrupt file)."""
+    folder = RunFolder(path).check()
+    run, pareto, trials = folder.read_run(), folder.read_pareto(), folder.read_trials()
     if trials.empty:
-        raise UserError(f"{folder}: the run has no finished trials yet")
-    front_path = folder / "pareto.csv"
-    front = pd.read_csv(front_path) if front_path.stat().st_size > 1 else trials.iloc[0:0]
-    return RunData(folder, yaml.safe_load((folder / "run.yaml").read_text()),
-                   json.loads((folder / "pareto.json").read_text()), trials, front)
+        raise UserError(f"{folder / TRIALS}: the run has no finished trials yet")
+    spec = run["spec"]
+    objectives = spec.get("objectives")
+    if not isinstance(objectives, list) or not all(
+        isinstance(o, dict) and o.get("metric") in trials.columns for o in objectives
+    ):
+        raise UserError(f"{folder / RUN}: spec.objectives do not name columns of {TRIALS}")
+    return RunData(folder, run, pareto, trials, folder.read_front())
 
 
 def _defaults(data: RunData) -> dict:
@@ -57,8 +56,8 @@ def _pictures(data: RunData) -> dict:
     spec = data.run["spec"]
     objectives = spec["objectives"]
     constraints = spec.get("constraints", {})
-    metrics = [o["metric"] for o in objectives]
-    cost = next((m for m in metrics if m != "accuracy"), "gmacs")
+    names = [o["metric"] for o in objectives]
+    cost = next((m for m in names if m != metrics.QUALITY), metrics.DEFAULT_COST)
     hv_png, fractions = plots.hypervolume_curve(data.trials, objectives)
     return {"front": plots.front_plot(data.trials, data.front, objectives, constraints),
             "hypervolume": hv_png,
@@ -67,7 +66,8 @@ def _pictures(data: RunData) -> dict:
 
 
 def _table(df: pd.DataFrame, columns: list) -> pd.DataFrame:
-    df = df.assign(mmacs=df["macs"] / 1e6) if "macs" in df else df  # millions read well at every model size
+    if metrics.COMPUTE in df:
+        df = df.assign(**{metrics.MMACS: df[metrics.COMPUTE] / 1e6})  # millions read well at every model size
     cols = [c for c in columns if c in df.columns and df[c].notna().any()]
     out = df[cols].copy()
     out.columns = [c.removeprefix("knob.") for c in cols]
@@ -81,16 +81,16 @@ def _fmt(v):
 
 
 def _metadata(data: RunData) -> list:
-    env = data.run.get("environment", {})
+    env, space = data.run.get("environment") or {}, data.run.get("space") or {}
     spec = data.run["spec"]
     hw = spec.get("hardware", {})
     return [("model", spec.get("model")), ("data", json.dumps(spec.get("data"))),
             ("device", f"{env.get('device_name', env.get('device'))} ({hw.get('device')}), "
                        f"{env.get('threads')} threads, batch {hw.get('batch_size')}, {hw.get('dtype')}"),
             ("versions", f"adasearch {data.run.get('adasearch')}, torch {env.get('torch')}, python {env.get('python')}"),
-            ("search", f"engine {data.run.get('engine')}, space {data.run['space']['name']} "
-                       f"({data.run['space']['size']} configs), {data.run['trials']} trials, "
-                       f"{data.run['feasible']} feasible, {data.run['pareto']} on the front"),
+            ("search", f"engine {data.run.get('engine')}, space {space.get('name')} "
+                       f"({space.get('size')} configs), {data.run.get('trials')} trials, "
+                       f"{data.run.get('feasible')} feasible, {data.run.get('pareto')} on the front"),
             ("objectives", ", ".join(f"{o['direction']} {o['metric']}" for o in spec["objectives"])),
             ("constraints", ", ".join(f"{k} {'>= ' + str(b['min']) if b.get('min') is not None else ''}"
                                       f"{' <= ' + str(b['max']) if b.get('max') is not None else ''}"
@@ -107,8 +107,8 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left;white-space:
 def write_report(folder) -> list:
     data = load_run(folder)
     pics = _pictures(data)
-    pareto = _table(data.front, ["config"] + KNOB_COLUMNS + METRIC_COLUMNS)
-    title = f"adasearch report: {data.run['spec'].get('name') or data.folder.name}"
+    pareto = _table(data.front, ["config"] + KNOB_COLUMNS + list(metrics.REPORT_COLUMNS))
+    title = f"adasearch report: {data.run['spec'].get('name') or data.folder.path.name}"
     hv = pics["_hv"]
     hv_note = (f"The front reached 90% of its final hypervolume after {next(i + 1 for i, f in enumerate(hv) if f >= 0.9)} "
                f"of {len(hv)} trials." if hv and hv[-1] > 0 else "No feasible trial yet.")
@@ -128,13 +128,10 @@ def write_report(folder) -> list:
 <h2>Knob effects</h2>{img("knobs")}
 <p style="color:#777">Files: trials.csv (every trial), pareto.csv / pareto.json, deployments/*.yaml (import with
 <code>adasearch.serving.Deployment.load</code>).</p></body></html>"""
-    out = Path(folder)
-    (out / "report.html").write_text(page)
-
-    assets = out / "report_files"
-    assets.mkdir(exist_ok=True)
+    out = data.folder
+    paths = [out.write_text("report.html", page)]
     for key in ("front", "hypervolume", "knobs"):
-        (assets / f"{key}.png").write_bytes(pics[key])
+        out.write_bytes(f"report_files/{key}.png", pics[key])
     md = [f"# {title}", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in _metadata(data)]
     md += ["", "## Pareto front", "", "![Pareto front](report_files/front.png)", "",
            f"## Pareto-optimal configs ({len(pareto)})", ""]
@@ -146,20 +143,15 @@ def write_report(folder) -> list:
         md.append("No config satisfies the constraints.")
     md += ["", "## Hypervolume over trials", "", hv_note, "", "![Hypervolume](report_files/hypervolume.png)", "",
            "## Knob effects", "", "![Knob effects](report_files/knobs.png)", ""]
-    (out / "report.md").write_text("\n".join(md))
-    return [out / "report.html", out / "report.md"]
+    paths.append(out.write_text("report.md", "\n".join(md)))
+    return paths
 
 
 def export_tables(folder, fmt: str) -> list:
     """--format csv|json: the Pareto table and all trials as report_pareto.* and report_trials.*."""
     data = load_run(folder)
-    out = Path(folder)
     paths = []
     for name, df in (("pareto", data.front), ("trials", data.trials)):
-        path = out / f"report_{name}.{fmt}"
-        if fmt == "csv":
-            df.to_csv(path, index=False)
-        else:
-            path.write_text(df.to_json(orient="records", indent=2))
-        paths.append(path)
+        text = df.to_csv(index=False) if fmt == "csv" else df.to_json(orient="records", indent=2)
+        paths.append(data.folder.write_text(f"report_{name}.{fmt}", text))
     return paths

@@ -14,13 +14,9 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from adasearch import metrics  # noqa: E402
 from adasearch.search.pareto import hypervolume, pareto_front  # noqa: E402
 
-LABELS = {"accuracy": "top-1 accuracy", "top5": "top-5 accuracy", "latency_p50_ms": "latency p50 (ms/batch)",
-          "latency_p90_ms": "latency p90 (ms/batch)", "latency_p99_ms": "latency p99 (ms/batch)",
-          "gmacs": "GMACs per image", "macs": "MACs per image", "gflops": "GFLOPs per image",
-          "flops": "FLOPs per image", "memory_mb": "peak memory (MB)", "throughput": "throughput (samples/s)",
-          "mean_exit_depth": "mean exit depth"}
 KNOBS = [("knob.num_tokens", "latent tokens"), ("knob.depth", "depth (blocks)"), ("knob.mat_dim", "width (mat_dim)")]
 
 
@@ -53,8 +49,8 @@ def front_plot(trials: pd.DataFrame, front: pd.DataFrame, objectives: list, cons
                 if bound.get(side) is not None:
                     line = ax.axvline if axis == "x" else ax.axhline
                     line(bound[side], ls="--", lw=1, color="tab:red")
-        ax.set_xlabel(LABELS.get(x, x))
-        ax.set_ylabel(LABELS.get(y, y))
+        ax.set_xlabel(metrics.label(x))
+        ax.set_ylabel(metrics.label(y))
         ax.grid(alpha=0.3)
     axes[0][0].legend(loc="best", fontsize=8)
     fig.suptitle("Pareto front (dashed: constraint limits)", fontsize=11)
@@ -107,13 +103,13 @@ def knob_effects(trials: pd.DataFrame, defaults: dict, cost_metric: str) -> byte
         if knob not in trials:
             continue
         x = _knob_numeric(trials[knob], defaults[knob])
-        for row, metric in enumerate(["accuracy", cost_metric]):
+        for row, metric in enumerate([metrics.QUALITY, cost_metric]):
             ax = axes[row][col]
             ax.scatter(x, trials[metric], s=10, alpha=0.3, color="tab:gray")
             means = trials[metric].groupby(x).mean()
             ax.plot(means.index, means.values, "-o", color="tab:blue", ms=4)
             ax.set_xlabel(label)
-            ax.set_ylabel(LABELS.get(metric, metric))
+            ax.set_ylabel(metrics.label(metric))
             ax.grid(alpha=0.3)
     fig.suptitle("Knob effects (grey: trials; blue: mean per value)", fontsize=11)
     fig.tight_layout()

@@ -24,58 +24,13 @@ import yaml
 
 from adasearch.config import DeploymentConfig, read_document
 from adasearch.errors import CheckpointError, InputError, UserError
-from adasearch.metrics import budget_latency, tie_break
+from adasearch.metrics import P50, P90, budget_latency, tie_break
 from adasearch.measure.environment import resolve_device, resolve_dtype  # torch only: no heavy imports
 from adasearch.model.adaperceiver import AdaPerceiver
 from adasearch.model.loading import load_model, looks_like_hub_id
+from adasearch.run_folder import RunFolder
 
 TOP_K = 5
-
-
-# ---------------------------------------------------------------- the results folder
-
-
-def read_pareto(folder: Union[str, Path]) -> dict:
-    """pareto.json of a results folder, with one-line errors for a wrong folder."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such results folder (give the folder that `adasearch run` wrote)")
-    path = folder / "pareto.json"
-    if not path.is_file():
-        raise UserError(f"{folder}: no pareto.json; is this a results folder of `adasearch run`?")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e})")
-    if not isinstance(doc, dict) or not isinstance(doc.get("pareto"), list):
-        raise UserError(f"{path}: expected an object with a 'pareto' list")
-    return doc
-
-
-def read_run(folder: Union[str, Path]) -> dict:
-    """run.yaml of a results folder (its resolved `spec`, `environment`, ...), with one-line errors."""
-    path = Path(folder) / "run.yaml"
-    if not path.is_file():
-        raise UserError(f"{Path(folder)}: no run.yaml; is this a results folder of `adasearch run`?")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
-        raise UserError(f"{path}: expected a mapping with a 'spec' section")
-    return doc
-
-
-def read_spec(folder: Union[str, Path]) -> dict:
-    """The resolved run spec in run.yaml (model, hardware, data, ...)."""
-    return read_run(folder)["spec"]
-
-
-def deployment_doc(row: dict, pareto: dict, spec: dict) -> dict:
-    """One pareto.json row as the run's deployments/*.yaml file holds it (same keys, same order)."""
-    return {"config": row["config"], "metrics": row["metrics"], "model": spec.get("model"),
-            "hardware": spec.get("hardware"), "data": spec.get("data"),
-            "macs_convention": pareto.get("macs_convention"), "trial": row.get("trial")}
 
 
 # ---------------------------------------------------------------- serving
@@ -160,12 +115,13 @@ class Deployment:
         """
         source = Path(source)
         if source.is_dir():
-            pareto = read_pareto(source)
+            folder = RunFolder(source)
+            pareto = folder.read_pareto()
             entries = [Entry(row["name"].removesuffix(".yaml"), DeploymentConfig.from_dict(row["config"], str(source)),
                              row["metrics"]) for row in pareto["pareto"]]
             if not entries:
                 raise UserError(f"{source}: the Pareto front is empty (no config met the run's constraints)")
-            run = read_run(source)
+            run = folder.read_run()
             spec = run["spec"]
             recorded = spec.get("model") if model is None else None
             hardware = dict(spec.get("hardware") or {})
@@ -222,5 +178,5 @@ class Deployment:
         probs = out.logits.softmax(-1)
         return Prediction(logits=out.logits, probs=probs.topk(min(TOP_K, probs.shape[-1]), dim=-1),
                           classes=out.logits.argmax(-1), exit_depth=out.exit_depth, config=entry.config,
-                          config_name=entry.name, latency_p50_ms=entry.metrics.get("latency_p50_ms"),
-                          latency_p90_ms=entry.metrics.get("latency_p90_ms"), within_budget=within)
+                          config_name=entry.name, latency_p50_ms=entry.metrics.get(P50),
+                          latency_p90_ms=entry.metrics.get(P90), within_budget=within)

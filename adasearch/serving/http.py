@@ -26,7 +26,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from adasearch.errors import UserError
-from adasearch.serving.deployment import Deployment
+from adasearch.metrics import P50, P90
+from adasearch.serving.deployment import TOP_K, Deployment
 
 MAX_BATCH = 256
 MAX_IMAGE_PIXELS = 4096 * 4096  # a large photo; the model resizes to img_size anyway
@@ -107,10 +108,10 @@ def _response(dep: Deployment, x: torch.Tensor, budget: Optional[float]) -> dict
     p = dep.predict(x, budget_ms=budget)
     values, indices = p.probs
     return {"classes": p.classes.tolist(),
-            "top5": [[{"class": int(i), "prob": round(float(v), 6)} for v, i in zip(vs, ix)]
+            f"top{TOP_K}": [[{"class": int(i), "prob": round(float(v), 6)} for v, i in zip(vs, ix)]
                      for vs, ix in zip(values.tolist(), indices.tolist())],
             "exit_depth": p.exit_depth.tolist(), "config_name": p.config_name, "config": p.config.to_dict(),
-            "latency_p50_ms": p.latency_p50_ms, "latency_p90_ms": p.latency_p90_ms, "budget_ms": budget,
+            P50: p.latency_p50_ms, P90: p.latency_p90_ms, "budget_ms": budget,
             "within_budget": p.within_budget}
 
 
