@@ -10,7 +10,9 @@ import warnings
 
 import click
 
+from adasearch.cli_options import device_option, dtype_option, threads_option
 from adasearch.errors import UserError
+from adasearch.checks import ENGINES, SAMPLERS
 
 
 class Group(click.Group):
@@ -21,6 +23,11 @@ class Group(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except click.UsageError as e:  # a bad flag value: one line too, naming the flag and what is allowed
+            if isinstance(e, click.exceptions.NoArgsIsHelpError):
+                raise
+            click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -79,10 +86,10 @@ def _config_from_flags(config_file, tokens, width, depth, threshold):
 @click.option("--depth", type=int, default=None, help="Blocks to run (default: all).")
 @click.option("--threshold", type=float, default=None, help="Early-exit threshold depth_tau (default: none).")
 @click.option("--config", "config_file", type=click.Path(), default=None, help="A deployment YAML/JSON instead of knob flags.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, mps or auto.")
-@click.option("--batch-size", type=int, default=1, show_default=True, help="Batch size for latency.")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: torch's).")
-@click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16 or float16.")
+@device_option("cpu")
+@click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="Batch size for latency.")
+@threads_option("torch's")
+@dtype_option("float32")
 @click.option("--budget", type=click.FloatRange(min=0, min_open=True, max=3600), default=1.0, show_default=True,
               callback=lambda ctx, param, v: _finite(param, v), help="Seconds of latency timing.")
 @click.option("--cache-dir", type=click.Path(), default=None, help="Accuracy cache (default ~/.cache/adasearch).")
@@ -109,8 +116,8 @@ def measure(model, data_spec, limit, tokens, width, depth, threshold, config_fil
 @main.command()
 @click.argument("spec_file", type=click.Path())
 @click.option("--output", "-o", default=None, help="Results folder (overrides `output`).")
-@click.option("--engine", type=click.Choice(["auto", "exhaustive", "optuna", "ray"]), default=None)
-@click.option("--sampler", type=click.Choice(["auto", "nsga2", "tpe", "gp", "random", "bruteforce"]), default=None)
+@click.option("--engine", type=click.Choice(ENGINES), default=None)
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None)
 @click.option("--trials", type=click.IntRange(1), default=None, help="Trial budget (optuna/ray).")
 @click.option("--timeout", type=float, default=None, help="Seconds before the search stops.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Parallel worker processes on one storage.")
@@ -184,10 +191,9 @@ def export(run_folder, expr, output, as_kwargs):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--model", default=None, help="Model source, if the run's recorded model path is not valid here.")
 @click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(0.001), help="Request size cap.")
-@click.option("--device", default=None, help="Device (default: the one the run measured).")
-@click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
-              help="Dtype (default: the one the run measured).")
-@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads (default: the run's).")
+@device_option(None, "the one the run measured")
+@dtype_option(None, "the one the run measured")
+@threads_option("the run's")
 def serve(run_folder, host, port, model, max_body_mb, device, dtype, threads):
     """Serve RUN_FOLDER's Pareto configs over HTTP: POST /predict (with budget_ms), GET /configs, /healthz.
 

@@ -13,12 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from adasearch.errors import UserError
 
 from adasearch import metrics
-from adasearch.checks import DTYPE_NAMES
+from adasearch.checks import DTYPE_NAMES, ENGINES, SAMPLERS
 from adasearch.metrics import DEFAULT_OBJECTIVES, HARDWARE_METRICS, MAXIMIZE, MEMORY_METRIC
 
 METRICS = metrics.NAMES
-ENGINES = ("auto", "exhaustive", "optuna", "ray")
-SAMPLERS = ("auto", "nsga2", "tpe", "gp", "random", "bruteforce")
 
 
 class _Strict(BaseModel):

@@ -62,7 +62,7 @@ def attention(xq, xkv, sd, prefix, heads, rope_q=False, rope_k=False, mask=None)
 
 
 def forward(sd, cfg, x, num_tokens, depth, mat_dim=None):
-    heads, L = cfg.num_heads, cfg.depth
+    heads = cfg.num_heads
     gelu = torch.nn.functional.gelu
     p = torch.nn.functional.conv2d(x, sd["patch_embed.embed.proj.weight"], sd["patch_embed.embed.proj.bias"],
                                    stride=cfg.patch_size)

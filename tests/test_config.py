@@ -4,7 +4,7 @@ import torch
 
 from adasearch import DeploymentConfig
 from adasearch.errors import KnobError, UserError
-from tests.conftest import random_model
+from tests.helpers import random_model
 
 
 def test_round_trips_and_hashes():

@@ -1,6 +1,5 @@
 """`adasearch serve` against a real uvicorn server on a free loopback port, malformed requests mixed in."""
 import io
-import os
 import socket
 import threading
 import time
@@ -9,7 +8,6 @@ import httpx
 import pytest
 import torch
 import uvicorn
-import yaml
 from click.testing import CliRunner
 from PIL import Image
 
@@ -18,20 +16,18 @@ from adasearch.cli import main
 from adasearch.data.digits import digits
 from adasearch.serving import Deployment
 from adasearch.serving.http import create_app
+from tests.helpers import write_run_spec
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
-    os.environ["ADASEARCH_CACHE"] = str(tmp / "cache")
-    (tmp / "space.yaml").write_text(yaml.safe_dump({"knobs": {"num_tokens": [1, 8, 32], "depth": [1, 6],
-                                                              "mat_dim": [8, 32]}}))
-    (tmp / "spec.yaml").write_text(yaml.safe_dump({
-        "name": "s", "model": "demo", "data": {"source": "digits", "limit": 80},
-        "objectives": ["accuracy", "gmacs", "latency_p50_ms"],  # gmacs: a front that timing noise can't shrink
-        "search": {"space": "space.yaml", "latency_budget_s": 0.005, "final_latency_budget_s": 0.02},
-        "output": str(tmp / "out")}))
-    assert CliRunner().invoke(main, ["run", str(tmp / "spec.yaml"), "--no-progress"]).exit_code == 0
+    spec = write_run_spec(tmp, {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]}, name="s", limit=80,
+                          objectives=["accuracy", "gmacs", "latency_p50_ms"],  # gmacs: noise can't shrink the front
+                          latency_budget_s=0.005)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADASEARCH_CACHE", str(tmp / "cache"))
+        assert CliRunner().invoke(main, ["run", str(spec), "--no-progress"]).exit_code == 0
     dep = Deployment.load(tmp / "out")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from adasearch import load_model, save_model
 from adasearch.cli import main
 from adasearch.errors import CheckpointError
-from tests.conftest import random_model
+from tests.helpers import random_model
 
 
 @pytest.fixture

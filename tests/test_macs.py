@@ -2,11 +2,8 @@
 import pytest
 
 from adasearch.measure.closed_form_macs import plan_macs
-from adasearch.model.adaperceiver import AdaPerceiverConfig, make_plan
-
-IN1K = AdaPerceiverConfig(embed_dim=832, num_heads=13, depth=21, ffn_ratio=2.57, patch_size=16, img_size=224,
-                          num_classes=1000, use_embed_ffn=True, mask_token_grans=[32, 64, 96, 128, 192, 256],
-                          mat_dims=[416, 624, 832])
+from adasearch.model.adaperceiver import make_plan
+from tests.helpers import IN1K
 
 
 @pytest.mark.parametrize("n,gmacs", [(32, 5.5), (64, 9.9), (96, 14.5), (128, 19.1), (192, 28.5), (256, 38.2)])

@@ -10,7 +10,7 @@ from adasearch.data.datasets import load_data
 from adasearch.measure.accuracy import AccuracyEngine
 from adasearch.measure.closed_form_macs import CostModel, plan_macs
 from adasearch.measure.fvcore_macs import FvcoreStages
-from tests.conftest import random_model
+from tests.helpers import random_model
 
 
 @pytest.fixture(scope="module")

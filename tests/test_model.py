@@ -5,7 +5,7 @@ import torch
 from adasearch.errors import InputError, KnobError
 from adasearch.model.adaperceiver import apply_rope, block_mask, rope_table
 from tests import naive_reference
-from tests.conftest import random_model
+from tests.helpers import random_model
 
 torch.set_grad_enabled(False)
 

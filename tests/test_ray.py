@@ -16,23 +16,18 @@ from adasearch.data.datasets import load_data
 from adasearch.search import ray_engine
 from adasearch.search.runner import run
 from adasearch.spec import load_spec
+from tests.helpers import write_run_spec
 
-SPACE = {"knobs": {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]}}
+SPACE = {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]}
 
 
 def write_spec(tmp_path, **search) -> str:
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    spec = {"name": "ray", "model": "demo", "data": {"source": "digits", "limit": 60},
-            "objectives": [{"accuracy": "max"}, {"gmacs": "min"}],  # no latency: fast and deterministic
-            "search": {"space": "space.yaml", "engine": "ray", **search}, "output": str(tmp_path / "out")}
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
+    # accuracy vs gmacs, no latency: fast and deterministic
+    return str(write_run_spec(tmp_path, SPACE, name="ray", limit=60, engine="ray", **search))
 
 
 def test_ray_search_end_to_end(tmp_path, monkeypatch):
-    # Set before Ray starts, so the worker processes inherit it too.
-    monkeypatch.setenv("ADASEARCH_CACHE", str(tmp_path / "cache"))
+    # conftest sets ADASEARCH_CACHE before Ray starts, so the worker processes inherit it too.
     ray_temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     monkeypatch.setattr(ray_engine, "TEMP_PREFIX", str(ray_temp))
     # final_latency_budget_s: the runner re-times each Pareto config afterwards; keep that short.
@@ -79,8 +74,7 @@ def test_worker_context_is_prepared_once_per_process_and_never_opens_the_storage
     assert calls == [False]  # one load, and no storage: only the driver writes trials
 
 
-def test_unreachable_ray_address_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("ADASEARCH_CACHE", str(tmp_path / "cache"))
+def test_unreachable_ray_address_is_one_line(tmp_path):
     with socket.socket() as s:  # a port nobody listens on: the connection is refused at once
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"

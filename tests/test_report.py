@@ -4,11 +4,11 @@ import shutil
 import subprocess
 
 import pytest
-import yaml
 from click.testing import CliRunner
 from PIL import Image
 
 from adasearch.cli import main
+from tests.helpers import write_run_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -16,17 +16,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    (tmp / "space.yaml").write_text(yaml.safe_dump({"knobs": {"num_tokens": [1, 4, 32], "depth": [1, 3, 6],
-                                                              "mat_dim": [8, 32], "depth_tau": [None, 0.9]}}))
-    spec = {"name": "r", "model": "demo", "data": {"source": "digits", "limit": 80},
-            "objectives": ["accuracy", "gmacs", "latency_p50_ms"],  # three objectives: pairwise panels
-            "constraints": {"accuracy": {"min": 0.9}, "gmacs": {"max": 0.0004}},
-            "search": {"space": "space.yaml", "latency_budget_s": 0.005, "final_latency_budget_s": 0.01},
-            "output": str(tmp / "out")}
-    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
-    import os
-    os.environ["ADASEARCH_CACHE"] = str(tmp / "cache")
-    r = CliRunner().invoke(main, ["run", str(tmp / "spec.yaml"), "--no-progress"])
+    spec = write_run_spec(tmp, name="r", limit=80,
+                          objectives=["accuracy", "gmacs", "latency_p50_ms"],  # three objectives: pairwise panels
+                          constraints={"accuracy": {"min": 0.9}, "gmacs": {"max": 0.0004}},
+                          latency_budget_s=0.005, final_latency_budget_s=0.01)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADASEARCH_CACHE", str(tmp / "cache"))
+        r = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["report", str(tmp / "out")])
     assert r.exit_code == 0, r.output

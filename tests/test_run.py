@@ -20,25 +20,10 @@ from adasearch.cli import main
 from adasearch.data.datasets import load_data
 from adasearch.measure.closed_form_macs import plan_macs
 from adasearch.model.adaperceiver import make_plan
+from tests.helpers import DEMO_SPACE, write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACE = {"num_tokens": [1, 4, 32], "depth": [1, 3, 6], "mat_dim": [8, 32], "depth_tau": [None, 0.9]}
-
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ADASEARCH_CACHE", str(tmp_path / "cache"))
-
-
-def write_spec(tmp_path, objectives=("accuracy", "gmacs"), constraints=None, space=SPACE, **search):
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"knobs": space}))
-    spec = {"name": "t", "model": "demo", "data": {"source": "digits", "limit": 100},
-            "objectives": list(objectives), "constraints": constraints or {},
-            "search": {"space": "space.yaml", "final_latency_budget_s": 0.02, "latency_budget_s": 0.01, **search},
-            "output": str(tmp_path / "out")}
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+SPACE = DEMO_SPACE
 
 
 def invoke(*args):
@@ -74,7 +59,7 @@ def brute_force_front(space: dict) -> set:
 
 
 def test_exhaustive_front_equals_brute_force(tmp_path):
-    r = invoke(write_spec(tmp_path))
+    r = invoke(write_run_spec(tmp_path))
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
     assert f"next: adasearch report {out}" in r.output  # where to go from here
@@ -98,7 +83,7 @@ def test_exhaustive_front_equals_brute_force(tmp_path):
 @pytest.mark.parametrize("constraints, every_trial", [({}, False), ({"memory_mb": {"max": 1e6}}, True)])
 def test_peak_memory_is_traced_per_trial_only_when_the_search_uses_it(tmp_path, constraints, every_trial):
     space = {"num_tokens": [1, 4, 32], "depth": [1, 3, 6], "mat_dim": [8, 32]}
-    r = invoke(write_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), constraints=constraints, space=space))
+    r = invoke(write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), constraints=constraints, space=space))
     assert r.exit_code == 0, r.output
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
     assert len(trials) == 18 and (trials["latency_p50_ms"] > 0).all()
@@ -127,7 +112,7 @@ def test_configs_that_join_the_front_after_re_timing_are_re_timed_too(tmp_path, 
         return m
 
     monkeypatch.setattr(Evaluator, "time", slow_when_final)
-    r = invoke(write_spec(tmp_path, objectives=("accuracy", "latency_p50_ms")))
+    r = invoke(write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms")))
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
     final = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}").user_attrs["final_metrics"]
@@ -140,7 +125,7 @@ def test_every_trial_of_one_config_reports_the_same_figures(tmp_path):
     """Samplers repeat configs; the config is measured once and re-timed once, and each copy says so.
     Repeats do not count against the budget: the run ends when every network is measured."""
     small = {"num_tokens": [1, 32], "depth": [1, 6]}  # 4 networks, budget 12: repeats are certain
-    r = invoke(write_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), space=small,
+    r = invoke(write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), space=small,
                           engine="optuna", sampler="random", trials=12))
     assert r.exit_code == 0, r.output
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
@@ -154,8 +139,8 @@ def test_every_trial_of_one_config_reports_the_same_figures(tmp_path):
 
 def test_resuming_with_a_new_timing_constraint_times_what_was_never_timed(tmp_path):
     small = {"num_tokens": [1, 32], "depth": [1, 6]}
-    assert invoke(write_spec(tmp_path, space=small)).exit_code == 0  # accuracy vs gmacs: nothing timed
-    r = invoke(write_spec(tmp_path, space=small, constraints={"latency_p90_ms": {"max": 1e6}}))
+    assert invoke(write_run_spec(tmp_path, space=small)).exit_code == 0  # accuracy vs gmacs: nothing timed
+    r = invoke(write_run_spec(tmp_path, space=small, constraints={"latency_p90_ms": {"max": 1e6}}))
     assert r.exit_code == 0, r.output
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
     timed = trials[trials["latency_p90_ms"].notna()]
@@ -167,7 +152,7 @@ def test_resuming_with_a_new_timing_constraint_times_what_was_never_timed(tmp_pa
 
 
 def test_optuna_resumes_and_only_grows(tmp_path):
-    spec = write_spec(tmp_path, engine="optuna", sampler="tpe", trials=8)
+    spec = write_run_spec(tmp_path, engine="optuna", sampler="tpe", trials=8)
     assert invoke(spec).exit_code == 0
     first = {t.number: (t.params, t.values) for t in complete_trials(tmp_path / "out")}
     assert distinct_networks(tmp_path / "out") == 8
@@ -181,9 +166,9 @@ def test_optuna_resumes_and_only_grows(tmp_path):
 
 
 def test_resume_after_kill(tmp_path):
-    spec = write_spec(tmp_path, engine="optuna", sampler="random", trials=24)
+    spec = write_run_spec(tmp_path, engine="optuna", sampler="random", trials=24)
     cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--no-progress"]
-    env = {**os.environ, "ADASEARCH_CACHE": str(tmp_path / "cache")}
+    env = dict(os.environ)  # with this test's ADASEARCH_CACHE (conftest's isolated_cache)
     log = open(tmp_path / "first-run.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     db = tmp_path / "out" / "study.db"
@@ -210,7 +195,7 @@ def test_resume_after_kill(tmp_path):
 
 
 def test_two_workers_share_one_storage(tmp_path):
-    spec = write_spec(tmp_path, engine="optuna", sampler="random", trials=12, workers=2)
+    spec = write_run_spec(tmp_path, engine="optuna", sampler="random", trials=12, workers=2)
     r = invoke(spec)
     assert r.exit_code == 0, r.output
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
@@ -237,13 +222,13 @@ def test_a_storage_whose_schema_another_process_is_creating_is_retried(tmp_path,
                 raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
-    r = invoke(write_spec(tmp_path, engine="optuna", sampler="random", trials=3))
+    r = invoke(write_run_spec(tmp_path, engine="optuna", sampler="random", trials=3))
     assert r.exit_code == 0, r.output
     assert len(calls) == 2 and len(complete_trials(tmp_path / "out")) == 3
 
 
 def test_no_feasible_config_shows_the_closest(tmp_path):
-    r = invoke(write_spec(tmp_path, constraints={"accuracy": {"min": 0.9999}}))
+    r = invoke(write_run_spec(tmp_path, constraints={"accuracy": {"min": 0.9999}}))
     assert r.exit_code == 0
     assert "no config satisfies the constraints" in r.output and "accuracy by" in r.output
 
@@ -258,9 +243,9 @@ def _one_line_error(result, *needles):
 
 def test_resuming_with_other_objectives_is_refused_in_one_line(tmp_path):
     small = {"num_tokens": [1, 32], "depth": [1, 6]}
-    assert invoke(write_spec(tmp_path, objectives=("accuracy", "gmacs"), space=small)).exit_code == 0
+    assert invoke(write_run_spec(tmp_path, objectives=("accuracy", "gmacs"), space=small)).exit_code == 0
     # same directions (max, min), other metric: the stored values would be read as latency
-    r = invoke(write_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), space=small))
+    r = invoke(write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), space=small))
     _one_line_error(r, "for objectives ['accuracy', 'gmacs']", "asks for ['accuracy', 'latency_p50_ms']")
 
 
@@ -280,7 +265,7 @@ def test_bad_specs(tmp_path):
     _one_line_error(invoke(f), "search.engine", "'grid' is not allowed")
     f.write_text(f"search: {{storage: 'sqlite:////nonexistent-dir/x/study.db'}}\noutput: {tmp_path / 'o'}\n")
     _one_line_error(invoke(f), "search.storage: cannot open")
-    spec = write_spec(tmp_path, space={"num_tokens": [1, 64]})
+    spec = write_run_spec(tmp_path, space={"num_tokens": [1, 64]})
     _one_line_error(invoke(spec), "knobs.num_tokens: value 64 does not fit the model")
     _one_line_error(invoke(tmp_path / "missing.yaml"), "no such run spec file")
     for text, needles in [
@@ -314,7 +299,7 @@ def test_a_data_file_named_like_the_builtin_set_is_still_a_file_next_to_the_spec
 
     x, y = digits("val")
     np.savez(tmp_path / "digits_small.npz", x=x[:40].numpy(), y=y[:40].numpy())
-    spec = write_spec(tmp_path, space={"num_tokens": [1, 32]})
+    spec = write_run_spec(tmp_path, space={"num_tokens": [1, 32]})
     doc = yaml.safe_load(spec.read_text())
     doc["data"] = "digits_small.npz"  # relative to the spec's folder
     spec.write_text(yaml.safe_dump(doc))

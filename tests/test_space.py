@@ -8,7 +8,7 @@ from adasearch import DeploymentConfig, load_model
 from adasearch.data.digits import digits
 from adasearch.errors import UserError
 from adasearch.search.space import SearchSpace, canonical, stage_sizes
-from tests.test_macs import IN1K
+from tests.helpers import IN1K
 
 
 @pytest.fixture(scope="module")
