@@ -1,4 +1,5 @@
 """Run the adasearch CLI from a checkout: `python cli.py inspect demo`."""
+
 from adasearch.cli import main
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 A mistake in the user's input (UserError) prints one line and exits 2; never a traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import warnings
 
 import click
 
+from adasearch.checks import ENGINES, SAMPLERS
 from adasearch.cli_options import device_option, dtype_option, threads_option
 from adasearch.errors import UserError
-from adasearch.checks import ENGINES, SAMPLERS
 
 
 class Group(click.Group):
@@ -78,32 +79,61 @@ def _config_from_flags(config_file, tokens, width, depth, threshold):
 
 @main.command()
 @click.argument("model")
-@click.option("--data", "data_spec", default="digits", show_default=True,
-              help="'digits', a .npz file (x, y), or an image folder (one subfolder per class).")
+@click.option(
+    "--data",
+    "data_spec",
+    default="digits",
+    show_default=True,
+    help="'digits', a .npz file (x, y), or an image folder (one subfolder per class).",
+)
 @click.option("--limit", type=int, default=None, help="Measure on a deterministic subsample of this many samples.")
 @click.option("--tokens", type=int, default=None, help="num_tokens (default: max_latent_tokens).")
 @click.option("--width", type=int, default=None, help="mat_dim (default: full width).")
 @click.option("--depth", type=int, default=None, help="Blocks to run (default: all).")
 @click.option("--threshold", type=float, default=None, help="Early-exit threshold depth_tau (default: none).")
-@click.option("--config", "config_file", type=click.Path(), default=None, help="A deployment YAML/JSON instead of knob flags.")
+@click.option(
+    "--config", "config_file", type=click.Path(), default=None, help="A deployment YAML/JSON instead of knob flags."
+)
 @device_option("cpu")
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="Batch size for latency.")
 @threads_option("torch's")
 @dtype_option("float32")
-@click.option("--budget", type=click.FloatRange(min=0, min_open=True, max=3600), default=1.0, show_default=True,
-              callback=lambda ctx, param, v: _finite(param, v), help="Seconds of latency timing.")
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    default=1.0,
+    show_default=True,
+    callback=lambda ctx, param, v: _finite(param, v),
+    help="Seconds of latency timing.",
+)
 @click.option("--cache-dir", type=click.Path(), default=None, help="Accuracy cache (default ~/.cache/adasearch).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def measure(model, data_spec, limit, tokens, width, depth, threshold, config_file, device, batch_size, threads,
-            dtype, budget, cache_dir, as_json):
+def measure(
+    model,
+    data_spec,
+    limit,
+    tokens,
+    width,
+    depth,
+    threshold,
+    config_file,
+    device,
+    batch_size,
+    threads,
+    dtype,
+    budget,
+    cache_dir,
+    as_json,
+):
     """Measure one config of MODEL: accuracy, MACs/FLOPs, latency, memory, mean exit depth."""
     from adasearch.measure.evaluator import Hardware, build_evaluator
     from adasearch.measure.report_table import print_measurement
 
     config = _config_from_flags(config_file, tokens, width, depth, threshold)
     hw = Hardware(device=device, threads=threads, batch_size=batch_size, dtype=dtype)
-    evaluator = build_evaluator(model, data_spec, hw, limit=limit, data_key="--data", cache_dir=cache_dir,
-                                latency_budget_s=budget)
+    evaluator = build_evaluator(
+        model, data_spec, hw, limit=limit, data_key="--data", cache_dir=cache_dir, latency_budget_s=budget
+    )
     config.validate(evaluator.model.cfg)
     data = evaluator.data
     m = evaluator.measure([config])[config]
@@ -132,9 +162,16 @@ def run(spec_file, output, engine, sampler, trials, timeout, workers, storage, r
     from adasearch.search.runner import run as run_search
     from adasearch.spec import load_spec
 
-    spec = load_spec(spec_file).with_overrides(output=output, engine=engine, sampler=sampler, trials=trials,
-                                               timeout=timeout, workers=workers, storage=storage,
-                                               ray_address=ray_address)
+    spec = load_spec(spec_file).with_overrides(
+        output=output,
+        engine=engine,
+        sampler=sampler,
+        trials=trials,
+        timeout=timeout,
+        workers=workers,
+        storage=storage,
+        ray_address=ray_address,
+    )
     summary = run_search(spec, progress=not no_progress)
     if summary.interrupted:
         sys.exit(130)
@@ -142,8 +179,14 @@ def run(spec_file, output, engine, sampler, trials, timeout, workers, storage, r
 
 @main.command()
 @click.argument("run_folder", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html", show_default=True,
-              help="html: report.html + report.md; csv/json: export the Pareto and trials tables.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "csv", "json"]),
+    default="html",
+    show_default=True,
+    help="html: report.html + report.md; csv/json: export the Pareto and trials tables.",
+)
 def report(run_folder, fmt):
     """Write the Pareto report of a results folder (report.html with plots embedded, report.md)."""
     from adasearch.report.build import export_tables, write_report
@@ -155,8 +198,12 @@ def report(run_folder, fmt):
 
 @main.command()
 @click.argument("run_folder", metavar="RUN", type=click.Path())
-@click.option("--pick", "expr", required=True,
-              help="Which Pareto config, e.g. 'max accuracy where latency_p90_ms <= 10 and gflops <= 2'.")
+@click.option(
+    "--pick",
+    "expr",
+    required=True,
+    help="Which Pareto config, e.g. 'max accuracy where latency_p90_ms <= 10 and gflops <= 2'.",
+)
 @click.option("--output", "-o", default=None, type=click.Path(), help="Write to this file (default: stdout).")
 @click.option("--as-kwargs", is_flag=True, help="The reference forward kwargs as JSON instead of the deployment YAML.")
 def export(run_folder, expr, output, as_kwargs):
@@ -201,8 +248,16 @@ def serve(run_folder, host, port, model, max_body_mb, device, dtype, threads):
     compared with hold."""
     from adasearch.serving.http import serve as serve_http
 
-    serve_http(run_folder, host=host, port=port, model=model, max_body_mb=max_body_mb, device=device, dtype=dtype,
-               threads=threads)
+    serve_http(
+        run_folder,
+        host=host,
+        port=port,
+        model=model,
+        max_body_mb=max_body_mb,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+    )
 
 
 @main.command("train-demo")
@@ -214,14 +269,18 @@ def train_demo_cmd(output, epochs, seed):
     from rich.progress import Progress
 
     from adasearch.model.loading import DEMO_DIR, load_model
-    from adasearch.model.train_demo import DEFAULT_EPOCHS, train_demo, format_accuracy_table
+    from adasearch.model.train_demo import DEFAULT_EPOCHS, format_accuracy_table, train_demo
 
     output = output or str(DEMO_DIR)
     epochs = epochs or DEFAULT_EPOCHS
     with Progress() as bar:
         task = bar.add_task("training", total=epochs)
-        info = train_demo(output, epochs=epochs, seed=seed,
-                          progress=lambda e, n, loss: bar.update(task, completed=e, description=f"loss {loss:.3f}"))
+        info = train_demo(
+            output,
+            epochs=epochs,
+            seed=seed,
+            progress=lambda e, n, loss: bar.update(task, completed=e, description=f"loss {loss:.3f}"),
+        )
     click.echo(f"trained {info['epochs']} epochs in {info['seconds']:.0f} s -> {output}")
     click.echo(format_accuracy_table(load_model(output)))
 

@@ -20,15 +20,25 @@ def _default(default: Optional[str], when_none: str) -> str:
 
 
 def device_option(default: Optional[str], when_none: str = ""):
-    return click.option("--device", default=default, show_default=default is not None,
-                        help=f"{DEVICES_HELP}{_default(default, when_none)}.")
+    return click.option(
+        "--device",
+        default=default,
+        show_default=default is not None,
+        help=f"{DEVICES_HELP}{_default(default, when_none)}.",
+    )
 
 
 def dtype_option(default: Optional[str], when_none: str = ""):
-    return click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=default, show_default=default is not None,
-                        help=f"Compute dtype{_default(default, when_none)}.")
+    return click.option(
+        "--dtype",
+        type=click.Choice(DTYPE_NAMES),
+        default=default,
+        show_default=default is not None,
+        help=f"Compute dtype{_default(default, when_none)}.",
+    )
 
 
 def threads_option(help_default: str):
-    return click.option("--threads", type=click.IntRange(1), default=None,
-                        help=f"CPU threads (default: {help_default}).")
+    return click.option(
+        "--threads", type=click.IntRange(1), default=None, help=f"CPU threads (default: {help_default})."
+    )

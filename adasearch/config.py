@@ -10,6 +10,7 @@ Each knob is either global (a scalar) or per layer (a tuple with one value per b
 The global-only form maps 1:1 onto the reference forward kwargs, so an exported config also drives
 the reference implementation.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,9 @@ class DeploymentConfig:
     def is_global(self) -> bool:
         """True when every knob is one value for all layers (the reference's form)."""
         grans_global = self.token_grans is None or not any(isinstance(g, tuple) for g in self.token_grans)
-        return grans_global and not any(isinstance(getattr(self, k), tuple) for k in ("num_tokens", "mat_dim", "depth_tau"))
+        return grans_global and not any(
+            isinstance(getattr(self, k), tuple) for k in ("num_tokens", "mat_dim", "depth_tau")
+        )
 
     def reference_kwargs(self) -> dict:
         """Kwargs for the reference hub class's forward. Only for global configs.
@@ -78,19 +81,22 @@ class DeploymentConfig:
 
         make_plan(model_cfg, **self.to_dict())
 
-    def replace(self, **changes) -> "DeploymentConfig":
+    def replace(self, **changes) -> DeploymentConfig:
         return DeploymentConfig(**{**self.to_dict(), **changes})
 
     def label(self) -> str:
         """Short human name, e.g. `N64-w624-d12-tau0.9`."""
+
         def short(v):
             if isinstance(v, tuple):
                 return "[" + ",".join(short(x) for x in v) + "]"
             return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
 
-        parts = [f"N{short(self.num_tokens) if self.num_tokens is not None else 'max'}",
-                 f"w{short(self.mat_dim) if self.mat_dim is not None else 'full'}",
-                 f"d{short(self.depth) if self.depth is not None else 'all'}"]
+        parts = [
+            f"N{short(self.num_tokens) if self.num_tokens is not None else 'max'}",
+            f"w{short(self.mat_dim) if self.mat_dim is not None else 'full'}",
+            f"d{short(self.depth) if self.depth is not None else 'all'}",
+        ]
         if self.depth_tau is not None:
             parts.append(f"tau{short(self.depth_tau)}")
         if self.token_grans is not None:
@@ -104,7 +110,7 @@ class DeploymentConfig:
         return {k: _thaw(getattr(self, k)) for k in KNOBS}
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "DeploymentConfig":
+    def from_dict(cls, d: dict, where: str = "config") -> DeploymentConfig:
         if not isinstance(d, dict):
             raise UserError(f"{where}: a deployment config must be a mapping of {list(KNOBS)}")
         unknown = [k for k in d if k not in KNOBS]
@@ -116,18 +122,18 @@ class DeploymentConfig:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, text: str, where: str = "config") -> "DeploymentConfig":
+    def from_json(cls, text: str, where: str = "config") -> DeploymentConfig:
         return cls.from_dict(_unwrap(parse_document(text, where, as_json=True)), where)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str, where: str = "config") -> "DeploymentConfig":
+    def from_yaml(cls, text: str, where: str = "config") -> DeploymentConfig:
         return cls.from_dict(_unwrap(parse_document(text, where)), where)
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "DeploymentConfig":
+    def load(cls, path: Union[str, Path]) -> DeploymentConfig:
         return cls.from_dict(_unwrap(read_document(path)), str(path))
 
 

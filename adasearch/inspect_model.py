@@ -1,9 +1,10 @@
 """`adasearch inspect`: what a checkpoint is and what its configs cost."""
+
 from __future__ import annotations
 
 from adasearch.config import DeploymentConfig
-from adasearch.metrics import COMPUTE, MMACS
 from adasearch.measure.closed_form_macs import MACS_CONVENTION, CostModel
+from adasearch.metrics import COMPUTE, MMACS
 from adasearch.model.loading import load_model
 
 
@@ -49,12 +50,20 @@ def print_description(info: dict) -> None:
     for k, v in cfg.items():
         t.add_row(k, str(v))
     console.print(t)
-    console.print(f"trained token granularities: {info['trained_token_grans']}   "
-                  f"trained widths (mat_dims): {info['trained_widths']}   FFN hidden: {info['ffn_hidden']}")
+    console.print(
+        f"trained token granularities: {info['trained_token_grans']}   "
+        f"trained widths (mat_dims): {info['trained_widths']}   FFN hidden: {info['ffn_hidden']}"
+    )
     t = Table(title=f"MACs per image ({info['macs_convention']})")
     for col in ("config", "num_tokens", "mat_dim", "depth", "MACs", "MMACs"):
         t.add_column(col, justify="right" if col != "config" else "left")
     for r in info["configs"]:
-        t.add_row(r["config"], str(r["num_tokens"] or "max"), str(r["mat_dim"] or "full"),
-                  str(r["depth"] or "all"), f"{r[COMPUTE]:,}", f"{r[MMACS]:,.3f}")
+        t.add_row(
+            r["config"],
+            str(r["num_tokens"] or "max"),
+            str(r["mat_dim"] or "full"),
+            str(r["depth"] or "all"),
+            f"{r[COMPUTE]:,}",
+            f"{r[MMACS]:,.3f}",
+        )
     console.print(t)

@@ -9,6 +9,7 @@
 Parsed by hand into a Pick (never eval'd): the expression usually comes from a command line.
 A row is a dict of metrics, or a pareto.json entry whose "metrics" holds them.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,12 +21,13 @@ from typing import Optional
 from adasearch.errors import UserError
 from adasearch.metrics import relative_miss, tie_break
 
-OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq,
-       "!=": operator.ne}
+OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq, "!=": operator.ne}
 # Longest operators first so `<=` is not read as `<` followed by `=`.
-TOKEN = re.compile(r"\s*(?:(?P<op><=|>=|==|!=|<|>)"
-                   r"|(?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
-                   r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*))")
+TOKEN = re.compile(
+    r"\s*(?:(?P<op><=|>=|==|!=|<|>)"
+    r"|(?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+    r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*))"
+)
 CLOSEST = 3  # rows listed when nothing qualifies
 
 
@@ -86,8 +88,10 @@ def _tokens(expr: str) -> list:
 
 
 def _syntax(expr: str, what: str) -> UserError:
-    return UserError(f"cannot parse pick expression {expr!r}: {what} "
-                     f"(form: max|min METRIC [where METRIC OP NUMBER [and ...]], OP one of {' '.join(OPS)})")
+    return UserError(
+        f"cannot parse pick expression {expr!r}: {what} "
+        f"(form: max|min METRIC [where METRIC OP NUMBER [and ...]], OP one of {' '.join(OPS)})"
+    )
 
 
 def parse_pick(expr: str) -> Pick:
@@ -179,7 +183,8 @@ def _misses(m: dict, p: Pick) -> list:
 
 
 def _no_match_message(rows: list, p: Pick) -> str:
-    ranked = sorted(enumerate(rows), key=lambda ir: sum(c.violation(_metrics(ir[1]).get(c.metric))
-                                                          for c in p.conditions))
+    ranked = sorted(
+        enumerate(rows), key=lambda ir: sum(c.violation(_metrics(ir[1]).get(c.metric)) for c in p.conditions)
+    )
     closest = [f"{_label(r, i)}: {', '.join(_misses(_metrics(r), p))}" for i, r in ranked[:CLOSEST]]
     return f"no config satisfies {str(p)!r}; closest: " + "; ".join(closest)

@@ -73,7 +73,7 @@ class RunFolder:
 
     # ---------------------------------------------------------------- writing
 
-    def create(self) -> "RunFolder":
+    def create(self) -> RunFolder:
         """Make the folder (and parents) and check that it can be written; a one-line error if not."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path}: output exists and is not a folder; choose another --output")
@@ -126,7 +126,7 @@ class RunFolder:
 
     # ---------------------------------------------------------------- reading
 
-    def check(self) -> "RunFolder":
+    def check(self) -> RunFolder:
         if not self.path.is_dir():
             raise UserError(f"{self.path}: no such results folder (give the folder that `adasearch run` wrote)")
         return self
@@ -178,7 +178,9 @@ class RunFolder:
             raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
         rows = doc.get("pareto") if isinstance(doc, dict) else None
         if not isinstance(rows, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("config"), dict) and isinstance(r.get("metrics"), dict)
+            isinstance(r, dict)
+            and isinstance(r.get("config"), dict)
+            and isinstance(r.get("metrics"), dict)
             and isinstance(r.get("name"), str)
             for r in rows
         ):

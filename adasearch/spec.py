@@ -2,6 +2,7 @@
 
 Every error is one line that names the file, the key and what is allowed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,10 +11,9 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from adasearch.errors import UserError
-
 from adasearch import metrics
 from adasearch.checks import DTYPE_NAMES, ENGINES, SAMPLERS
+from adasearch.errors import UserError
 from adasearch.metrics import DEFAULT_OBJECTIVES, HARDWARE_METRICS, MAXIMIZE, MEMORY_METRIC
 
 METRICS = metrics.NAMES
@@ -97,10 +97,11 @@ class RunSpec(_Strict):
             if isinstance(o, str):
                 o = {"metric": o, "direction": "maximize" if o in MAXIMIZE else "minimize"}
             elif isinstance(o, dict) and len(o) == 1 and "metric" not in o:
-                (metric, d), = o.items()
+                ((metric, d),) = o.items()
                 if not isinstance(d, str):
-                    raise ValueError(f"objectives: {metric}: {d!r} is not a direction; allowed: max, min, "
-                                     f"maximize, minimize")
+                    raise ValueError(
+                        f"objectives: {metric}: {d!r} is not a direction; allowed: max, min, maximize, minimize"
+                    )
                 o = {"metric": metric, "direction": {"max": "maximize", "min": "minimize"}.get(d, d)}
             out.append(o)
         return out
@@ -153,7 +154,7 @@ class RunSpec(_Strict):
         candidate = Path(self.base_dir) / p
         return str(candidate) if candidate.exists() else str(p)
 
-    def with_overrides(self, **flags) -> "RunSpec":
+    def with_overrides(self, **flags) -> RunSpec:
         """Command-line flags win over the file's keys."""
         search = {k: v for k, v in flags.items() if k in SearchSpec.model_fields and v is not None}
         top = {k: v for k, v in flags.items() if k in ("output",) and v is not None}
@@ -176,8 +177,13 @@ def _section(loc: tuple):
     """The schema that an unknown key at `loc` was found in, to list what is allowed there."""
     if len(loc) == 1:
         return RunSpec
-    return {"data": DataSpec, "hardware": HardwareSpec, "search": SearchSpec, "constraints": Bound,
-            "objectives": Objective}.get(loc[0], RunSpec)
+    return {
+        "data": DataSpec,
+        "hardware": HardwareSpec,
+        "search": SearchSpec,
+        "constraints": Bound,
+        "objectives": Objective,
+    }.get(loc[0], RunSpec)
 
 
 def _describe(err: dict) -> str:

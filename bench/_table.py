@@ -1,4 +1,5 @@
 """Print a markdown table and save it under bench/results/ with the environment it ran in."""
+
 from __future__ import annotations
 
 import datetime
@@ -11,8 +12,12 @@ def save_table(name: str, title: str, header: list, rows: list, notes: list = ()
     from adasearch.measure.environment import environment
 
     env = environment("cpu", None)
-    lines = [f"# {title}", "", f"{datetime.date.today()} on {env['device_name']}, torch {env['torch']}, "
-             f"{env['threads']} threads", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"{datetime.date.today()} on {env['device_name']}, torch {env['torch']}, {env['threads']} threads",
+        "",
+    ]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

@@ -1,7 +1,8 @@
 """MACs and CPU latency of a model of the released IN-1K size (random weights), batch 1.
 
-    python bench/released_size.py
+python bench/released_size.py
 """
+
 import sys
 from pathlib import Path
 
@@ -15,9 +16,19 @@ from adasearch.measure.closed_form_macs import CostModel, plan_macs  # noqa: E40
 from adasearch.measure.fvcore_macs import FvcoreStages  # noqa: E402
 from adasearch.measure.latency import time_config  # noqa: E402
 
-IN1K = dict(embed_dim=832, num_heads=13, depth=21, max_latent_tokens=256, ffn_ratio=2.57, patch_size=16,
-            img_size=224, num_classes=1000, use_embed_ffn=True, mask_token_grans=[32, 64, 96, 128, 192, 256],
-            mat_dims=[416, 624, 832])
+IN1K = dict(
+    embed_dim=832,
+    num_heads=13,
+    depth=21,
+    max_latent_tokens=256,
+    ffn_ratio=2.57,
+    patch_size=16,
+    img_size=224,
+    num_classes=1000,
+    use_embed_ffn=True,
+    mask_token_grans=[32, 64, 96, 128, 192, 256],
+    mat_dims=[416, 624, 832],
+)
 
 
 def main(budget_s: float = 4.0):
@@ -31,13 +42,27 @@ def main(budget_s: float = 4.0):
         plan = model.plan(**c.to_dict())
         macs = cost.plan_macs(plan)
         lat = time_config(model, c, batches, device=torch.device("cpu"), budget_s=budget_s, min_reps=3, warmup=1)
-        rows.append([n, f"{macs / 1e9:.2f}", f"{plan_macs(model.cfg, plan) / 1e9:.2f}", f"{lat.p50_ms:.1f}",
-                     f"{lat.p90_ms:.1f}", lat.reps])
+        rows.append(
+            [
+                n,
+                f"{macs / 1e9:.2f}",
+                f"{plan_macs(model.cfg, plan) / 1e9:.2f}",
+                f"{lat.p50_ms:.1f}",
+                f"{lat.p90_ms:.1f}",
+                lat.reps,
+            ]
+        )
     params = sum(p.numel() for p in model.parameters())
-    save_table("released_size", f"Released IN-1K size ({params / 1e6:.1f} M params, D=832, L=21), CPU, batch 1, float32",
-               ["tokens", "GMACs (fvcore)", "GMACs (closed form)", "p50 ms", "p90 ms", "reps"], rows,
-               ["Full width and depth. Reference facts: about 5.5 / 9.9 / 14.5 / 19.1 / 28.5 / 38.2 GMACs.",
-                "MACs: 1 = one multiply-add (fvcore's 'flop'); FLOPs = 2 x MACs."])
+    save_table(
+        "released_size",
+        f"Released IN-1K size ({params / 1e6:.1f} M params, D=832, L=21), CPU, batch 1, float32",
+        ["tokens", "GMACs (fvcore)", "GMACs (closed form)", "p50 ms", "p90 ms", "reps"],
+        rows,
+        [
+            "Full width and depth. Reference facts: about 5.5 / 9.9 / 14.5 / 19.1 / 28.5 / 38.2 GMACs.",
+            "MACs: 1 = one multiply-add (fvcore's 'flop'); FLOPs = 2 x MACs.",
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Objectives are accuracy (max) and expected GMACs (min): both are deterministic, 
 differences come from the samplers and not from latency noise. The exact front comes from measuring
 every distinct network of the space (the exhaustive engine's shared passes, cold cache).
 """
+
 import os
 import statistics
 import sys
@@ -52,8 +53,12 @@ class TimedMeasurer(Measurer):
 
 
 def make_spec(sampler: str, seed: int, trials: int, output: str = None) -> RunSpec:
-    return RunSpec(name=f"{sampler}-{seed}", objectives=[{"accuracy": "max"}, {"gmacs": "min"}], output=output,
-                   search={"engine": "optuna", "sampler": sampler, "seed": seed, "trials": trials})
+    return RunSpec(
+        name=f"{sampler}-{seed}",
+        objectives=[{"accuracy": "max"}, {"gmacs": "min"}],
+        output=output,
+        search={"engine": "optuna", "sampler": sampler, "seed": seed, "trials": trials},
+    )
 
 
 def run_study(evaluator, space, spec: RunSpec, study) -> dict:
@@ -79,8 +84,9 @@ def first_networks(records: list, n: int) -> list:
 
 
 def in_memory_study(spec: RunSpec):
-    return optuna.create_study(directions=DIRECTIONS,
-                               sampler=make_sampler(spec.search.sampler, spec.search.seed, spec.search.trials))
+    return optuna.create_study(
+        directions=DIRECTIONS, sampler=make_sampler(spec.search.sampler, spec.search.seed, spec.search.trials)
+    )
 
 
 def fmt_range(values, pct=True) -> str:
@@ -114,8 +120,12 @@ def main():
         exact_front = pareto_front(everything, DIRECTIONS)
 
         def hv_fraction(records) -> float:
-            return hypervolume([[r.metrics["accuracy"], r.metrics["gmacs"]] for r in records if r.feasible],
-                               DIRECTIONS, reference) / hv_exact
+            return (
+                hypervolume(
+                    [[r.metrics["accuracy"], r.metrics["gmacs"]] for r in records if r.feasible], DIRECTIONS, reference
+                )
+                / hv_exact
+            )
 
         # Samplers lazily import and JIT things on first use; a throwaway run keeps that out of the timings.
         for name in SAMPLERS:
@@ -139,63 +149,102 @@ def main():
     # Only the front's points: equals the whole space's hypervolume if pareto_front dropped nothing it needed.
     hv_front = hypervolume([everything[i] for i in exact_front], DIRECTIONS, reference) / hv_exact
     front_values = {tuple(everything[i]) for i in exact_front}
-    hv_rows = [["exhaustive (cold cache)", len(unique), "-", "-", f"{100 * hv_front:.2f}%",
-                len(unique), f"{len(front_values)} of {len(front_values)}", f"{t_exact:.2f}"]]
+    hv_rows = [
+        [
+            "exhaustive (cold cache)",
+            len(unique),
+            "-",
+            "-",
+            f"{100 * hv_front:.2f}%",
+            len(unique),
+            f"{len(front_values)} of {len(front_values)}",
+            f"{t_exact:.2f}",
+        ]
+    ]
     for name in SAMPLERS:
         fracs = {b: [hv_fraction(first_networks(runs[name, s]["records"], b)) for s in SEEDS] for b in BUDGETS}
         distinct = [len(runs[name, s]["records"]) for s in SEEDS]  # trials, repeats included
         # HV with this reference is forgiving (most of the box lies below any decent front), so also
         # count how many of the exact front's points a run actually found.
-        found = [len(front_values & {(r.metrics["accuracy"], r.metrics["gmacs"]) for r in runs[name, s]["records"]})
-                 for s in SEEDS]
+        found = [
+            len(front_values & {(r.metrics["accuracy"], r.metrics["gmacs"]) for r in runs[name, s]["records"]})
+            for s in SEEDS
+        ]
         wall = statistics.mean(sum(runs[name, s]["wall"]) for s in SEEDS)
-        hv_rows.append([name, TRIALS] + [fmt_range(fracs[b]) for b in BUDGETS]
-                       + [fmt_range(distinct, pct=False), fmt_range(found, pct=False), f"{wall:.2f}"])
+        hv_rows.append(
+            [name, TRIALS]
+            + [fmt_range(fracs[b]) for b in BUDGETS]
+            + [fmt_range(distinct, pct=False), fmt_range(found, pct=False), f"{wall:.2f}"]
+        )
 
     over_rows = []
     for name in SAMPLERS:
         for label, walls, meas in [
-            (f"in-memory, {TRIALS} trials x {len(SEEDS)} seeds",
-             sum((runs[name, s]["wall"] for s in SEEDS), []), sum((runs[name, s]["measure"] for s in SEEDS), [])),
-            (f"in-memory, first {SQLITE_TRIALS} trials, seed {SEEDS[0]}",
-             runs[name, SEEDS[0]]["wall"][:SQLITE_TRIALS], runs[name, SEEDS[0]]["measure"][:SQLITE_TRIALS]),
-            (f"SQLite (open_study), {SQLITE_TRIALS} trials, seed {SEEDS[0]}", sqlite[name]["wall"], sqlite[name]["measure"]),
+            (
+                f"in-memory, {TRIALS} trials x {len(SEEDS)} seeds",
+                sum((runs[name, s]["wall"] for s in SEEDS), []),
+                sum((runs[name, s]["measure"] for s in SEEDS), []),
+            ),
+            (
+                f"in-memory, first {SQLITE_TRIALS} trials, seed {SEEDS[0]}",
+                runs[name, SEEDS[0]]["wall"][:SQLITE_TRIALS],
+                runs[name, SEEDS[0]]["measure"][:SQLITE_TRIALS],
+            ),
+            (
+                f"SQLite (open_study), {SQLITE_TRIALS} trials, seed {SEEDS[0]}",
+                sqlite[name]["wall"],
+                sqlite[name]["measure"],
+            ),
         ]:
             over_rows.append([name, label, ms(walls), ms(meas), ms([w - m for w, m in zip(walls, meas)])])
 
     total = time.perf_counter() - t0
     text = save_table(
-        "search_quality", "Search quality on the demo space: hypervolume vs the exact front (accuracy max, GMACs min)",
-        ["sampler", "trials", f"HV @{BUDGETS[0]}", f"HV @{BUDGETS[1]}", f"HV @{BUDGETS[2]}",
-         f"trials (repeats included) @{TRIALS}", f"exact-front points found @{TRIALS}", "wall s per run"],
+        "search_quality",
+        "Search quality on the demo space: hypervolume vs the exact front (accuracy max, GMACs min)",
+        [
+            "sampler",
+            "trials",
+            f"HV @{BUDGETS[0]}",
+            f"HV @{BUDGETS[1]}",
+            f"HV @{BUDGETS[2]}",
+            f"trials (repeats included) @{TRIALS}",
+            f"exact-front points found @{TRIALS}",
+            "wall s per run",
+        ],
         hv_rows,
-        [f"HV is a fraction of the exact front's hypervolume; mean (min..max) over seeds {SEEDS}; "
-         f"{len(SEEDS)} in-memory Optuna studies per sampler (make_sampler defaults).",
-         "Objectives are deterministic (accuracy, expected GMACs under the measured exit mix): no latency noise "
-         "in the hypervolume.",
-         f"Reference point: accuracy = {reference[0]:.4f} (the space's min), GMACs = {reference[1]:.6f} (the "
-         f"space's max).",
-         f"Exact front: {len(exact_front)} of {len(unique)} distinct networks ({space.size()} configs), "
-         f"measured in one Evaluator.measure_accuracy_and_cost call with a cold temporary cache; its row checks "
-         f"that the front's points alone give the whole space's hypervolume.",
-         "nsga2's first generation (population_size from make_sampler) is random sampling with the same seed, "
-         "so it matches random until that generation is complete.",
-         "No constraints, so every trial is feasible; a trial whose config repeats a measured network reuses it "
-         "(the engine's memo) and does not count toward the budget (HV @N is after N distinct networks).",
-         f"Whole script: {total:.1f} s; 1-minute load average at its start: {load:.2f} (on {os.cpu_count()} cores)."])
+        [
+            f"HV is a fraction of the exact front's hypervolume; mean (min..max) over seeds {SEEDS}; "
+            f"{len(SEEDS)} in-memory Optuna studies per sampler (make_sampler defaults).",
+            "Objectives are deterministic (accuracy, expected GMACs under the measured exit mix): no latency noise "
+            "in the hypervolume.",
+            f"Reference point: accuracy = {reference[0]:.4f} (the space's min), GMACs = {reference[1]:.6f} (the "
+            f"space's max).",
+            f"Exact front: {len(exact_front)} of {len(unique)} distinct networks ({space.size()} configs), "
+            f"measured in one Evaluator.measure_accuracy_and_cost call with a cold temporary cache; its row checks "
+            f"that the front's points alone give the whole space's hypervolume.",
+            "nsga2's first generation (population_size from make_sampler) is random sampling with the same seed, "
+            "so it matches random until that generation is complete.",
+            "No constraints, so every trial is feasible; a trial whose config repeats a measured network reuses it "
+            "(the engine's memo) and does not count toward the budget (HV @N is after N distinct networks).",
+            f"Whole script: {total:.1f} s; 1-minute load average at its start: {load:.2f} (on {os.cpu_count()} cores).",
+        ],
+    )
 
     # A second small table in the same file: where a trial's time goes.
     header = ["sampler", "run", "wall ms/trial", "measurement ms/trial", "overhead ms/trial"]
     lines = ["", "## Time per trial", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in over_rows]
-    lines += ["",
-              "- Wall: from the end of one trial to the end of the next (sampling, measuring, storing).",
-              "- Measurement: time inside Measurer.measure (canonical form, memo, accuracy from the in-memory "
-              "tables, cost model); warm, since the exhaustive pass filled the tables.",
-              "- Overhead = wall - measurement: the Optuna loop (sampler, storage, user attrs) and bookkeeping.",
-              "- SQLite rows use context.open_study on a temporary folder, as `adasearch run` does by default; "
-              "their overhead is Optuna committing every storage call (each suggest, set_user_attr, ...) to disk, "
-              "so it follows the disk's sync speed rather than the sampler."]
+    lines += [
+        "",
+        "- Wall: from the end of one trial to the end of the next (sampling, measuring, storing).",
+        "- Measurement: time inside Measurer.measure (canonical form, memo, accuracy from the in-memory "
+        "tables, cost model); warm, since the exhaustive pass filled the tables.",
+        "- Overhead = wall - measurement: the Optuna loop (sampler, storage, user attrs) and bookkeeping.",
+        "- SQLite rows use context.open_study on a temporary folder, as `adasearch run` does by default; "
+        "their overhead is Optuna committing every storage call (each suggest, set_user_attr, ...) to disk, "
+        "so it follows the disk's sync speed rather than the sampler.",
+    ]
     extra = "\n".join(lines) + "\n"
     (RESULTS / "search_quality.md").write_text(text + extra)
     print(extra)

@@ -1,7 +1,8 @@
 """Accuracy of every config of the demo space: shared anytime passes vs a loop of direct forwards.
 
-    python bench/shared_vs_naive.py
+python bench/shared_vs_naive.py
 """
+
 import itertools
 import sys
 import tempfile
@@ -24,8 +25,10 @@ THRESHOLDS = [None, 0.8, 0.9, 0.95, 0.99]
 
 def main():
     model, data = load_model("demo"), load_data("digits")
-    configs = [DeploymentConfig(num_tokens=n, depth=d, mat_dim=w, depth_tau=t)
-               for n, d, w, t in itertools.product(TOKENS, DEPTHS, WIDTHS, THRESHOLDS)]
+    configs = [
+        DeploymentConfig(num_tokens=n, depth=d, mat_dim=w, depth_tau=t)
+        for n, d, w, t in itertools.product(TOKENS, DEPTHS, WIDTHS, THRESHOLDS)
+    ]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:  # cold cache: the passes really run
         shared = AccuracyEngine(model, data, cache_dir=cache).measure(configs)
@@ -41,13 +44,26 @@ def main():
     t_naive = time.perf_counter() - start
 
     mismatches = sum(shared[c].top1 != naive[c] for c in configs)
-    save_table("shared_vs_naive", "Accuracy of the whole demo space: shared passes vs direct forwards",
-               ["method", "configs", "samples", "wall s", "speed-up", "accuracy mismatches"],
-               [["direct forward per config", len(configs), len(y), f"{t_naive:.2f}", "1.0x", "-"],
-                ["shared anytime passes (cold cache)", len(configs), len(y), f"{t_shared:.2f}",
-                 f"{t_naive / t_shared:.1f}x", mismatches]],
-               [f"{len(set(map(lambda c: c.mat_dim, configs)))} anytime passes serve all {len(configs)} configs.",
-                "A warm cache (second hardware target) skips the passes entirely."])
+    save_table(
+        "shared_vs_naive",
+        "Accuracy of the whole demo space: shared passes vs direct forwards",
+        ["method", "configs", "samples", "wall s", "speed-up", "accuracy mismatches"],
+        [
+            ["direct forward per config", len(configs), len(y), f"{t_naive:.2f}", "1.0x", "-"],
+            [
+                "shared anytime passes (cold cache)",
+                len(configs),
+                len(y),
+                f"{t_shared:.2f}",
+                f"{t_naive / t_shared:.1f}x",
+                mismatches,
+            ],
+        ],
+        [
+            f"{len(set(map(lambda c: c.mat_dim, configs)))} anytime passes serve all {len(configs)} configs.",
+            "A warm cache (second hardware target) skips the passes entirely.",
+        ],
+    )
     assert mismatches == 0
 
 

@@ -11,14 +11,36 @@ import yaml
 from adasearch.model.adaperceiver import AdaPerceiver, AdaPerceiverConfig
 
 # Published IN-1K layout (use_embed_ffn, LayerScale, no output FFN) at a test-sized scale.
-SMALL = dict(embed_dim=32, num_heads=4, depth=4, max_latent_tokens=16, ffn_ratio=2.57,
-             mask_token_grans=[2, 4, 8, 16], mat_dims=[16, 24, 32], img_size=16, patch_size=4,
-             in_channels=3, num_classes=7, use_embed_ffn=True, use_output_ffn=False, ls_init_values=1e-6)
+SMALL = dict(
+    embed_dim=32,
+    num_heads=4,
+    depth=4,
+    max_latent_tokens=16,
+    ffn_ratio=2.57,
+    mask_token_grans=[2, 4, 8, 16],
+    mat_dims=[16, 24, 32],
+    img_size=16,
+    patch_size=4,
+    in_channels=3,
+    num_classes=7,
+    use_embed_ffn=True,
+    use_output_ffn=False,
+    ls_init_values=1e-6,
+)
 
 # The released IN-1K shape (config only: building it allocates 86 M parameters).
-IN1K = AdaPerceiverConfig(embed_dim=832, num_heads=13, depth=21, ffn_ratio=2.57, patch_size=16, img_size=224,
-                          num_classes=1000, use_embed_ffn=True, mask_token_grans=[32, 64, 96, 128, 192, 256],
-                          mat_dims=[416, 624, 832])
+IN1K = AdaPerceiverConfig(
+    embed_dim=832,
+    num_heads=13,
+    depth=21,
+    ffn_ratio=2.57,
+    patch_size=16,
+    img_size=224,
+    num_classes=1000,
+    use_embed_ffn=True,
+    mask_token_grans=[32, 64, 96, 128, 192, 256],
+    mat_dims=[416, 624, 832],
+)
 
 # A demo space with every knob: 36 configs, 30 distinct networks (depth 1 ignores the threshold).
 DEMO_SPACE = {"num_tokens": [1, 4, 32], "depth": [1, 3, 6], "mat_dim": [8, 32], "depth_tau": [None, 0.9]}
@@ -37,16 +59,30 @@ def random_model(seed: int = 0, **overrides) -> AdaPerceiver:
     return model.eval()
 
 
-def write_run_spec(folder: Path, space: dict = DEMO_SPACE, *, name: str = "t", objectives=("accuracy", "gmacs"),
-                   constraints=None, limit: int = 100, hardware=None, **search) -> Path:
+def write_run_spec(
+    folder: Path,
+    space: dict = DEMO_SPACE,
+    *,
+    name: str = "t",
+    objectives=("accuracy", "gmacs"),
+    constraints=None,
+    limit: int = 100,
+    hardware=None,
+    **search,
+) -> Path:
     """space.yaml and spec.yaml in `folder` for a small demo search into folder/out; returns the spec's path.
     Short timing budgets unless `search` says otherwise."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "space.yaml").write_text(yaml.safe_dump({"knobs": space}))
-    spec = {"name": name, "model": "demo", "data": {"source": "digits", "limit": limit},
-            "objectives": list(objectives), "constraints": constraints or {},
-            "search": {"space": "space.yaml", "latency_budget_s": 0.01, "final_latency_budget_s": 0.02, **search},
-            "output": str(folder / "out")}
+    spec = {
+        "name": name,
+        "model": "demo",
+        "data": {"source": "digits", "limit": limit},
+        "objectives": list(objectives),
+        "constraints": constraints or {},
+        "search": {"space": "space.yaml", "latency_budget_s": 0.01, "final_latency_budget_s": 0.02, **search},
+        "output": str(folder / "out"),
+    }
     if hardware:
         spec["hardware"] = hardware
     path = folder / "spec.yaml"

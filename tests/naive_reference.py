@@ -3,6 +3,7 @@
 Loops and explicit formulas instead of the model's helpers: RoPE rotates (x[2i], x[2i+1]) by
 t * theta^(-2i/Dh) with cos/sin; the mask is built query by query from the block rule.
 """
+
 import math
 
 import torch
@@ -48,7 +49,10 @@ def mask_from_rule(grans, n):
 def attention(xq, xkv, sd, prefix, heads, rope_q=False, rope_k=False, mask=None):
     b, nq, d = xq.shape
     dh = d // heads
-    split = lambda t: t.reshape(b, t.shape[1], heads, dh).transpose(1, 2)
+
+    def split(t):
+        return t.reshape(b, t.shape[1], heads, dh).transpose(1, 2)
+
     q, k, v = split(lin(xq, sd, prefix + ".q")), split(lin(xkv, sd, prefix + ".k")), split(lin(xkv, sd, prefix + ".v"))
     if rope_q:
         q = rope(q)
@@ -64,13 +68,15 @@ def attention(xq, xkv, sd, prefix, heads, rope_q=False, rope_k=False, mask=None)
 def forward(sd, cfg, x, num_tokens, depth, mat_dim=None):
     heads = cfg.num_heads
     gelu = torch.nn.functional.gelu
-    p = torch.nn.functional.conv2d(x, sd["patch_embed.embed.proj.weight"], sd["patch_embed.embed.proj.bias"],
-                                   stride=cfg.patch_size)
+    p = torch.nn.functional.conv2d(
+        x, sd["patch_embed.embed.proj.weight"], sd["patch_embed.embed.proj.bias"], stride=cfg.patch_size
+    )
     p = p.flatten(2).transpose(1, 2) + sd["patch_embed.pos_embed"]
     p = lin(gelu(lin(ln(p, sd, "patch_embed.norm"), sd, "patch_embed.ffn.fc1")), sd, "patch_embed.ffn.fc2")
     z = sd["process_latents.token"].expand(x.shape[0], num_tokens, -1)
-    z = z + attention(ln(z, sd, "read_head.snk_norm"), ln(p, sd, "read_head.src_norm"), sd, "read_head.cattn",
-                      heads, rope_q=True)
+    z = z + attention(
+        ln(z, sd, "read_head.snk_norm"), ln(p, sd, "read_head.src_norm"), sd, "read_head.cattn", heads, rope_q=True
+    )
     mask = mask_from_rule(list(cfg.mask_token_grans), num_tokens)
     m = cfg.ffn_hidden if mat_dim is None else int(mat_dim * cfg.ffn_ratio)
     for i in range(depth):
@@ -80,6 +86,7 @@ def forward(sd, cfg, x, num_tokens, depth, mat_dim=None):
         h = gelu(lin(ln(z, sd, b + ".norm2"), sd, b + ".ffn.fc1", rows=m))
         z = z + sd[b + ".ls2.gamma"] * lin(h, sd, b + ".ffn.fc2", cols=m)
     q = sd["output_latents.token"].expand(x.shape[0], 1, -1)
-    out = q + attention(ln(q, sd, "write_head.snk_norm"), ln(z, sd, "write_head.src_norm"), sd, "write_head.cattn",
-                        heads, rope_k=True)
+    out = q + attention(
+        ln(q, sd, "write_head.snk_norm"), ln(z, sd, "write_head.src_norm"), sd, "write_head.cattn", heads, rope_k=True
+    )
     return lin(out, sd, "output_adapter.ffn")[:, 0]

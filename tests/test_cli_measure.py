@@ -1,4 +1,5 @@
 """`adasearch measure`: real measurements of the demo, and one-line errors for bad input."""
+
 import json
 
 import numpy as np
@@ -24,8 +25,10 @@ def test_measure_json_matches_direct_computation(tmp_path):
 
     data = load_data("digits", limit=100)
     with torch.inference_mode():
-        correct = sum((model.run(x, DeploymentConfig(num_tokens=8, depth=3)).logits.argmax(-1) == y).sum().item()
-                      for x, y in data.batches(50))
+        correct = sum(
+            (model.run(x, DeploymentConfig(num_tokens=8, depth=3)).logits.argmax(-1) == y).sum().item()
+            for x, y in data.batches(50)
+        )
     assert out["accuracy"] == pytest.approx(correct / 100)
     assert out["flops"] == 2 * out["macs"] and out["mean_exit_depth"] == 3.0
     assert out["latency_p50_ms"] <= out["latency_p90_ms"] <= out["latency_p99_ms"]
@@ -84,3 +87,17 @@ def test_a_config_file_with_a_scalar_token_grans_is_one_line(tmp_path):
 def test_a_timing_budget_must_be_a_positive_number(budget):
     r = CliRunner().invoke(main, ["measure", "demo", "--budget", budget])
     assert r.exit_code == 2 and "--budget" in r.output and "Traceback" not in r.output
+
+
+def test_inspect_and_measure_print_the_same_macs_for_the_same_config(tmp_path):
+    """One MAC source of truth: inspect's closed-form table and measure's figure agree exactly."""
+    info = json.loads(CliRunner().invoke(main, ["inspect", "demo", "--json"]).output)
+    for row in info["configs"][:3] + info["configs"][-1:]:
+        flags = [
+            f"--{flag}={row[knob]}"
+            for flag, knob in (("tokens", "num_tokens"), ("width", "mat_dim"), ("depth", "depth"))
+            if row[knob] is not None
+        ]
+        r = _run(["demo", "--limit", "20", "--json", *flags], tmp_path)
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["macs"] == row["macs"], row["config"]

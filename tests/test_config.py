@@ -1,4 +1,7 @@
 """DeploymentConfig: frozen, hashable, YAML/JSON round-trip, reference kwargs, model.run."""
+
+import dataclasses
+
 import pytest
 import torch
 
@@ -8,19 +11,25 @@ from tests.helpers import random_model
 
 
 def test_round_trips_and_hashes():
-    c = DeploymentConfig(num_tokens=[16, 8, 8, 8], mat_dim=[32, 24, 24, 16], depth=4, depth_tau=[None, 0.5, 0.5, 0.9],
-                         token_grans=[2, 4, 8, 16])
+    c = DeploymentConfig(
+        num_tokens=[16, 8, 8, 8],
+        mat_dim=[32, 24, 24, 16],
+        depth=4,
+        depth_tau=[None, 0.5, 0.5, 0.9],
+        token_grans=[2, 4, 8, 16],
+    )
     assert DeploymentConfig.from_yaml(c.to_yaml()) == c
     assert DeploymentConfig.from_json(c.to_json()) == c
     assert len({c, DeploymentConfig.from_json(c.to_json())}) == 1
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.depth = 3  # frozen
     assert DeploymentConfig(depth_tau=1) == DeploymentConfig(depth_tau=1.0)
 
 
 def test_reference_kwargs_only_for_global_configs():
-    assert DeploymentConfig(num_tokens=64, mat_dim=624, depth=12).reference_kwargs() == \
-        dict(num_tokens=64, token_grans=None, mat_dim=624, depth=12, depth_tau=None)
+    assert DeploymentConfig(num_tokens=64, mat_dim=624, depth=12).reference_kwargs() == dict(
+        num_tokens=64, token_grans=None, mat_dim=624, depth=12, depth_tau=None
+    )
     with pytest.raises(KnobError, match="per-layer"):
         DeploymentConfig(mat_dim=[416, 832]).reference_kwargs()
     with pytest.raises(KnobError, match="ignores depth"):

@@ -1,4 +1,5 @@
 """Datasets: digits, .npz arrays and image folders, their order, subsets, fingerprints and errors."""
+
 import os
 
 import numpy as np
@@ -6,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adasearch.data.datasets import (CLIP_MEAN, CLIP_STD, DataSource, check_labels, load_data,
-                                     preprocess_image)
+from adasearch.data.datasets import CLIP_MEAN, CLIP_STD, DataSource, check_labels, load_data, preprocess_image
 from adasearch.errors import UserError
 
 MEAN = torch.tensor(CLIP_MEAN)
@@ -50,6 +50,7 @@ def folder(tmp_path):
 
 # ---- image folders -------------------------------------------------------------------------------
 
+
 def test_folder_shapes_and_sorted_labels(folder):
     data = load_data(str(folder), img_size=16)
     assert isinstance(data, DataSource)
@@ -85,10 +86,19 @@ def test_folder_limit_and_fingerprint(folder):
     assert torch.equal(all_batches(a)[0], all_batches(b)[0])
     assert not torch.equal(all_batches(a)[0], all_batches(other_seed)[0])
     assert a.fingerprint() == b.fingerprint()
-    assert len({full.fingerprint(), a.fingerprint(), other_seed.fingerprint(),
+    assert (
+        len(
+            {
+                full.fingerprint(),
+                a.fingerprint(),
+                other_seed.fingerprint(),
                 load_data(spec, limit=6, img_size=16).fingerprint(),
                 load_data(spec, img_size=24).fingerprint(),
-                load_data(spec, img_size=16, channels=1).fingerprint()}) == 6
+                load_data(spec, img_size=16, channels=1).fingerprint(),
+            }
+        )
+        == 6
+    )
     # A limit of the whole set or more is the whole set.
     assert load_data(spec, limit=12, img_size=16).fingerprint() == full.fingerprint()
     assert len(load_data(spec, limit=99, img_size=16)) == 12
@@ -100,6 +110,7 @@ def test_folder_limit_and_fingerprint(folder):
 
 
 # ---- preprocessing -------------------------------------------------------------------------------
+
 
 def test_center_crop_keeps_the_middle(tmp_path):
     # Wide image: only the middle half is white. Resize alone would keep black at the sides;
@@ -142,6 +153,7 @@ def test_preprocess_resizes_shorter_side_like_the_reference():
 
 # ---- .npz and digits -----------------------------------------------------------------------------
 
+
 def test_npz_float_and_limit(tmp_path):
     path = write_npz(tmp_path / "a.npz")
     data = load_data(str(path))
@@ -154,8 +166,17 @@ def test_npz_float_and_limit(tmp_path):
     assert all_batches(load_data(str(path), limit=6, seed=3))[0][:, 0, 0, 0].long().tolist() == chosen
     assert all_batches(load_data(str(path), limit=6, seed=4))[0][:, 0, 0, 0].long().tolist() != chosen
     assert sub.fingerprint() == load_data(str(path), limit=6, seed=3).fingerprint()
-    assert len({data.fingerprint(), sub.fingerprint(), load_data(str(path), limit=6, seed=4).fingerprint(),
-                load_data(str(path), limit=5, seed=3).fingerprint()}) == 4
+    assert (
+        len(
+            {
+                data.fingerprint(),
+                sub.fingerprint(),
+                load_data(str(path), limit=6, seed=4).fingerprint(),
+                load_data(str(path), limit=5, seed=3).fingerprint(),
+            }
+        )
+        == 4
+    )
 
 
 def test_npz_uint8_and_alternative_keys(tmp_path):
@@ -180,6 +201,7 @@ def test_digits():
 
 
 # ---- errors --------------------------------------------------------------------------------------
+
 
 def raises_naming(what, fn):
     with pytest.raises(UserError) as info:
@@ -232,7 +254,7 @@ def test_errors_for_bad_npz(tmp_path):
     }
     for name, arrays in cases.items():
         path = write_npz(tmp_path / name, **arrays)
-        raises_naming(path, lambda: load_data(str(path)))
+        raises_naming(path, lambda path=path: load_data(str(path)))
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file")
     raises_naming(garbage, lambda: load_data(str(garbage)))

@@ -1,4 +1,5 @@
 """The shipped demo checkpoint and `adasearch inspect`."""
+
 import json
 
 import torch

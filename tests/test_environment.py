@@ -1,4 +1,5 @@
 """The recorded environment, device names and thread counts."""
+
 import json
 import socket
 
@@ -9,7 +10,6 @@ from adasearch import UserError
 from adasearch.measure.environment import DTYPES, environment, resolve_device, resolve_dtype, set_threads
 
 CPU = torch.device("cpu")
-
 
 
 def test_environment_records_software_and_threads_without_hostname():

@@ -1,4 +1,5 @@
 """`adasearch export`, the pick language and serving: one real run, exported and served."""
+
 import json
 import subprocess
 import sys
@@ -24,8 +25,13 @@ def run_dir(tmp_path_factory):
     """One small real results folder for the whole module (a few seconds)."""
     root = tmp_path_factory.mktemp("run")
     # gmacs makes the front deterministic (>= 2 points) even where sub-ms timing is noise
-    spec = write_run_spec(root, SPACE, limit=80, hardware={"threads": 1},
-                          objectives=[{"accuracy": "max"}, {"gmacs": "min"}, {"latency_p50_ms": "min"}])
+    spec = write_run_spec(
+        root,
+        SPACE,
+        limit=80,
+        hardware={"threads": 1},
+        objectives=[{"accuracy": "max"}, {"gmacs": "min"}, {"latency_p50_ms": "min"}],
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADASEARCH_CACHE", str(root / "cache"))
         r = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
@@ -90,8 +96,9 @@ def test_run_folder_loads_every_pareto_config_and_one_model(run_dir, images):
     dep = Deployment.load(run_dir, model=net)
     rows = pareto_rows(run_dir)
     assert dep.model is net
-    assert [(name + ".yaml", c.to_dict(), m) for name, c, m in dep.configs] == \
-        [(row["name"], row["config"], row["metrics"]) for row in rows]
+    assert [(name + ".yaml", c.to_dict(), m) for name, c, m in dep.configs] == [
+        (row["name"], row["config"], row["metrics"]) for row in rows
+    ]
     one = dep.predict(images[0])  # a single (C, H, W) image is a batch of one
     assert one.logits.shape == (1, 10)
     assert torch.allclose(one.logits, dep.predict(images).logits[:1], atol=1e-6)
@@ -151,13 +158,16 @@ def test_export_without_output_prints_the_yaml(run_dir):
     assert doc["model"] == "demo"
 
 
-@pytest.mark.parametrize("where, expr, message", [
-    ("missing", "max accuracy", "no such results folder"),
-    ("empty", "max accuracy", "no pareto.json"),
-    ("run", "max accuracy where", "expected a metric name"),
-    ("run", "max acc", "unknown metric 'acc'"),
-    ("run", "max accuracy where accuracy > 2", "no config satisfies"),
-])
+@pytest.mark.parametrize(
+    "where, expr, message",
+    [
+        ("missing", "max accuracy", "no such results folder"),
+        ("empty", "max accuracy", "no pareto.json"),
+        ("run", "max accuracy where", "expected a metric name"),
+        ("run", "max acc", "unknown metric 'acc'"),
+        ("run", "max accuracy where accuracy > 2", "no config satisfies"),
+    ],
+)
 def test_export_errors_are_one_line_and_exit_2(run_dir, tmp_path, where, expr, message):
     folder = {"missing": tmp_path / "nope", "empty": tmp_path, "run": run_dir}[where]
     r = export(folder, "--pick", expr)
@@ -181,8 +191,7 @@ def test_a_relative_model_that_does_not_exist_asks_for_model(tmp_path, run_dir):
 
 
 def test_serving_imports_no_search_engine():
-    code = ("import adasearch.serving, sys; "
-            "assert not any(m.split('.')[0] in ('optuna', 'ray') for m in sys.modules)")
+    code = "import adasearch.serving, sys; assert not any(m.split('.')[0] in ('optuna', 'ray') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -284,10 +293,18 @@ def test_a_model_path_relative_to_the_spec_is_recorded_so_serving_finds_it(tmp_p
     project = tmp_path / "project"
     save_model(load_model("demo"), project / "models" / "digits")
     (project / "space.yaml").write_text(yaml.safe_dump({"knobs": {"num_tokens": [1, 32], "depth": [1, 6]}}))
-    (project / "spec.yaml").write_text(yaml.safe_dump({
-        "name": "rel", "model": "models/digits", "data": {"source": "digits", "limit": 40},
-        "objectives": ["accuracy", "gmacs"], "search": {"space": "space.yaml", "final_latency_budget_s": 0.01},
-        "output": str(tmp_path / "out")}))
+    (project / "spec.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "rel",
+                "model": "models/digits",
+                "data": {"source": "digits", "limit": 40},
+                "objectives": ["accuracy", "gmacs"],
+                "search": {"space": "space.yaml", "final_latency_budget_s": 0.01},
+                "output": str(tmp_path / "out"),
+            }
+        )
+    )
     monkeypatch.chdir(tmp_path)  # not the spec's folder: the model path is relative to the spec
     r = CliRunner().invoke(main, ["run", "project/spec.yaml", "--no-progress"])
     assert r.exit_code == 0, r.output

@@ -1,4 +1,5 @@
 """`adasearch serve` against a real uvicorn server on a free loopback port, malformed requests mixed in."""
+
 import io
 import socket
 import threading
@@ -22,9 +23,14 @@ from tests.helpers import write_run_spec
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
-    spec = write_run_spec(tmp, {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]}, name="s", limit=80,
-                          objectives=["accuracy", "gmacs", "latency_p50_ms"],  # gmacs: noise can't shrink the front
-                          latency_budget_s=0.005)
+    spec = write_run_spec(
+        tmp,
+        {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]},
+        name="s",
+        limit=80,
+        objectives=["accuracy", "gmacs", "latency_p50_ms"],  # gmacs: noise can't shrink the front
+        latency_budget_s=0.005,
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADASEARCH_CACHE", str(tmp / "cache"))
         assert CliRunner().invoke(main, ["run", str(spec), "--no-progress"]).exit_code == 0
@@ -32,8 +38,9 @@ def server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(dep, max_body_bytes=64 * 1024), host="127.0.0.1", port=port,
-                                        log_level="error"))
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(dep, max_body_bytes=64 * 1024), host="127.0.0.1", port=port, log_level="error")
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -96,23 +103,29 @@ def test_image_upload(server):
     assert r.status_code == 200 and 0 <= r.json()["classes"][0] < 10
 
 
-@pytest.mark.parametrize("kwargs,status,needle", [
-    (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
-    (dict(json={"inputs": [[1, 2], [3]]}), 422, "rectangular"),
-    (dict(json={"inputs": torch.zeros(3, 8, 8).tolist()}), 422, "C=1"),
-    (dict(json={"inputs": torch.zeros(1, 7, 8).tolist()}), 422, "patch_size=2"),
-    (dict(json={"inputs": torch.zeros(1, 8, 8).tolist(), "budget_ms": "fast"}), 422, "budget_ms"),
-    (dict(json={"inputs": torch.zeros(1, 8, 8).tolist(), "budget_ms": -1}), 422, "budget_ms"),
-    (dict(json={"inputs": torch.zeros(1, 8, 8).tolist(), "budget_ms": True}), 422, "budget_ms"),
-    (dict(json={"images": []}), 422, "inputs"),
-    (dict(content=b"GIF89a-not-really", headers={"content-type": "image/gif"}), 415, "not an image"),
-    (dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "content-type"),
-    (dict(content=b"x" * (65 * 1024), headers={"content-type": "application/json"}), 413, "limit"),
-    (dict(content=b"[" * 30000, headers={"content-type": "application/json"}), 422, "nested too deeply"),
-    (dict(content=b'{"inputs": [[[' + b"9" * 400 + b"]]]}", headers={"content-type": "application/json"}),
-     422, "rectangular nested array of numbers"),
-    (dict(content=None, headers={"content-type": "image/png"}), 413, "pixels"),  # content: _huge_png()
-])
+@pytest.mark.parametrize(
+    "kwargs,status,needle",
+    [
+        (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+        (dict(json={"inputs": [[1, 2], [3]]}), 422, "rectangular"),
+        (dict(json={"inputs": torch.zeros(3, 8, 8).tolist()}), 422, "C=1"),
+        (dict(json={"inputs": torch.zeros(1, 7, 8).tolist()}), 422, "patch_size=2"),
+        (dict(json={"inputs": torch.zeros(1, 8, 8).tolist(), "budget_ms": "fast"}), 422, "budget_ms"),
+        (dict(json={"inputs": torch.zeros(1, 8, 8).tolist(), "budget_ms": -1}), 422, "budget_ms"),
+        (dict(json={"inputs": torch.zeros(1, 8, 8).tolist(), "budget_ms": True}), 422, "budget_ms"),
+        (dict(json={"images": []}), 422, "inputs"),
+        (dict(content=b"GIF89a-not-really", headers={"content-type": "image/gif"}), 415, "not an image"),
+        (dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "content-type"),
+        (dict(content=b"x" * (65 * 1024), headers={"content-type": "application/json"}), 413, "limit"),
+        (dict(content=b"[" * 30000, headers={"content-type": "application/json"}), 422, "nested too deeply"),
+        (
+            dict(content=b'{"inputs": [[[' + b"9" * 400 + b"]]]}", headers={"content-type": "application/json"}),
+            422,
+            "rectangular nested array of numbers",
+        ),
+        (dict(content=None, headers={"content-type": "image/png"}), 413, "pixels"),  # content: _huge_png()
+    ],
+)
 def test_malformed_requests_get_4xx_and_the_server_stays_up(server, kwargs, status, needle):
     client, _ = server
     if kwargs.get("content", b"") is None:

@@ -47,6 +47,7 @@ def fake_fn(clock, seen=None):
         if seen is not None:
             seen.append(batch[0, 0].item())
         clock.advance(batch[0, 0].item() / 1e3)
+
     return fn
 
 
@@ -55,8 +56,9 @@ def fake_fn(clock, seen=None):
 
 def test_warmup_then_reps_cycle_through_every_batch(clock):
     seen = []
-    r = time_forward(fake_fn(clock, seen), ms_batches(1, 2, 3), device=CPU, min_reps=1, max_reps=7,
-                     budget_s=1e9, warmup=2)
+    r = time_forward(
+        fake_fn(clock, seen), ms_batches(1, 2, 3), device=CPU, min_reps=1, max_reps=7, budget_s=1e9, warmup=2
+    )
     assert r.reps == 7 and r.warmup == 2
     assert len(seen) == 2 + 7  # every warm-up call happened, untimed
     assert seen == [1, 2] + [1, 2, 3, 1, 2, 3, 1]  # timed reps start again at the first batch
@@ -80,8 +82,15 @@ def test_budget_stops_the_first_rep_that_reaches_it(clock):
 
 def test_percentiles_mean_and_throughput_are_exact(clock):
     durations = list(range(1, 101))
-    r = time_forward(fake_fn(clock), ms_batches(*durations, batch_size=4), device=CPU, min_reps=100,
-                     max_reps=100, budget_s=0.0, warmup=0)
+    r = time_forward(
+        fake_fn(clock),
+        ms_batches(*durations, batch_size=4),
+        device=CPU,
+        min_reps=100,
+        max_reps=100,
+        budget_s=0.0,
+        warmup=0,
+    )
     assert (r.p50_ms, r.p90_ms, r.p99_ms) == pytest.approx(tuple(np.percentile(durations, [50, 90, 99])))
     assert r.p50_ms <= r.p90_ms <= r.p99_ms
     assert r.mean_ms == pytest.approx(50.5)
@@ -89,8 +98,7 @@ def test_percentiles_mean_and_throughput_are_exact(clock):
     assert r.throughput == pytest.approx(4 * 100 / (sum(durations) / 1e3))
 
 
-@pytest.mark.parametrize("kwargs", [dict(min_reps=0), dict(min_reps=5, max_reps=4), dict(budget_s=-1),
-                                    dict(warmup=-1)])
+@pytest.mark.parametrize("kwargs", [dict(min_reps=0), dict(min_reps=5, max_reps=4), dict(budget_s=-1), dict(warmup=-1)])
 def test_bad_repetition_arguments_are_refused(kwargs):
     with pytest.raises(UserError):
         time_forward(lambda x: x, ms_batches(1), device=CPU, **kwargs)

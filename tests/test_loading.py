@@ -1,4 +1,5 @@
 """Strict checkpoint loading in the published HF layout, and one-line refusals."""
+
 import json
 
 import pytest
@@ -31,11 +32,23 @@ def test_round_trip_is_exact(ckpt):
 def test_published_key_names(ckpt):
     folder, _ = ckpt
     keys = set(load_file(str(folder / "model.safetensors")))
-    for k in ["process_latents.token", "output_latents.token", "patch_embed.pos_embed",
-              "patch_embed.embed.proj.weight", "patch_embed.norm.weight", "patch_embed.ffn.fc1.weight",
-              "read_head.snk_norm.weight", "read_head.src_norm.bias", "read_head.cattn.q.weight",
-              "write_head.cattn.proj.bias", "blocks.3.attn.k.weight", "blocks.0.ls1.gamma", "blocks.0.ls2.gamma",
-              "blocks.2.ffn.fc2.weight", "output_adapter.ffn.weight"]:
+    for k in [
+        "process_latents.token",
+        "output_latents.token",
+        "patch_embed.pos_embed",
+        "patch_embed.embed.proj.weight",
+        "patch_embed.norm.weight",
+        "patch_embed.ffn.fc1.weight",
+        "read_head.snk_norm.weight",
+        "read_head.src_norm.bias",
+        "read_head.cattn.q.weight",
+        "write_head.cattn.proj.bias",
+        "blocks.3.attn.k.weight",
+        "blocks.0.ls1.gamma",
+        "blocks.0.ls2.gamma",
+        "blocks.2.ffn.fc2.weight",
+        "output_adapter.ffn.weight",
+    ]:
         assert k in keys, k
 
 
@@ -51,11 +64,17 @@ def _rewrite(folder, edit):
     save_file(sd, str(folder / "model.safetensors"))
 
 
-@pytest.mark.parametrize("edit,needle", [
-    (lambda sd: sd.pop("blocks.1.ls2.gamma"), "missing key 'blocks.1.ls2.gamma'"),
-    (lambda sd: sd.__setitem__("blocks.0.extra.weight", torch.zeros(2)), "unexpected key 'blocks.0.extra.weight'"),
-    (lambda sd: sd.__setitem__("blocks.2.ffn.fc1.bias", torch.zeros(3)), "'blocks.2.ffn.fc1.bias' has shape \\[3\\]"),
-])
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda sd: sd.pop("blocks.1.ls2.gamma"), "missing key 'blocks.1.ls2.gamma'"),
+        (lambda sd: sd.__setitem__("blocks.0.extra.weight", torch.zeros(2)), "unexpected key 'blocks.0.extra.weight'"),
+        (
+            lambda sd: sd.__setitem__("blocks.2.ffn.fc1.bias", torch.zeros(3)),
+            "'blocks.2.ffn.fc1.bias' has shape \\[3\\]",
+        ),
+    ],
+)
 def test_refusals_name_the_key(ckpt, edit, needle):
     folder, _ = ckpt
     _rewrite(folder, edit)
@@ -65,8 +84,12 @@ def test_refusals_name_the_key(ckpt, edit, needle):
 
 def test_distilled_backbone_loads_with_a_message(ckpt):
     folder, model = ckpt
-    _rewrite(folder, lambda sd: sd.update({"write_head_feat.cattn.q.weight": torch.zeros(4, 4),
-                                           "output_latents_feat.proj.weight": torch.zeros(4, 4)}))
+    _rewrite(
+        folder,
+        lambda sd: sd.update(
+            {"write_head_feat.cattn.q.weight": torch.zeros(4, 4), "output_latents_feat.proj.weight": torch.zeros(4, 4)}
+        ),
+    )
     with pytest.warns(UserWarning, match="ignoring the feature output.*write_head_feat"):
         loaded = load_model(folder)
     assert torch.equal(loaded.blocks[0].attn.q.weight, model.blocks[0].attn.q.weight)
@@ -118,16 +141,19 @@ def test_offline_hub_id_is_a_clear_error():
         load_model("pjajal/adaperceiver-v1-in1k-ft")
 
 
-@pytest.mark.parametrize("key, value, needle", [
-    ("num_heads", "4", "num_heads='4' is not allowed; an integer >= 1"),
-    ("num_heads", 0, "num_heads=0 is not allowed"),
-    ("num_heads", 3, "embed_dim / num_heads must be an even integer"),
-    ("depth", "6", "depth='6' is not allowed"),
-    ("ffn_ratio", "2", "ffn_ratio='2' is not allowed; a number"),
-    ("ls_init_values", "x", "ls_init_values='x'"),
-    ("mask_token_grans", 5, "mask_token_grans=5 is not allowed"),
-    ("qkv_bias", 1, "qkv_bias=1 is not allowed; true or false"),
-])
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("num_heads", "4", "num_heads='4' is not allowed; an integer >= 1"),
+        ("num_heads", 0, "num_heads=0 is not allowed"),
+        ("num_heads", 3, "embed_dim / num_heads must be an even integer"),
+        ("depth", "6", "depth='6' is not allowed"),
+        ("ffn_ratio", "2", "ffn_ratio='2' is not allowed; a number"),
+        ("ls_init_values", "x", "ls_init_values='x'"),
+        ("mask_token_grans", 5, "mask_token_grans=5 is not allowed"),
+        ("qkv_bias", 1, "qkv_bias=1 is not allowed; true or false"),
+    ],
+)
 def test_config_json_values_are_checked(ckpt, key, value, needle):
     folder, _ = ckpt
     cfg = json.loads((folder / "config.json").read_text())
@@ -136,8 +162,14 @@ def test_config_json_values_are_checked(ckpt, key, value, needle):
     assert needle in _cli_error(["inspect", str(folder)])
 
 
-@pytest.mark.parametrize("content", [torch.zeros(3), [torch.zeros(2)], {"patch_embed.embed.proj.weight": torch.zeros(4, 4),
-                                                                        "patch_embed.pos_embed": torch.zeros(1, 4, 4)}])
+@pytest.mark.parametrize(
+    "content",
+    [
+        torch.zeros(3),
+        [torch.zeros(2)],
+        {"patch_embed.embed.proj.weight": torch.zeros(4, 4), "patch_embed.pos_embed": torch.zeros(1, 4, 4)},
+    ],
+)
 def test_weights_that_are_not_an_adaperceiver_state_dict(tmp_path, ckpt, content):
     folder, _ = ckpt
     (folder / "model.safetensors").unlink()

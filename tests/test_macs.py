@@ -1,4 +1,5 @@
 """Closed-form MACs against the reference's published totals for the released IN-1K shape."""
+
 import pytest
 
 from adasearch.measure.closed_form_macs import plan_macs

@@ -1,4 +1,5 @@
 """Accuracy engine (shared anytime pass vs direct forwards), its disk cache, and FLOP counting."""
+
 import itertools
 
 import pytest
@@ -29,12 +30,16 @@ def _direct_predictions(model, data, config):
 
 
 def test_shared_equals_direct_for_the_demo_grid(demo, data, tmp_path):
-    grid = [DeploymentConfig(num_tokens=n, depth=d, mat_dim=w, depth_tau=t)
-            for n, d, w, t in itertools.product([1, 2, 4, 8, 16, 32], range(1, 7), [8, 16, 32], [None, 0.9, 0.99])]
+    grid = [
+        DeploymentConfig(num_tokens=n, depth=d, mat_dim=w, depth_tau=t)
+        for n, d, w, t in itertools.product([1, 2, 4, 8, 16, 32], range(1, 7), [8, 16, 32], [None, 0.9, 0.99])
+    ]
     L = demo.cfg.depth
-    grid += [DeploymentConfig(num_tokens=[32, 32, 16, 16, 8, 8], depth_tau=[None, 0.95, 0.95, 0.9, 0.9, 0.9]),
-             DeploymentConfig(mat_dim=[32, 32, 16, 16, 8, 8], depth_tau=0.95),
-             DeploymentConfig(token_grans=[[4, 16, 32]] * L, num_tokens=16)]
+    grid += [
+        DeploymentConfig(num_tokens=[32, 32, 16, 16, 8, 8], depth_tau=[None, 0.95, 0.95, 0.9, 0.9, 0.9]),
+        DeploymentConfig(mat_dim=[32, 32, 16, 16, 8, 8], depth_tau=0.95),
+        DeploymentConfig(token_grans=[[4, 16, 32]] * L, num_tokens=16),
+    ]
     engine = AccuracyEngine(demo, data, batch_size=64, cache_dir=tmp_path)
     results = engine.measure(grid, keep_predictions=True)
     assert all(r.shared for r in results.values())
@@ -84,8 +89,12 @@ def test_disk_cache_is_reused_and_keyed_by_data(demo, data, tmp_path, monkeypatc
 
 # ----------------------------------------------------------------------------- FLOPs
 
-CONFIGS = [dict(), dict(num_tokens=8, mat_dim=16), dict(depth=2, num_tokens=4, depth_tau=0.5),
-           dict(num_tokens=[16, 16, 8, 4], mat_dim=[32, 24, 16, 16])]
+CONFIGS = [
+    dict(),
+    dict(num_tokens=8, mat_dim=16),
+    dict(depth=2, num_tokens=4, depth_tau=0.5),
+    dict(num_tokens=[16, 16, 8, 4], mat_dim=[32, 24, 16, 16]),
+]
 
 
 @pytest.mark.parametrize("kw", CONFIGS)

@@ -1,4 +1,5 @@
 """Peak memory of one forward on CPU: the live-tensor tracker against real allocations."""
+
 import pytest
 import torch
 from torch import nn
@@ -73,8 +74,14 @@ class StoragePoller(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("config", [DeploymentConfig(), DeploymentConfig(num_tokens=64, mat_dim=16),
-                                    DeploymentConfig(num_tokens=[16, 8, 8, 4], depth_tau=0.3)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        DeploymentConfig(),
+        DeploymentConfig(num_tokens=64, mat_dim=16),
+        DeploymentConfig(num_tokens=[16, 8, 8, 4], depth_tau=0.3),
+    ],
+)
 def test_weakref_tracker_agrees_with_storage_liveness(config, images):
     model = random_model()
     pinned = [*model.parameters(), *model.buffers(), images]

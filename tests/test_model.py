@@ -1,4 +1,5 @@
 """The network: reference semantics, the prefix property, per-sample exit, per-layer knobs."""
+
 import pytest
 import torch
 
@@ -117,7 +118,7 @@ def test_per_sample_exit_equals_batch_of_one(model, images):
     batch = model(images, depth_tau=tau)
     assert 1 < len(set(batch.exit_depth.tolist()))  # the batch really is mixed
     for i in range(len(images)):
-        single = model(images[i:i + 1], depth_tau=tau)
+        single = model(images[i : i + 1], depth_tau=tau)
         assert single.exit_depth.item() == batch.exit_depth[i].item()
         assert torch.allclose(single.logits[0], batch.logits[i], atol=1e-5)
     # each sample's exit is its first block whose own confidence reaches tau
@@ -130,15 +131,17 @@ def test_per_sample_exit_equals_batch_of_one(model, images):
 def test_uniform_per_layer_knobs_equal_scalars(model, images):
     L = model.cfg.depth
     ref = model(images, num_tokens=8, mat_dim=24, depth_tau=0.3, token_grans=[2, 4, 8]).logits
-    per_layer = model(images, num_tokens=[8] * L, mat_dim=[24] * L, depth_tau=[0.3] * L,
-                      token_grans=[[2, 4, 8]] * L).logits
+    per_layer = model(
+        images, num_tokens=[8] * L, mat_dim=[24] * L, depth_tau=[0.3] * L, token_grans=[[2, 4, 8]] * L
+    ).logits
     assert torch.allclose(ref, per_layer)
 
 
 def test_token_schedule_ending_on_a_boundary_equals_constant_count(model, images):
     L = model.cfg.depth
-    assert torch.allclose(model(images, num_tokens=[16, 16, 8, 4]).logits, model(images, num_tokens=4).logits,
-                          atol=1e-5)
+    assert torch.allclose(
+        model(images, num_tokens=[16, 16, 8, 4]).logits, model(images, num_tokens=4).logits, atol=1e-5
+    )
     mixed = model(images, mat_dim=[32, 24, 16, 32]).logits
     assert not torch.allclose(mixed, model(images).logits, atol=1e-4)
     assert mixed.shape == (6, 7) and L == 4
@@ -149,20 +152,31 @@ def test_pos_embed_resizes_for_another_image_size(model):
     assert out.shape == (2, 7) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    (dict(num_tokens=0), "num_tokens=0"), (dict(num_tokens="8"), "num_tokens='8'"),
-    (dict(num_tokens=[8, 16, 16, 16]), "non-increasing"), (dict(mat_dim=99), "mat_dim=99"),
-    (dict(depth=0), "depth=0"), (dict(depth=5), "1..4"), (dict(depth_tau=1.5), "depth_tau=1.5"),
-    (dict(depth_tau=float("nan")), "depth_tau=nan"), (dict(mat_dim=[16, 16]), "exactly depth=4"),
-    (dict(token_grans=[4, 2]), "strictly increasing"), (dict(depth=True), "depth=True"),
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(num_tokens=0), "num_tokens=0"),
+        (dict(num_tokens="8"), "num_tokens='8'"),
+        (dict(num_tokens=[8, 16, 16, 16]), "non-increasing"),
+        (dict(mat_dim=99), "mat_dim=99"),
+        (dict(depth=0), "depth=0"),
+        (dict(depth=5), "1..4"),
+        (dict(depth_tau=1.5), "depth_tau=1.5"),
+        (dict(depth_tau=float("nan")), "depth_tau=nan"),
+        (dict(mat_dim=[16, 16]), "exactly depth=4"),
+        (dict(token_grans=[4, 2]), "strictly increasing"),
+        (dict(depth=True), "depth=True"),
+    ],
+)
 def test_bad_knobs_name_the_value(model, images, kwargs, needle):
     with pytest.raises(KnobError, match=needle.replace("[", r"\[")):
         model(images, **kwargs)
 
 
-@pytest.mark.parametrize("shape,needle", [((2, 1, 16, 16), "3 channel"), ((2, 3, 18, 16), "multiples of patch_size=4"),
-                                          ((3, 16, 16), "expected")])
+@pytest.mark.parametrize(
+    "shape,needle",
+    [((2, 1, 16, 16), "3 channel"), ((2, 3, 18, 16), "multiples of patch_size=4"), ((3, 16, 16), "expected")],
+)
 def test_bad_inputs(model, shape, needle):
     with pytest.raises(InputError, match=needle):
         model(torch.randn(*shape))

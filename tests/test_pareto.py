@@ -1,9 +1,10 @@
 """Pareto sets, hypervolume, and which trials get re-timed."""
+
 import pytest
 
 from adasearch import DeploymentConfig
-from adasearch.search.pareto import dominates, hypervolume, pareto_front
 from adasearch.search.finalists import candidates
+from adasearch.search.pareto import dominates, hypervolume, pareto_front
 from adasearch.search.trials import TrialRecord
 from adasearch.spec import RunSpec
 
@@ -26,8 +27,9 @@ def test_hypervolume_2d_and_3d():
 
 
 def _rec(n, acc, lat):
-    return TrialRecord(n, DeploymentConfig(depth=n % 6 + 1), {}, {"accuracy": acc, "latency_p50_ms": lat, "gmacs": lat},
-                       True, {})
+    return TrialRecord(
+        n, DeploymentConfig(depth=n % 6 + 1), {}, {"accuracy": acc, "latency_p50_ms": lat, "gmacs": lat}, True, {}
+    )
 
 
 def test_candidates_for_retiming():
@@ -43,19 +45,24 @@ def test_near_misses_of_a_timed_constraint_are_re_timed_too():
     bound, it is worth re-timing. Misses of untimed constraints, and dominated misses, are not."""
     from adasearch.search.trials import violations
 
-    spec = RunSpec(objectives=["accuracy", "latency_p50_ms"],
-                   constraints={"latency_p50_ms": {"max": 2.0}, "accuracy": {"min": 0.8}})
+    spec = RunSpec(
+        objectives=["accuracy", "latency_p50_ms"],
+        constraints={"latency_p50_ms": {"max": 2.0}, "accuracy": {"min": 0.8}},
+    )
 
     def rec(n, acc, lat):
         metrics = {"accuracy": acc, "latency_p50_ms": lat}
         viol = violations(spec, metrics)
         return TrialRecord(n, DeploymentConfig(depth=n % 6 + 1), {}, metrics, not viol, viol)
 
-    recs = [rec(0, 0.90, 1.0), rec(1, 0.95, 1.9),  # the feasible front
-            rec(2, 0.97, 2.2),  # 10 % over the bound, would top the front: a near miss
-            rec(3, 0.99, 9.0),  # 350 % over: a near miss too, but farther
-            rec(4, 0.70, 0.5),  # breaks accuracy, which timing cannot fix
-            rec(5, 0.94, 2.5)]  # over the bound and dominated by trial 1 anyway
+    recs = [
+        rec(0, 0.90, 1.0),
+        rec(1, 0.95, 1.9),  # the feasible front
+        rec(2, 0.97, 2.2),  # 10 % over the bound, would top the front: a near miss
+        rec(3, 0.99, 9.0),  # 350 % over: a near miss too, but farther
+        rec(4, 0.70, 0.5),  # breaks accuracy, which timing cannot fix
+        rec(5, 0.94, 2.5),
+    ]  # over the bound and dominated by trial 1 anyway
     assert [r.number for r in candidates(recs, spec)] == [0, 1, 2, 3]
     assert [r.number for r in candidates(recs[:2] + recs[2:4][::-1], spec)] == [0, 1, 2, 3]  # closest first
 
@@ -67,11 +74,14 @@ def test_closest_measures_a_violation_against_the_bound_it_broke():
     from adasearch.search.results import closest
     from adasearch.search.trials import TrialRecord, violations
 
-    spec = RunSpec(objectives=["accuracy", "latency_p90_ms"],
-                   constraints={"latency_p90_ms": {"min": 1, "max": 100}, "accuracy": {"min": 0.9}})
+    spec = RunSpec(
+        objectives=["accuracy", "latency_p90_ms"],
+        constraints={"latency_p90_ms": {"min": 1, "max": 100}, "accuracy": {"min": 0.9}},
+    )
     recs = []
-    for number, metrics in enumerate([{"accuracy": 0.95, "latency_p90_ms": 0.1},
-                                      {"accuracy": 0.85, "latency_p90_ms": 10.0}]):
+    for number, metrics in enumerate(
+        [{"accuracy": 0.95, "latency_p90_ms": 0.1}, {"accuracy": 0.85, "latency_p90_ms": 10.0}]
+    ):
         viol = violations(spec, metrics)
         recs.append(TrialRecord(number, DeploymentConfig(depth=number + 1), {}, metrics, not viol, viol))
     assert [r.number for r in closest(recs, spec)] == [1, 0]

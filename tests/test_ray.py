@@ -1,4 +1,5 @@
 """The ray engine: one small end-to-end search on a local Ray, and its fast failure paths."""
+
 import json
 import socket
 import tempfile
@@ -78,8 +79,9 @@ def test_unreachable_ray_address_is_one_line(tmp_path):
     with socket.socket() as s:  # a port nobody listens on: the connection is refused at once
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
-    result = CliRunner().invoke(main, ["run", write_spec(tmp_path, trials=2), "--ray-address", address,
-                                       "--no-progress"])
+    result = CliRunner().invoke(
+        main, ["run", write_spec(tmp_path, trials=2), "--ray-address", address, "--no-progress"]
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and address in lines[0] and lines[0].startswith("error: ")

@@ -1,4 +1,5 @@
 """`adasearch run` end to end on the demo: exact fronts, resumption, workers, bad input."""
+
 import itertools
 import json
 import os
@@ -53,8 +54,7 @@ def brute_force_front(space: dict) -> set:
         kw = config.to_dict()
         macs = sum(plan_macs(model.cfg, make_plan(model.cfg, **{**kw, "depth": e})) for e in exits) / 100
         points.append((acc, macs / 1e9))
-    front = {p for p in points
-             if not any(q[0] >= p[0] and q[1] <= p[1] and q != p for q in points)}
+    front = {p for p in points if not any(q[0] >= p[0] and q[1] <= p[1] and q != p for q in points)}
     return {(round(a, 9), round(g, 10)) for a, g in front}
 
 
@@ -83,7 +83,9 @@ def test_exhaustive_front_equals_brute_force(tmp_path):
 @pytest.mark.parametrize("constraints, every_trial", [({}, False), ({"memory_mb": {"max": 1e6}}, True)])
 def test_peak_memory_is_traced_per_trial_only_when_the_search_uses_it(tmp_path, constraints, every_trial):
     space = {"num_tokens": [1, 4, 32], "depth": [1, 3, 6], "mat_dim": [8, 32]}
-    r = invoke(write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), constraints=constraints, space=space))
+    r = invoke(
+        write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), constraints=constraints, space=space)
+    )
     assert r.exit_code == 0, r.output
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
     assert len(trials) == 18 and (trials["latency_p50_ms"] > 0).all()
@@ -108,7 +110,10 @@ def test_configs_that_join_the_front_after_re_timing_are_re_timed_too(tmp_path, 
         m = brief(self, m, config, budget_s=budget_s, memory=memory)
         if budget_s is not None:  # the runner's re-timing passes the final budget
             m.latency_p50_ms, m.latency_p90_ms, m.latency_p99_ms = (
-                50 * m.latency_p50_ms, 50 * m.latency_p90_ms, 50 * m.latency_p99_ms)
+                50 * m.latency_p50_ms,
+                50 * m.latency_p90_ms,
+                50 * m.latency_p99_ms,
+            )
         return m
 
     monkeypatch.setattr(Evaluator, "time", slow_when_final)
@@ -125,8 +130,16 @@ def test_every_trial_of_one_config_reports_the_same_figures(tmp_path):
     """Samplers repeat configs; the config is measured once and re-timed once, and each copy says so.
     Repeats do not count against the budget: the run ends when every network is measured."""
     small = {"num_tokens": [1, 32], "depth": [1, 6]}  # 4 networks, budget 12: repeats are certain
-    r = invoke(write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), space=small,
-                          engine="optuna", sampler="random", trials=12))
+    r = invoke(
+        write_run_spec(
+            tmp_path,
+            objectives=("accuracy", "latency_p50_ms"),
+            space=small,
+            engine="optuna",
+            sampler="random",
+            trials=12,
+        )
+    )
     assert r.exit_code == 0, r.output
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
     assert trials["config"].nunique() == 4 and len(trials) > 4  # all 4 networks, and repeats recorded

@@ -1,4 +1,5 @@
 """Search spaces: size, granularities, validation against the model, and canonical forms."""
+
 import random
 
 import pytest
@@ -26,13 +27,20 @@ def test_ready_spaces_load_and_know_their_size(demo):
 
 def test_per_stage_and_per_layer_expand_to_layers(tmp_path, demo):
     f = tmp_path / "s.yaml"
-    f.write_text("knobs:\n  mat_dim: {values: [8, 32], granularity: per_stage, stages: 4}\n"
-                 "  num_tokens: {values: [4, 32], granularity: per_layer}\n")
+    f.write_text(
+        "knobs:\n  mat_dim: {values: [8, 32], granularity: per_stage, stages: 4}\n"
+        "  num_tokens: {values: [4, 32], granularity: per_layer}\n"
+    )
     space = SearchSpace.load(f, demo.cfg)
     assert stage_sizes(6, 4) == [2, 2, 1, 1]
     assert space.size() == 2**4 * 2**6
-    params = {"mat_dim.s0": 8, "mat_dim.s1": 32, "mat_dim.s2": 8, "mat_dim.s3": 32,
-              **{f"num_tokens.l{i}": v for i, v in enumerate([32, 4, 32, 32, 4, 4])}}
+    params = {
+        "mat_dim.s0": 8,
+        "mat_dim.s1": 32,
+        "mat_dim.s2": 8,
+        "mat_dim.s3": 32,
+        **{f"num_tokens.l{i}": v for i, v in enumerate([32, 4, 32, 32, 4, 4])},
+    }
     c = space.config_from_params(params)
     assert c.mat_dim == (8, 8, 32, 32, 8, 32)
     assert c.num_tokens == (32, 4, 4, 4, 4, 4)  # running minimum: tokens can only be dropped
@@ -41,7 +49,9 @@ def test_per_stage_and_per_layer_expand_to_layers(tmp_path, demo):
 def test_per_stage_token_grans_may_keep_the_checkpoints_granularities(tmp_path, demo):
     """null in a per-stage token_grans list means the checkpoint's own granularities for that stage."""
     f = tmp_path / "s.yaml"
-    f.write_text("knobs:\n  num_tokens: [8]\n  token_grans: {values: [null, [4, 8]], granularity: per_stage, stages: 2}\n")
+    f.write_text(
+        "knobs:\n  num_tokens: [8]\n  token_grans: {values: [null, [4, 8]], granularity: per_stage, stages: 2}\n"
+    )
     configs = list(SearchSpace.load(f, demo.cfg).unique())
     assert len(configs) == 4
     x = digits("val")[0][:32]
@@ -53,15 +63,18 @@ def test_per_stage_token_grans_may_keep_the_checkpoints_granularities(tmp_path, 
     assert len(mixed) == 2 and all(tuple(demo.cfg.mask_token_grans) in c.token_grans for c in mixed)
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("knobs:\n  num_tokens: [8, 64]\n", "value 64 does not fit the model; allowed: integers 1..32"),
-    ("knobs:\n  mat_dim: [8, 48]\n", "knobs.mat_dim: value 48"),
-    ("knobs:\n  depth: {range: [1, 9]}\n", "value 7 does not fit the model; allowed: integers 1..6"),
-    ("knobs:\n  depth_tau: [0.5, 2]\n", "value 2 does not fit"),
-    ("knobs:\n  widths: [8]\n", "unknown knob 'widths'"),
-    ("knobs:\n  mat_dim: {values: [8], granularity: per_block}\n", "granularity: 'per_block' is not allowed"),
-    ("knobs: [1, 2\n", "malformed YAML"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("knobs:\n  num_tokens: [8, 64]\n", "value 64 does not fit the model; allowed: integers 1..32"),
+        ("knobs:\n  mat_dim: [8, 48]\n", "knobs.mat_dim: value 48"),
+        ("knobs:\n  depth: {range: [1, 9]}\n", "value 7 does not fit the model; allowed: integers 1..6"),
+        ("knobs:\n  depth_tau: [0.5, 2]\n", "value 2 does not fit"),
+        ("knobs:\n  widths: [8]\n", "unknown knob 'widths'"),
+        ("knobs:\n  mat_dim: {values: [8], granularity: per_block}\n", "granularity: 'per_block' is not allowed"),
+        ("knobs: [1, 2\n", "malformed YAML"),
+    ],
+)
 def test_spaces_that_do_not_fit_the_model(tmp_path, demo, text, needle):
     f = tmp_path / "bad.yaml"
     f.write_text(text)
@@ -89,10 +102,12 @@ def test_canonical_configs_give_identical_predictions(demo):
     L = demo.cfg.depth
     for _ in range(40):
         schedule = sorted([rng.choice([1, 2, 4, 8, 16, 32]) for _ in range(L)], reverse=True)
-        cfg = DeploymentConfig(num_tokens=rng.choice([schedule, schedule[-1], 32]),
-                               mat_dim=rng.choice([None, 8, 16, [rng.choice([8, 16, 32]) for _ in range(L)]]),
-                               depth=rng.choice([None, 1, 2, 4]),
-                               depth_tau=rng.choice([None, 0.0, 0.9, [rng.choice([None, 0.8, 0.95]) for _ in range(L)]]))
+        cfg = DeploymentConfig(
+            num_tokens=rng.choice([schedule, schedule[-1], 32]),
+            mat_dim=rng.choice([None, 8, 16, [rng.choice([8, 16, 32]) for _ in range(L)]]),
+            depth=rng.choice([None, 1, 2, 4]),
+            depth_tau=rng.choice([None, 0.0, 0.9, [rng.choice([None, 0.8, 0.95]) for _ in range(L)]]),
+        )
         canon = canonical(cfg, demo.cfg)
         with torch.inference_mode():
             a, b = demo.run(x, cfg), demo.run(x, canon)

@@ -9,13 +9,15 @@
 A `fingerprint()` names exactly which samples (and preprocessing) were read, so a measurement cache
 can tell whether two runs saw the same data.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -81,7 +83,7 @@ class TensorSource(DataSource):
     def batches(self, batch_size: int) -> Iterator[Batch]:
         _check_batch_size(batch_size)
         for start in range(0, len(self.y), batch_size):
-            yield self.x[start:start + batch_size], self.y[start:start + batch_size]
+            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
 
     def fingerprint(self) -> str:
         # The tensors never change after construction, so hashing them once is enough.
@@ -96,8 +98,7 @@ class TensorSource(DataSource):
 class FolderSource(DataSource):
     """An image folder: one subfolder per class (sorted names -> labels 0..K-1), decoded per batch."""
 
-    def __init__(self, root: Path, classes: list[str], files: list[tuple[str, int]],
-                 img_size: int, channels: int):
+    def __init__(self, root: Path, classes: list[str], files: list[tuple[str, int]], img_size: int, channels: int):
         self.name = f"folder:{root}"
         self.root, self.classes, self.files = root, classes, files  # files: (path relative to root, label)
         self.img_size, self.channels = img_size, channels
@@ -114,7 +115,7 @@ class FolderSource(DataSource):
     def batches(self, batch_size: int) -> Iterator[Batch]:
         _check_batch_size(batch_size)
         for start in range(0, len(self.files), batch_size):
-            chunk = self.files[start:start + batch_size]
+            chunk = self.files[start : start + batch_size]
             x = torch.stack([self._read(rel) for rel, _ in chunk])
             yield x, torch.tensor([label for _, label in chunk], dtype=torch.long)
 
@@ -184,8 +185,9 @@ def _load_npz(path: Path, limit: Optional[int], seed: int) -> TensorSource:
             x_key = next((k for k in ("x", "images") if k in keys), None)
             y_key = next((k for k in ("y", "labels") if k in keys), None)
             if x_key is None or y_key is None:
-                raise UserError(f"dataset {path}: needs arrays 'x' and 'y' (or 'images' and 'labels'); "
-                                f"found {sorted(keys)}")
+                raise UserError(
+                    f"dataset {path}: needs arrays 'x' and 'y' (or 'images' and 'labels'); found {sorted(keys)}"
+                )
             x, y = f[x_key], f[y_key]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # empty, not a zip, truncated, pickled
         raise UserError(f"dataset {path}: cannot be read as a .npz file ({type(e).__name__}: {e})") from None
@@ -194,8 +196,9 @@ def _load_npz(path: Path, limit: Optional[int], seed: int) -> TensorSource:
     if x.ndim != 4:
         raise UserError(f"dataset {path}: array '{x_key}' has shape {x.shape}; allowed (N, C, H, W)")
     if y.ndim != 1 or len(y) != len(x):
-        raise UserError(f"dataset {path}: array '{y_key}' has shape {y.shape}; allowed ({len(x)},), "
-                        f"one label per image")
+        raise UserError(
+            f"dataset {path}: array '{y_key}' has shape {y.shape}; allowed ({len(x)},), one label per image"
+        )
     if len(y) == 0:
         raise UserError(f"dataset {path}: has no samples")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
@@ -238,16 +241,19 @@ def _load_folder(root: Path, limit: Optional[int], seed: int, img_size: int, cha
             rel_dir = Path(dirpath).relative_to(root)
             files += [((rel_dir / n).as_posix(), label) for n in sorted(filenames) if _is_image(n)]
     if not files:
-        raise UserError(f"dataset {root}: no images found; allowed an image folder with one subfolder "
-                        f"per class holding {'/'.join(IMAGE_EXTENSIONS)} files")
+        raise UserError(
+            f"dataset {root}: no images found; allowed an image folder with one subfolder "
+            f"per class holding {'/'.join(IMAGE_EXTENSIONS)} files"
+        )
     idx = _subsample(len(files), limit, seed)
     if idx is not None:
         files = [files[i] for i in idx.tolist()]
     return FolderSource(root, classes, files, img_size, channels)
 
 
-def load_data(spec: str, *, limit: Optional[int] = None, seed: int = 0, img_size: int = 224,
-              channels: int = 3) -> DataSource:
+def load_data(
+    spec: str, *, limit: Optional[int] = None, seed: int = 0, img_size: int = 224, channels: int = 3
+) -> DataSource:
     """Open a dataset spec: 'digits[:train|:val]', a .npz file or an image folder.
 
     `limit` keeps a seeded random subset of that many samples (sorted, so the order stays fixed).
@@ -269,5 +275,7 @@ def load_data(spec: str, *, limit: Optional[int] = None, seed: int = 0, img_size
 def check_labels(data: DataSource, num_classes: int, where: str) -> None:
     """Refuse a dataset whose labels the model cannot output (accuracy would be silently capped)."""
     if data.num_classes_needed > num_classes:
-        raise UserError(f"{where}: labels of {data.name} go up to {data.num_classes_needed - 1} "
-                        f"but the model has num_classes={num_classes}")
+        raise UserError(
+            f"{where}: labels of {data.name} go up to {data.num_classes_needed - 1} "
+            f"but the model has num_classes={num_classes}"
+        )

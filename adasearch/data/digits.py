@@ -2,9 +2,10 @@
 
 The split is fixed (stratified, seed 0) so the demo's accuracy table is reproducible.
 """
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -14,7 +15,7 @@ SPLIT_SEED = 0
 MEAN, STD = 0.5, 0.5
 
 
-@lru_cache(maxsize=None)
+@cache
 def _split():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -24,8 +25,7 @@ def _split():
     x = (x - MEAN) / STD
     y = torch.tensor(digits.target, dtype=torch.long)
     idx = torch.arange(len(y)).numpy()
-    train_idx, val_idx = train_test_split(idx, test_size=VAL_FRACTION, random_state=SPLIT_SEED,
-                                          stratify=y.numpy())
+    train_idx, val_idx = train_test_split(idx, test_size=VAL_FRACTION, random_state=SPLIT_SEED, stratify=y.numpy())
     return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
 
 

@@ -12,20 +12,22 @@ top 5, and the max-softmax confidence. The cache lives on disk, keyed by the wei
 data's fingerprint, the dtype and the structural key, so another hardware target never recomputes
 accuracy.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import torch
 
 from adasearch.config import DeploymentConfig
-from adasearch.model.adaperceiver import AdaPerceiver, confidence, make_plan
+from adasearch.model.adaperceiver import AdaPerceiver, make_plan
 
 CACHE_VERSION = 2  # 2: per-sample top-5 hits stored as "in_top5"
 
@@ -68,8 +70,15 @@ def _top5_hit(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class AccuracyEngine:
     """Measures top-1/top-5, mean exit depth and the exit distribution of DeploymentConfigs."""
 
-    def __init__(self, model: AdaPerceiver, data, *, batch_size: int = 256, cache_dir=None,
-                 progress: Optional[Callable[[str, int, int], None]] = None):
+    def __init__(
+        self,
+        model: AdaPerceiver,
+        data,
+        *,
+        batch_size: int = 256,
+        cache_dir=None,
+        progress: Optional[Callable[[str, int, int], None]] = None,
+    ):
         self.model = model.eval()
         self.data = data
         self.batch_size = batch_size
@@ -150,15 +159,17 @@ class AccuracyEngine:
             os.replace(tmp, path)  # atomic: readers never see half a file
         except OSError as e:  # a read-only or misnamed cache costs reuse across runs, not this result
             if not self._warned_cache:
-                warnings.warn(f"accuracy cache {self.cache_dir} is not writable ({type(e).__name__}: {e}); "
-                              f"results are not kept for the next run (set ADASEARCH_CACHE to a writable folder)")
+                warnings.warn(
+                    f"accuracy cache {self.cache_dir} is not writable ({type(e).__name__}: {e}); "
+                    f"results are not kept for the next run (set ADASEARCH_CACHE to a writable folder)",
+                    stacklevel=2,
+                )
                 self._warned_cache = True
         return table
 
     def _shared_table(self, key, representative: DeploymentConfig) -> dict:
         def compute():
-            kw = dict(mat_dim=representative.to_dict()["mat_dim"],
-                      token_grans=representative.to_dict()["token_grans"])
+            kw = dict(mat_dim=representative.to_dict()["mat_dim"], token_grans=representative.to_dict()["token_grans"])
             preds, hits5, confs, prefixes = [], [], [], None
             total = len(self.data)
             done = 0
@@ -173,8 +184,12 @@ class AccuracyEngine:
                     done += len(y)
                     if self.progress:
                         self.progress("anytime pass", done, total)
-            return {"pred": torch.cat(preds, -1), "in_top5": torch.cat(hits5, -1), "conf": torch.cat(confs, -1),
-                    "prefixes": torch.tensor(prefixes)}
+            return {
+                "pred": torch.cat(preds, -1),
+                "in_top5": torch.cat(hits5, -1),
+                "conf": torch.cat(confs, -1),
+                "prefixes": torch.tensor(prefixes),
+            }
 
         return self._load_or_compute("anytime", key, compute)
 
@@ -220,8 +235,13 @@ class AccuracyEngine:
     def _result(self, pred, top5, exit_depth, depth, shared, keep_predictions) -> AccuracyResult:
         y = self._labels_all()
         n = len(y)
-        counts = torch.bincount(exit_depth, minlength=depth + 1)[1:depth + 1].float() / n
+        counts = torch.bincount(exit_depth, minlength=depth + 1)[1 : depth + 1].float() / n
         return AccuracyResult(
-            top1=(pred == y).sum().item() / n, top5=top5.sum().item() / n,  # exact fractions, not float32
-            mean_exit_depth=exit_depth.float().mean().item(), exit_fractions=counts.tolist(), samples=n,
-            shared=shared, predictions=pred if keep_predictions else None)
+            top1=(pred == y).sum().item() / n,
+            top5=top5.sum().item() / n,  # exact fractions, not float32
+            mean_exit_depth=exit_depth.float().mean().item(),
+            exit_fractions=counts.tolist(),
+            samples=n,
+            shared=shared,
+            predictions=pred if keep_predictions else None,
+        )

@@ -15,7 +15,8 @@ each exit check is weighted by the fraction of samples that run it (see `expecte
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from adasearch.model.adaperceiver import AdaPerceiverConfig, LayerPlan
 

@@ -2,6 +2,7 @@
 
 No hostname or user name is recorded, so result files can be shared as they are.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,7 +46,7 @@ def allowed_devices() -> list[str]:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"cpu", "cuda", "cuda:N", "mps" or "auto" (cuda when available, else cpu) as a torch.device.
+    """ "cpu", "cuda", "cuda:N", "mps" or "auto" (cuda when available, else cpu) as a torch.device.
 
     A device this machine lacks, or an unknown name, raises a one-line UserError listing the allowed ones.
     """
@@ -59,16 +60,21 @@ def resolve_device(device: str) -> torch.device:
     if cuda:
         count = _cuda_count()
         if not count:
-            raise UserError(f"device {device!r} is not available on this machine "
-                            f"(torch.cuda.is_available() is False); allowed here: {allowed}")
+            raise UserError(
+                f"device {device!r} is not available on this machine "
+                f"(torch.cuda.is_available() is False); allowed here: {allowed}"
+            )
         if cuda.group(1) is not None and int(cuda.group(1)) >= count:
-            raise UserError(f"device {device!r} is not available: this machine has {count} CUDA device(s); "
-                            f"allowed here: {allowed}")
+            raise UserError(
+                f"device {device!r} is not available: this machine has {count} CUDA device(s); allowed here: {allowed}"
+            )
         return torch.device(name)
     if name == "mps":
         if not _mps_available():
-            raise UserError(f"device {device!r} is not available on this machine "
-                            f"(torch.backends.mps.is_available() is False); allowed here: {allowed}")
+            raise UserError(
+                f"device {device!r} is not available on this machine "
+                f"(torch.backends.mps.is_available() is False); allowed here: {allowed}"
+            )
         return torch.device("mps")
     raise UserError(f"device {device!r} is not known; allowed here: {allowed}")
 
@@ -78,8 +84,10 @@ def set_threads(threads: Optional[int]) -> None:
     if threads is None:
         return
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UserError(f"threads={threads!r} is not allowed: a positive integer, or leave it out for "
-                        f"torch's default ({torch.get_num_threads()} here)")
+        raise UserError(
+            f"threads={threads!r} is not allowed: a positive integer, or leave it out for "
+            f"torch's default ({torch.get_num_threads()} here)"
+        )
     torch.set_num_threads(threads)
 
 

@@ -1,19 +1,19 @@
 """The Evaluator: accuracy engine + cost model + latency timer -> one Measurement per config."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Optional
-
-import torch
+from typing import Optional
 
 from adasearch.config import DeploymentConfig
-from adasearch.metrics import NAMES as metric_names
 from adasearch.errors import UserError
 from adasearch.measure.accuracy import AccuracyEngine
-from adasearch.measure.environment import environment, resolve_device, resolve_dtype, set_threads
 from adasearch.measure.closed_form_macs import MACS_CONVENTION, CostModel
+from adasearch.measure.environment import environment, resolve_device, resolve_dtype, set_threads
 from adasearch.measure.latency import time_config
 from adasearch.measure.memory import peak_memory_mb
+from adasearch.metrics import NAMES as metric_names
 
 ACCURACY_BATCH = 256  # accuracy does not depend on the batch size; a big batch is just faster
 LATENCY_BATCHES = 8  # distinct real batches cycled while timing, so early exits are realistic
@@ -67,8 +67,16 @@ class Measurement:
 class Evaluator:
     """Measures configs of one model on one dataset and one hardware profile."""
 
-    def __init__(self, model, data, hardware: Hardware = Hardware(), *, cache_dir=None,
-                 latency_budget_s: float = 0.5, progress=None):
+    def __init__(
+        self,
+        model,
+        data,
+        hardware: Hardware = Hardware(),
+        *,
+        cache_dir=None,
+        latency_budget_s: float = 0.5,
+        progress=None,
+    ):
         if hardware.batch_size < 1:
             raise UserError(f"batch_size={hardware.batch_size} is not allowed: an integer >= 1")
         self.hardware = hardware
@@ -78,8 +86,9 @@ class Evaluator:
         self.model = model.to(self.device, self.dtype).eval()
         self.data = data
         self.latency_budget_s = latency_budget_s
-        self.accuracy = AccuracyEngine(self.model, data, batch_size=ACCURACY_BATCH, cache_dir=cache_dir,
-                                       progress=progress)
+        self.accuracy = AccuracyEngine(
+            self.model, data, batch_size=ACCURACY_BATCH, cache_dir=cache_dir, progress=progress
+        )
         self.cost = CostModel(self.model)
         self._latency_batches = None
 
@@ -92,14 +101,19 @@ class Evaluator:
                 if len(batches) == LATENCY_BATCHES:
                     break
             if not batches:
-                raise UserError(f"batch_size={self.hardware.batch_size} is larger than the data "
-                                f"({len(self.data)} samples); lower hardware.batch_size")
+                raise UserError(
+                    f"batch_size={self.hardware.batch_size} is larger than the data "
+                    f"({len(self.data)} samples); lower hardware.batch_size"
+                )
             self._latency_batches = batches
         return self._latency_batches
 
     def environment(self) -> dict:
-        return {**environment(self.hardware.device, self.hardware.threads), "dtype": self.hardware.dtype,
-                "batch_size": self.hardware.batch_size}
+        return {
+            **environment(self.hardware.device, self.hardware.threads),
+            "dtype": self.hardware.dtype,
+            "batch_size": self.hardware.batch_size,
+        }
 
     def measure_accuracy_and_cost(self, configs: Iterable[DeploymentConfig]) -> dict:
         configs = list(configs)
@@ -108,16 +122,30 @@ class Evaluator:
         for c in configs:
             a = acc[c]
             macs = self.cost.config_macs(c, a.exit_fractions)
-            out[c] = Measurement(accuracy=a.top1, top5=a.top5, macs=macs, flops=2 * macs,
-                                 mean_exit_depth=a.mean_exit_depth, exit_fractions=a.exit_fractions,
-                                 samples=a.samples, env=self.environment())
+            out[c] = Measurement(
+                accuracy=a.top1,
+                top5=a.top5,
+                macs=macs,
+                flops=2 * macs,
+                mean_exit_depth=a.mean_exit_depth,
+                exit_fractions=a.exit_fractions,
+                samples=a.samples,
+                env=self.environment(),
+            )
         return out
 
-    def time(self, measurement: Measurement, config: DeploymentConfig, budget_s: Optional[float] = None,
-             memory: bool = True) -> Measurement:
+    def time(
+        self, measurement: Measurement, config: DeploymentConfig, budget_s: Optional[float] = None, memory: bool = True
+    ) -> Measurement:
         """Fill in latency and throughput, timed on this hardware, and peak memory unless memory=False."""
-        lat = time_config(self.model, config, self.latency_batches(), device=self.device, dtype=self.dtype,
-                          budget_s=self.latency_budget_s if budget_s is None else budget_s)
+        lat = time_config(
+            self.model,
+            config,
+            self.latency_batches(),
+            device=self.device,
+            dtype=self.dtype,
+            budget_s=self.latency_budget_s if budget_s is None else budget_s,
+        )
         measurement.latency_p50_ms, measurement.latency_p90_ms = lat.p50_ms, lat.p90_ms
         measurement.latency_p99_ms, measurement.throughput = lat.p99_ms, lat.throughput
         if memory:
@@ -134,9 +162,17 @@ class Evaluator:
         return results
 
 
-def build_evaluator(model_source: str, data_source: str, hardware: Hardware, *, limit: Optional[int] = None,
-                    data_seed: int = 0, data_key: str = "data", cache_dir=None,
-                    latency_budget_s: float = 0.5) -> Evaluator:
+def build_evaluator(
+    model_source: str,
+    data_source: str,
+    hardware: Hardware,
+    *,
+    limit: Optional[int] = None,
+    data_seed: int = 0,
+    data_key: str = "data",
+    cache_dir=None,
+    latency_budget_s: float = 0.5,
+) -> Evaluator:
     """Model + data + hardware -> an Evaluator: the wiring `measure` and `run` share.
 
     Fails on an unavailable device before any loading, and on labels the model cannot have (naming
@@ -146,7 +182,8 @@ def build_evaluator(model_source: str, data_source: str, hardware: Hardware, *, 
 
     resolve_device(hardware.device)
     model = load_model(model_source)
-    data = load_data(data_source, limit=limit, seed=data_seed, img_size=model.cfg.img_size,
-                     channels=model.cfg.in_channels)
+    data = load_data(
+        data_source, limit=limit, seed=data_seed, img_size=model.cfg.img_size, channels=model.cfg.in_channels
+    )
     check_labels(data, model.cfg.num_classes, data_key)
     return Evaluator(model, data, hardware, cache_dir=cache_dir, latency_budget_s=latency_budget_s)

@@ -1,9 +1,10 @@
 """Wall-clock latency of a forward, per batch, with a warm-up and an adaptive number of repetitions."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,18 +42,28 @@ def _check(batches: Sequence[torch.Tensor], min_reps: int, max_reps: int, budget
     sizes = {b.shape[0] for b in batches}
     if len(sizes) != 1:
         # Per-batch percentiles only mean something at one batch size.
-        raise UserError(f"latency batches must all have one batch size; got sizes {sorted(sizes)} "
-                        f"(drop the last, partial batch)")
+        raise UserError(
+            f"latency batches must all have one batch size; got sizes {sorted(sizes)} (drop the last, partial batch)"
+        )
     if min_reps < 1 or max_reps < min_reps:
-        raise UserError(f"repetitions min_reps={min_reps}, max_reps={max_reps} are not allowed: "
-                        f"need 1 <= min_reps <= max_reps")
+        raise UserError(
+            f"repetitions min_reps={min_reps}, max_reps={max_reps} are not allowed: need 1 <= min_reps <= max_reps"
+        )
     if budget_s < 0 or warmup < 0:
         raise UserError(f"budget_s={budget_s} and warmup={warmup} are not allowed: both must be >= 0")
     return sizes.pop()
 
 
-def time_forward(fn: Callable[[torch.Tensor], object], batches: Sequence[torch.Tensor], *, device: torch.device,
-                 min_reps: int = 10, max_reps: int = 1000, budget_s: float = 1.0, warmup: int = 3) -> LatencyResult:
+def time_forward(
+    fn: Callable[[torch.Tensor], object],
+    batches: Sequence[torch.Tensor],
+    *,
+    device: torch.device,
+    min_reps: int = 10,
+    max_reps: int = 1000,
+    budget_s: float = 1.0,
+    warmup: int = 3,
+) -> LatencyResult:
     """Time fn(batch), one batch per repetition, cycling through `batches` in order.
 
     First `warmup` untimed calls (caches, allocator, lazy init), starting again from batches[0].
@@ -82,13 +93,22 @@ def time_forward(fn: Callable[[torch.Tensor], object], batches: Sequence[torch.T
     ms = np.array(times) * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     total = sum(times)  # 0 only for a no-op fn under a coarse clock
-    return LatencyResult(p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99), mean_ms=float(ms.mean()),
-                         throughput=batch_size * len(times) / total if total else float("inf"), reps=len(times),
-                         batch_size=batch_size, warmup=warmup, env=environment(str(device), None))
+    return LatencyResult(
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        mean_ms=float(ms.mean()),
+        throughput=batch_size * len(times) / total if total else float("inf"),
+        reps=len(times),
+        batch_size=batch_size,
+        warmup=warmup,
+        env=environment(str(device), None),
+    )
 
 
-def time_config(model, config, batches: Sequence[torch.Tensor], *, device, dtype: torch.dtype = torch.float32,
-                **kw) -> LatencyResult:
+def time_config(
+    model, config, batches: Sequence[torch.Tensor], *, device, dtype: torch.dtype = torch.float32, **kw
+) -> LatencyResult:
     """Latency of model.run(x, config) over real data batches, so early exits happen as in use.
 
     The model must already be on `device` in `dtype` (this does not move it: that would change the
@@ -99,7 +119,9 @@ def time_config(model, config, batches: Sequence[torch.Tensor], *, device, dtype
     param = next(model.parameters())
     same_device = param.device.type == device.type and device.index in (None, param.device.index)
     if not same_device or param.dtype != dtype:
-        raise ValueError(f"model is on {param.device} in {param.dtype} but timing was asked for {device} in "
-                         f"{dtype}; move it first with model.to({str(device)!r}, {dtype})")
+        raise ValueError(
+            f"model is on {param.device} in {param.dtype} but timing was asked for {device} in "
+            f"{dtype}; move it first with model.to({str(device)!r}, {dtype})"
+        )
     on_device = [b.to(device=device, dtype=dtype) for b in batches]
     return time_forward(lambda x: model.run(x, config), on_device, device=device, **kw)

@@ -16,6 +16,7 @@ The forward runs under no_grad, not inference_mode: the allocations are the same
 keys active, composite ops (matmul with broadcasting, the SDPA dispatcher, cov...) decompose before
 the mode sees them, so their intermediates are counted instead of hiding inside one "op".
 """
+
 from __future__ import annotations
 
 import weakref

@@ -1,4 +1,5 @@
 """Terminal rendering of one Measurement."""
+
 from __future__ import annotations
 
 
@@ -16,14 +17,22 @@ def print_measurement(config, m, data_name: str) -> None:
         ("top-1 / top-5", f"{m.accuracy:.4f} / {m.top5:.4f}"),
         ("MACs per image", f"{m.macs:,.0f}  ({m.gmacs:.4f} G)"),
         ("FLOPs per image", f"{m.flops:,.0f}  (= 2 x MACs)"),
-        ("mean exit depth", f"{m.mean_exit_depth:.2f}  (fractions per depth: "
-                            + ", ".join(f"{f:.2f}" for f in m.exit_fractions) + ")"),
-        ("latency p50 / p90 / p99", f"{_fmt(m.latency_p50_ms)} / {_fmt(m.latency_p90_ms)} / {_fmt(m.latency_p99_ms)} ms "
-                                    f"per batch of {env.get('batch_size')}"),
+        (
+            "mean exit depth",
+            f"{m.mean_exit_depth:.2f}  (fractions per depth: " + ", ".join(f"{f:.2f}" for f in m.exit_fractions) + ")",
+        ),
+        (
+            "latency p50 / p90 / p99",
+            f"{_fmt(m.latency_p50_ms)} / {_fmt(m.latency_p90_ms)} / {_fmt(m.latency_p99_ms)} ms "
+            f"per batch of {env.get('batch_size')}",
+        ),
         ("samples per second", f"{_fmt(m.throughput, ',.1f')} samples/s"),
         ("peak memory", f"{_fmt(m.memory_mb, ',.2f')} MB  ({m.memory_method})"),
-        ("environment", f"{env.get('device_name', env.get('device'))}, torch {env.get('torch')}, "
-                        f"{env.get('threads')} threads, {env.get('dtype')}, {env.get('latency_reps')} timed reps"),
+        (
+            "environment",
+            f"{env.get('device_name', env.get('device'))}, torch {env.get('torch')}, "
+            f"{env.get('threads')} threads, {env.get('dtype')}, {env.get('latency_reps')} timed reps",
+        ),
     ]
     for k, v in rows:
         t.add_row(k, v)

@@ -17,11 +17,12 @@ Knobs, each global or per layer (see `LayerPlan`):
 Unlike the reference, nothing carries over between calls, and early exit is per sample: each image
 stops after the first block whose own confidence reaches the threshold.
 """
+
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -445,8 +446,15 @@ class AdaPerceiver(nn.Module):
         logits[active] = final
         return ClassificationOutput(logits, exit_depth)
 
-    def anytime(self, x, num_tokens=None, mat_dim=None, depth=None, token_grans=None,
-                sample_mat_dim: Optional[torch.Tensor] = None) -> AnytimeOutput:
+    def anytime(
+        self,
+        x,
+        num_tokens=None,
+        mat_dim=None,
+        depth=None,
+        token_grans=None,
+        sample_mat_dim: Optional[torch.Tensor] = None,
+    ) -> AnytimeOutput:
         """One pass at num_tokens; logits for every prefix granularity after every block.
 
         By the prefix property, prefix g's readout after block l equals a separate forward with
@@ -465,7 +473,7 @@ class AdaPerceiver(nn.Module):
         hidden_mask = None
         if sample_mat_dim is not None:
             widths = (sample_mat_dim.to(latents.device).float() * self.cfg.ffn_ratio).floor()
-            hidden_mask = (torch.arange(self.cfg.ffn_hidden, device=latents.device) < widths[:, None])
+            hidden_mask = torch.arange(self.cfg.ffn_hidden, device=latents.device) < widths[:, None]
             hidden_mask = hidden_mask[:, None, :].to(latents.dtype)
         per_block = []
         for i in range(plan.depth):
@@ -481,8 +489,13 @@ class AdaPerceiver(nn.Module):
 def check_architecture(cfg: AdaPerceiverConfig):
     from adasearch.errors import CheckpointError
 
-    supported = {"act_layer": ("gelu",), "norm_layer": ("layernorm",), "ffn_layer": ("mlp",),
-                 "process_token_init": ("learned",), "block_mask": ("block", "none", None)}
+    supported = {
+        "act_layer": ("gelu",),
+        "norm_layer": ("layernorm",),
+        "ffn_layer": ("mlp",),
+        "process_token_init": ("learned",),
+        "block_mask": ("block", "none", None),
+    }
     for key, allowed in supported.items():
         if getattr(cfg, key) not in allowed:
             raise CheckpointError(f"config key {key}={getattr(cfg, key)!r} is not supported: allowed {list(allowed)}")
@@ -496,13 +509,17 @@ def check_input(cfg: AdaPerceiverConfig, x) -> None:
     if not isinstance(x, torch.Tensor):
         raise InputError(f"input must be a torch.Tensor of shape (B, {cfg.in_channels}, H, W); got {type(x).__name__}")
     if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-        raise InputError(f"input shape {tuple(x.shape)} is not allowed: expected (B, {cfg.in_channels}, H, W) "
-                         f"with {cfg.in_channels} channel(s)")
+        raise InputError(
+            f"input shape {tuple(x.shape)} is not allowed: expected (B, {cfg.in_channels}, H, W) "
+            f"with {cfg.in_channels} channel(s)"
+        )
     h, w = x.shape[-2:]
     p = cfg.patch_size
     if h % p or w % p or h < p or w < p:
-        raise InputError(f"image size {h}x{w} is not allowed: height and width must be positive multiples of "
-                         f"patch_size={p} (the model was trained at {cfg.img_size}x{cfg.img_size})")
+        raise InputError(
+            f"image size {h}x{w} is not allowed: height and width must be positive multiples of "
+            f"patch_size={p} (the model was trained at {cfg.img_size}x{cfg.img_size})"
+        )
 
 
 def _per_layer(name: str, value, L: int, scalar_ok, describe: str) -> list:
@@ -519,8 +536,9 @@ def _per_layer(name: str, value, L: int, scalar_ok, describe: str) -> list:
     return values
 
 
-def make_plan(cfg: AdaPerceiverConfig, num_tokens=None, mat_dim=None, depth=None, depth_tau=None,
-              token_grans=None) -> LayerPlan:
+def make_plan(
+    cfg: AdaPerceiverConfig, num_tokens=None, mat_dim=None, depth=None, depth_tau=None, token_grans=None
+) -> LayerPlan:
     L = cfg.depth
     max_tokens = 16 * cfg.max_latent_tokens
     if depth is None:
@@ -531,23 +549,40 @@ def make_plan(cfg: AdaPerceiverConfig, num_tokens=None, mat_dim=None, depth=None
         raise KnobError(f"depth={depth!r} is not allowed: an integer 1..{L}")
 
     n0 = cfg.max_latent_tokens if num_tokens is None else num_tokens
-    tokens = _per_layer("num_tokens", n0, L, lambda v: is_int(v) and 1 <= v <= max_tokens,
-                        f"an integer 1..{max_tokens}, or a non-increasing list of {L} such integers")
+    tokens = _per_layer(
+        "num_tokens",
+        n0,
+        L,
+        lambda v: is_int(v) and 1 <= v <= max_tokens,
+        f"an integer 1..{max_tokens}, or a non-increasing list of {L} such integers",
+    )
     if any(b > a for a, b in zip(tokens, tokens[1:])):
         raise KnobError(f"num_tokens schedule {list(tokens)} is not allowed: it must be non-increasing")
 
-    widths = _per_layer("mat_dim", mat_dim, L, lambda v: v is None or (is_int(v) and 1 <= v <= cfg.embed_dim),
-                        f"None (full width) or an integer 1..{cfg.embed_dim}, globally or one per layer")
+    widths = _per_layer(
+        "mat_dim",
+        mat_dim,
+        L,
+        lambda v: v is None or (is_int(v) and 1 <= v <= cfg.embed_dim),
+        f"None (full width) or an integer 1..{cfg.embed_dim}, globally or one per layer",
+    )
     hidden = [cfg.ffn_hidden if w is None else max(1, int(w * cfg.ffn_ratio)) for w in widths]
 
-    taus = _per_layer("depth_tau", depth_tau, L, lambda v: v is None or (is_number(v) and 0.0 <= v <= 1.0),
-                      "None (no exit) or a number in [0, 1], globally or one per layer")
+    taus = _per_layer(
+        "depth_tau",
+        depth_tau,
+        L,
+        lambda v: v is None or (is_number(v) and 0.0 <= v <= 1.0),
+        "None (no exit) or a number in [0, 1], globally or one per layer",
+    )
     taus = [None if t is None else float(t) for t in taus]
 
     base = cfg.mask_token_grans if token_grans is None else token_grans
     if base is not None and not isinstance(base, (list, tuple)):
-        raise KnobError(f"token_grans={base!r} is not allowed: None, a strictly increasing list of positive "
-                        f"integers, or one such list per layer")
+        raise KnobError(
+            f"token_grans={base!r} is not allowed: None, a strictly increasing list of positive "
+            f"integers, or one such list per layer"
+        )
     if base is not None and len(base) and all(isinstance(g, (list, tuple)) for g in base):
         if len(base) != L:
             raise KnobError(f"token_grans has {len(base)} lists; per-layer token_grans needs depth={L} lists")
@@ -557,7 +592,11 @@ def make_plan(cfg: AdaPerceiverConfig, num_tokens=None, mat_dim=None, depth=None
     for g in layer_grans:
         if g is None:
             continue
-        if not isinstance(g, (list, tuple)) or not all(is_int(v) and v >= 1 for v in g) or any(b <= a for a, b in zip(g, g[1:])):
+        if (
+            not isinstance(g, (list, tuple))
+            or not all(is_int(v) and v >= 1 for v in g)
+            or any(b <= a for a, b in zip(g, g[1:]))
+        ):
             raise KnobError(f"token_grans={list(g)!r} is not allowed: a strictly increasing list of positive integers")
     grans = [effective_grans(layer_grans[i], tokens[i]) for i in range(d)]
     return LayerPlan(d, tuple(tokens[:d]), tuple(grans), tuple(hidden[:d]), tuple(taus[:d]))

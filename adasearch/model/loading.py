@@ -3,6 +3,7 @@
 Loading is strict: every state_dict key and shape must match the architecture that config.json
 describes. Weights are read with safetensors (or torch.load(weights_only=True) for .bin files).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,20 +43,30 @@ def read_config(path: Path) -> AdaPerceiverConfig:
         quiet = {"architectures", "model_type", "torch_dtype", "transformers_version", "auto_map", "_name_or_path"}
         loud = [k for k in unknown if k not in quiet]
         if loud:
-            warnings.warn(f"{path}: ignoring unknown config keys {loud}")
+            warnings.warn(f"{path}: ignoring unknown config keys {loud}", stacklevel=2)
     kept = {k: v for k, v in raw.items() if k in known}
     for key, value in kept.items():
         _check_config_value(path, key, value)
     cfg = AdaPerceiverConfig(**kept)
     if cfg.embed_dim % cfg.num_heads or cfg.head_dim % 2:
-        raise CheckpointError(f"{path}: embed_dim={cfg.embed_dim} and num_heads={cfg.num_heads} are not allowed "
-                              f"together; embed_dim / num_heads must be an even integer (RoPE rotates pairs)")
+        raise CheckpointError(
+            f"{path}: embed_dim={cfg.embed_dim} and num_heads={cfg.num_heads} are not allowed "
+            f"together; embed_dim / num_heads must be an even integer (RoPE rotates pairs)"
+        )
     return cfg
 
 
 # What each config.json value must be; the positive integers size the network.
-_POSITIVE_INTS = {"embed_dim", "num_heads", "depth", "max_latent_tokens", "img_size", "in_channels", "patch_size",
-                  "num_classes"}
+_POSITIVE_INTS = {
+    "embed_dim",
+    "num_heads",
+    "depth",
+    "max_latent_tokens",
+    "img_size",
+    "in_channels",
+    "patch_size",
+    "num_classes",
+}
 _NUMBERS = {"rope_theta", "ffn_ratio", "proj_drop", "attn_drop", "drop_path", "head_drop"}
 _BOOLS = {"qkv_bias", "proj_bias", "use_embed_ffn", "use_output_ffn"}
 _INT_LISTS = {"mask_token_grans", "mat_dims"}
@@ -75,8 +86,11 @@ def _check_config_value(path: Path, key: str, value) -> None:
         bad("a number or null")
     if key in _BOOLS and not isinstance(value, bool):
         bad("true or false")
-    if key in _INT_LISTS and value is not None and not (
-            isinstance(value, list) and value and all(is_int(v) and v >= 1 for v in value)):
+    if (
+        key in _INT_LISTS
+        and value is not None
+        and not (isinstance(value, list) and value and all(is_int(v) and v >= 1 for v in value))
+    ):
         bad("null or a non-empty list of integers >= 1")
 
 
@@ -96,16 +110,19 @@ def read_state_dict(path: Path) -> dict:
 def fit_config_to_weights(cfg: AdaPerceiverConfig, sd: dict, where: str) -> AdaPerceiverConfig:
     """Take the shapes that the weights fix (D, p, P, L, C, in_channels) and check config.json agrees."""
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{where}: holds {type(sd).__name__}, not a state dict of tensors; "
-                              f"is this an AdaPerceiver checkpoint?")
+        raise CheckpointError(
+            f"{where}: holds {type(sd).__name__}, not a state dict of tensors; is this an AdaPerceiver checkpoint?"
+        )
     try:
         proj = sd["patch_embed.embed.proj.weight"]
         pos = sd["patch_embed.pos_embed"]
     except KeyError as e:
         raise CheckpointError(f"{where}: missing key {e.args[0]!r}; is this an AdaPerceiver checkpoint?")
     if proj.ndim != 4 or pos.ndim != 3:
-        raise CheckpointError(f"{where}: patch_embed.embed.proj.weight has shape {list(proj.shape)} (needs 4 dims) "
-                              f"and patch_embed.pos_embed {list(pos.shape)} (needs 3); not an AdaPerceiver checkpoint")
+        raise CheckpointError(
+            f"{where}: patch_embed.embed.proj.weight has shape {list(proj.shape)} (needs 4 dims) "
+            f"and patch_embed.pos_embed {list(pos.shape)} (needs 3); not an AdaPerceiver checkpoint"
+        )
     d, cin, p, _ = proj.shape
     grid = math.isqrt(pos.shape[1])
     if grid * grid != pos.shape[1]:
@@ -123,17 +140,23 @@ def fit_config_to_weights(cfg: AdaPerceiverConfig, sd: dict, where: str) -> AdaP
 def build_strict(cfg: AdaPerceiverConfig, sd: dict, where: str) -> AdaPerceiver:
     ignored = sorted({k.split(".")[0] for k in sd if k.startswith(FEATURE_PREFIXES)})
     if ignored:
-        warnings.warn(f"{where}: distilled-backbone checkpoint; loading the classifier and ignoring the "
-                      f"feature output {ignored}")
+        warnings.warn(
+            f"{where}: distilled-backbone checkpoint; loading the classifier and ignoring the feature output {ignored}",
+            stacklevel=2,
+        )
         sd = {k: v for k, v in sd.items() if not k.startswith(FEATURE_PREFIXES)}
     model = AdaPerceiver(cfg)
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     if missing:
-        raise CheckpointError(f"{where}: missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise CheckpointError(
+            f"{where}: missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     extra = [k for k in sd if k not in expected]
     if extra:
-        raise CheckpointError(f"{where}: unexpected key {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+        raise CheckpointError(
+            f"{where}: unexpected key {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+        )
     for k, v in sd.items():
         if tuple(v.shape) != tuple(expected[k].shape):
             raise CheckpointError(f"{where}: key {k!r} has shape {list(v.shape)}, expected {list(expected[k].shape)}")
@@ -167,13 +190,17 @@ def load_hub(repo_id: str) -> AdaPerceiver:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise CheckpointError(f"model {repo_id!r} is neither a local folder nor a file; loading a hub id needs "
-                              f"huggingface_hub (pip install 'adasearch[hub]'), or pass a local folder")
+        raise CheckpointError(
+            f"model {repo_id!r} is neither a local folder nor a file; loading a hub id needs "
+            f"huggingface_hub (pip install 'adasearch[hub]'), or pass a local folder"
+        )
     try:
         folder = snapshot_download(repo_id, allow_patterns=["config.json", "*.safetensors"])
     except Exception as e:
-        raise CheckpointError(f"cannot fetch {repo_id!r} from the hub ({type(e).__name__}); offline machines "
-                              f"need a local folder with config.json + model.safetensors")
+        raise CheckpointError(
+            f"cannot fetch {repo_id!r} from the hub ({type(e).__name__}); offline machines "
+            f"need a local folder with config.json + model.safetensors"
+        )
     return load_folder(Path(folder))
 
 
@@ -194,8 +221,10 @@ def load_model(source: Union[str, Path], config: Optional[Union[Path, dict]] = N
     s = str(source)
     if looks_like_hub_id(s):
         return load_hub(s)
-    raise CheckpointError(f"model {s!r}: no such folder or file (allowed: 'demo', a folder with config.json + "
-                          f"model.safetensors, a .safetensors file, or a hub id owner/name)")
+    raise CheckpointError(
+        f"model {s!r}: no such folder or file (allowed: 'demo', a folder with config.json + "
+        f"model.safetensors, a .safetensors file, or a hub id owner/name)"
+    )
 
 
 def save_model(model: AdaPerceiver, folder: Union[str, Path]) -> Path:

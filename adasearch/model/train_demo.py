@@ -4,12 +4,12 @@ Every step reads out at every prefix granularity after every block (one anytime 
 random trained width per sample, so one set of weights serves every tokens x depth x width config.
 Deeper readouts weigh more in the loss (DEPTH_WEIGHT_POWER), so depth buys accuracy too.
 """
+
 from __future__ import annotations
 
 import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +22,22 @@ from adasearch.model.loading import save_model
 # (every config ~95%), so the demo would show no trade-off. Without it, and at D=32, the blocks' FFNs
 # carry the nonlinearity and tokens, depth and width visibly buy accuracy.
 DEMO_CONFIG = dict(
-    embed_dim=32, num_heads=4, depth=6, max_latent_tokens=32, ffn_ratio=2.0,
-    mask_token_grans=[1, 2, 4, 8, 16, 32], mat_dims=[8, 16, 32], img_size=8, patch_size=2,
-    in_channels=1, num_classes=10, use_embed_ffn=False, use_output_ffn=False, ls_init_values=0.1,
-    attn_layer="sdpa", adasearch={"dataset": "digits", "trained_by": "adasearch train-demo"},
+    embed_dim=32,
+    num_heads=4,
+    depth=6,
+    max_latent_tokens=32,
+    ffn_ratio=2.0,
+    mask_token_grans=[1, 2, 4, 8, 16, 32],
+    mat_dims=[8, 16, 32],
+    img_size=8,
+    patch_size=2,
+    in_channels=1,
+    num_classes=10,
+    use_embed_ffn=False,
+    use_output_ffn=False,
+    ls_init_values=0.1,
+    attn_layer="sdpa",
+    adasearch={"dataset": "digits", "trained_by": "adasearch train-demo"},
 )
 DEFAULT_EPOCHS = 45
 # Why the readout after block d is weighted by d**1.5: with equal weights, block 1 learns to solve
@@ -36,8 +48,9 @@ DEFAULT_EPOCHS = 45
 DEPTH_WEIGHT_POWER = 1.5
 
 
-def train_demo(out_dir, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-               progress=None) -> dict:
+def train_demo(
+    out_dir, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, lr: float = 1e-3, seed: int = 0, progress=None
+) -> dict:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     cfg = AdaPerceiverConfig(**DEMO_CONFIG)
@@ -51,13 +64,14 @@ def train_demo(out_dir, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, lr: 
     total = epochs * steps_per_epoch
     warmup = 50
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / total)))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / total))
+    )
     start = time.time()
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(y_train), generator=gen)
         for s in range(steps_per_epoch):
-            idx = perm[s * batch_size:(s + 1) * batch_size]
+            idx = perm[s * batch_size : (s + 1) * batch_size]
             xb, yb = x_train[idx], y_train[idx]
             sample_width = widths[torch.randint(len(widths), (len(idx),), generator=gen)]
             out = model.anytime(xb, sample_mat_dim=sample_width)  # logits (depth, G, B, C)
@@ -105,6 +119,8 @@ def format_accuracy_table(model: AdaPerceiver) -> str:
         for g in grans:
             lines.append(f"| {g} | " + " | ".join(f"{t[(g, d, w)]:.3f}" for d in range(1, cfg.depth + 1)) + " |")
     by_depth = [statistics.mean(v for (_, d, _), v in t.items() if d == depth) for depth in range(1, cfg.depth + 1)]
-    lines.append("\nmean top-1 over every tokens x width, by depth: "
-                 + ", ".join(f"{d}: {m:.3f}" for d, m in enumerate(by_depth, 1)))
+    lines.append(
+        "\nmean top-1 over every tokens x width, by depth: "
+        + ", ".join(f"{d}: {m:.3f}" for d, m in enumerate(by_depth, 1))
+    )
     return "\n".join(lines)

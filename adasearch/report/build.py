@@ -1,4 +1,5 @@
 """`adasearch report RUN`: report.html (self-contained, plots embedded) and report.md from a results folder."""
+
 from __future__ import annotations
 
 import base64
@@ -42,12 +43,16 @@ def load_run(path) -> RunData:
 def _defaults(data: RunData) -> dict:
     """What None means for each knob column, from the model recorded in run.yaml."""
     m = data.run.get("model_config", {})
+
     def seen_max(col):
         vals = pd.to_numeric(data.trials.get(col, pd.Series(dtype=float)), errors="coerce")
         return float(vals.max()) if vals.notna().any() else 0.0
-    return {"knob.num_tokens": m.get("max_latent_tokens") or seen_max("knob.num_tokens"),
-            "knob.depth": m.get("depth") or seen_max("knob.depth"),
-            "knob.mat_dim": m.get("embed_dim") or seen_max("knob.mat_dim")}
+
+    return {
+        "knob.num_tokens": m.get("max_latent_tokens") or seen_max("knob.num_tokens"),
+        "knob.depth": m.get("depth") or seen_max("knob.depth"),
+        "knob.mat_dim": m.get("embed_dim") or seen_max("knob.mat_dim"),
+    }
 
 
 def _pictures(data: RunData) -> dict:
@@ -59,10 +64,12 @@ def _pictures(data: RunData) -> dict:
     names = [o["metric"] for o in objectives]
     cost = next((m for m in names if m != metrics.QUALITY), metrics.DEFAULT_COST)
     hv_png, fractions = plots.hypervolume_curve(data.trials, objectives)
-    return {"front": plots.front_plot(data.trials, data.front, objectives, constraints),
-            "hypervolume": hv_png,
-            "knobs": plots.knob_effects(data.trials, _defaults(data), cost),
-            "_hv": fractions}
+    return {
+        "front": plots.front_plot(data.trials, data.front, objectives, constraints),
+        "hypervolume": hv_png,
+        "knobs": plots.knob_effects(data.trials, _defaults(data), cost),
+        "_hv": fractions,
+    }
 
 
 def _table(df: pd.DataFrame, columns: list) -> pd.DataFrame:
@@ -84,18 +91,33 @@ def _metadata(data: RunData) -> list:
     env, space = data.run.get("environment") or {}, data.run.get("space") or {}
     spec = data.run["spec"]
     hw = spec.get("hardware", {})
-    return [("model", spec.get("model")), ("data", json.dumps(spec.get("data"))),
-            ("device", f"{env.get('device_name', env.get('device'))} ({hw.get('device')}), "
-                       f"{env.get('threads')} threads, batch {hw.get('batch_size')}, {hw.get('dtype')}"),
-            ("versions", f"adasearch {data.run.get('adasearch')}, torch {env.get('torch')}, python {env.get('python')}"),
-            ("search", f"engine {data.run.get('engine')}, space {space.get('name')} "
-                       f"({space.get('size')} configs), {data.run.get('trials')} trials, "
-                       f"{data.run.get('feasible')} feasible, {data.run.get('pareto')} on the front"),
-            ("objectives", ", ".join(f"{o['direction']} {o['metric']}" for o in spec["objectives"])),
-            ("constraints", ", ".join(f"{k} {'>= ' + str(b['min']) if b.get('min') is not None else ''}"
-                                      f"{' <= ' + str(b['max']) if b.get('max') is not None else ''}"
-                                      for k, b in spec.get("constraints", {}).items()) or "none"),
-            ("MACs", data.run.get("macs_convention", ""))]
+    return [
+        ("model", spec.get("model")),
+        ("data", json.dumps(spec.get("data"))),
+        (
+            "device",
+            f"{env.get('device_name', env.get('device'))} ({hw.get('device')}), "
+            f"{env.get('threads')} threads, batch {hw.get('batch_size')}, {hw.get('dtype')}",
+        ),
+        ("versions", f"adasearch {data.run.get('adasearch')}, torch {env.get('torch')}, python {env.get('python')}"),
+        (
+            "search",
+            f"engine {data.run.get('engine')}, space {space.get('name')} "
+            f"({space.get('size')} configs), {data.run.get('trials')} trials, "
+            f"{data.run.get('feasible')} feasible, {data.run.get('pareto')} on the front",
+        ),
+        ("objectives", ", ".join(f"{o['direction']} {o['metric']}" for o in spec["objectives"])),
+        (
+            "constraints",
+            ", ".join(
+                f"{k} {'>= ' + str(b['min']) if b.get('min') is not None else ''}"
+                f"{' <= ' + str(b['max']) if b.get('max') is not None else ''}"
+                for k, b in spec.get("constraints", {}).items()
+            )
+            or "none",
+        ),
+        ("MACs", data.run.get("macs_convention", "")),
+    ]
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -110,15 +132,22 @@ def write_report(folder) -> list:
     pareto = _table(data.front, ["config"] + KNOB_COLUMNS + list(metrics.REPORT_COLUMNS))
     title = f"adasearch report: {data.run['spec'].get('name') or data.folder.path.name}"
     hv = pics["_hv"]
-    hv_note = (f"The front reached 90% of its final hypervolume after {next(i + 1 for i, f in enumerate(hv) if f >= 0.9)} "
-               f"of {len(hv)} trials." if hv and hv[-1] > 0 else "No feasible trial yet.")
+    hv_note = (
+        f"The front reached 90% of its final hypervolume after {next(i + 1 for i, f in enumerate(hv) if f >= 0.9)} "
+        f"of {len(hv)} trials."
+        if hv and hv[-1] > 0
+        else "No feasible trial yet."
+    )
 
     def img(key):
         return f'<img alt="{key}" src="data:image/png;base64,{base64.b64encode(pics[key]).decode()}">'
 
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in _metadata(data))
-    table = pareto.to_html(index=False, escape=True, na_rep="", float_format=lambda v: _fmt(v)) if len(pareto) else \
-        "<p><b>No config satisfies the constraints.</b> See trials.csv for the closest ones.</p>"
+    table = (
+        pareto.to_html(index=False, escape=True, na_rep="", float_format=lambda v: _fmt(v))
+        if len(pareto)
+        else "<p><b>No config satisfies the constraints.</b> See trials.csv for the closest ones.</p>"
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>
 <table class="meta">{rows}</table>
@@ -133,16 +162,34 @@ def write_report(folder) -> list:
     for key in ("front", "hypervolume", "knobs"):
         out.write_bytes(f"report_files/{key}.png", pics[key])
     md = [f"# {title}", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in _metadata(data)]
-    md += ["", "## Pareto front", "", "![Pareto front](report_files/front.png)", "",
-           f"## Pareto-optimal configs ({len(pareto)})", ""]
+    md += [
+        "",
+        "## Pareto front",
+        "",
+        "![Pareto front](report_files/front.png)",
+        "",
+        f"## Pareto-optimal configs ({len(pareto)})",
+        "",
+    ]
     if len(pareto):
         md.append("| " + " | ".join(pareto.columns) + " |")
         md.append("|" + "---|" * len(pareto.columns))
         md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in pareto.itertuples(index=False)]
     else:
         md.append("No config satisfies the constraints.")
-    md += ["", "## Hypervolume over trials", "", hv_note, "", "![Hypervolume](report_files/hypervolume.png)", "",
-           "## Knob effects", "", "![Knob effects](report_files/knobs.png)", ""]
+    md += [
+        "",
+        "## Hypervolume over trials",
+        "",
+        hv_note,
+        "",
+        "![Hypervolume](report_files/hypervolume.png)",
+        "",
+        "## Knob effects",
+        "",
+        "![Knob effects](report_files/knobs.png)",
+        "",
+    ]
     paths.append(out.write_text("report.md", "\n".join(md)))
     return paths
 

@@ -3,6 +3,7 @@
 Everything reads the results folder's tables (trials.csv, pareto.json), never the study, so a report
 can be made on a machine without the model.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,8 +42,7 @@ def front_plot(trials: pd.DataFrame, front: pd.DataFrame, objectives: list, cons
             ax.scatter(infeas[x], infeas[y], s=14, alpha=0.25, marker="x", color="tab:red", label="infeasible")
         f = front.sort_values(x)
         # A 3-objective front projected on a pair is not a curve: points only.
-        ax.plot(f[x], f[y], "-o" if len(objectives) == 2 else "o", color="tab:blue", ms=5, lw=1.5,
-                label="Pareto front")
+        ax.plot(f[x], f[y], "-o" if len(objectives) == 2 else "o", color="tab:blue", ms=5, lw=1.5, label="Pareto front")
         for metric, axis in ((x, "x"), (y, "y")):
             bound = constraints.get(metric, {})
             for side in ("min", "max"):

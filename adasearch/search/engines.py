@@ -1,10 +1,5 @@
-"""Search engines: they propose configs and are told the results; they never measure or store.
-
-The boundary follows Ray Tune's Searcher and Optuna's ask/tell. The runner's one loop asks an
-Engine for proposals, measures each once (context.Measurer), records it (context.record_trial, the
-only writer of trials) and tells the engine. Ray Tune schedules its own trials, so the ray engine
-is a Driver instead: its workers measure and return, and the driver records each result through the
-same record_trial.
+"""The proposing engines (engine_base.Engine): exhaustive and optuna. The ray engine is a Driver
+(ray_engine.py); the runner chooses among them.
 
 - exhaustive: every distinct network of the space, proposed at once so that accuracy is measured in
   shared anytime passes; with the shared accuracy engine this is the exact front. `auto` picks it for
@@ -23,76 +18,16 @@ a note, when every network of the space is measured or no unmeasured one can be 
 
 from __future__ import annotations
 
-import abc
 import random
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
-from adasearch.config import DeploymentConfig
 from adasearch.search.context import Measured, RunContext
+from adasearch.search.engine_base import Engine, Proposal
 from adasearch.search.trials import config_key
 
 EXPLORE_AFTER = 3  # repeated proposals in a row before an unmeasured network is enqueued
 REPEAT_LIMIT = 50  # repeated proposals in a row after which the search is taken to have run dry
 DRAWS = 200  # random draws tried when looking for an unmeasured network of a large space
-
-
-@dataclass
-class Proposal:
-    config: DeploymentConfig
-    params: dict  # flat parameters in the space's encoding (what Optuna stores, what trials.csv shows)
-    trial: object = None  # a live optuna.Trial when the engine asks through study.ask, else None
-
-
-class Engine(abc.ABC):
-    """Proposes configs of the space and is told their results.
-
-    Contract:
-    - ``ask()`` returns the next proposals to measure, one or many (many share accuracy passes), or
-      an empty list when the engine has nothing more to propose. It must not measure or store.
-    - Every proposal it returned is either told (``tell``) after the runner recorded it, or dropped
-      (``drop``) when the run stops before measuring it. Nothing else reaches the storage.
-    - ``planned()`` is the number of distinct networks the engine expects to measure in total,
-      finished ones included: the progress bar's total.
-    """
-
-    name: str = "engine"
-
-    def __init__(self, ctx: RunContext):
-        self.ctx = ctx
-
-    @abc.abstractmethod
-    def ask(self) -> list:
-        """-> list[Proposal]; [] when done."""
-
-    def tell(self, proposal: Proposal, measured: Measured) -> None:
-        """The proposal was measured (measured.reused: a network measured before) and recorded."""
-
-    def drop(self, proposal: Proposal) -> None:
-        """The proposal will not be measured (the run stops)."""
-
-    @abc.abstractmethod
-    def planned(self) -> int:
-        """Distinct networks this engine expects the run to hold when it is done."""
-
-
-class Driver(abc.ABC):
-    """An engine that schedules its own trials (Ray Tune). Its workers measure and return; the driver
-    calls ``record(measured, params)`` for each result, in the driver process, and stops starting
-    trials once ``ctx.stop`` is set."""
-
-    name: str = "driver"
-
-    def __init__(self, ctx: RunContext):
-        self.ctx = ctx
-
-    @abc.abstractmethod
-    def drive(self, record: Callable[[Measured, dict], None]) -> None:
-        """Run the search to its budget, recording each result through `record`."""
-
-    @abc.abstractmethod
-    def planned(self) -> int:
-        """As Engine.planned."""
 
 
 class ExhaustiveEngine(Engine):
@@ -172,18 +107,3 @@ class OptunaEngine(Engine):
 
     def planned(self) -> int:
         return self.budget if self.networks is None else min(self.budget, self.networks)
-
-
-def choose_engine(ctx: RunContext):
-    """The spec's engine, or for `auto`: exhaustive for small spaces searched by one process with the
-    default sampler, else optuna."""
-    spec = ctx.spec
-    name = spec.search.engine
-    if name == "auto":
-        small = ctx.space.size() <= spec.search.exhaustive_limit
-        name = "exhaustive" if small and spec.search.workers == 1 and spec.search.sampler == "auto" else "optuna"
-    if name == "ray":
-        from adasearch.search.ray_engine import RayEngine
-
-        return RayEngine(ctx)
-    return {"exhaustive": ExhaustiveEngine, "optuna": OptunaEngine}[name](ctx)

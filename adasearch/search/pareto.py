@@ -1,7 +1,8 @@
 """Non-dominated sets and hypervolume for 2 or 3 objectives with mixed directions."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _as_min(point: Sequence[float], directions: Sequence[str]) -> tuple:

@@ -31,10 +31,11 @@ class SearchProgress:
             TimeRemainingColumn(),
             disable=not enabled,
         )
-        self.task = self.bar.add_task("networks", total=max(total, self.done), completed=self.done,
-                                      front=len(self.front))
+        self.task = self.bar.add_task(
+            "networks", total=max(total, self.done), completed=self.done, front=len(self.front)
+        )
 
-    def __enter__(self) -> "SearchProgress":
+    def __enter__(self) -> SearchProgress:
         self.bar.__enter__()
         return self
 

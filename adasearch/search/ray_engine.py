@@ -7,6 +7,7 @@ through context.record_trial, like the other engines, so the Pareto set, resumpt
 one storage whichever engine ran. Each trial records the Ray node that measured it (measured_on),
 never a hostname.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ from pathlib import Path
 from adasearch.config import DeploymentConfig
 from adasearch.errors import UserError
 from adasearch.search.context import Measured, RunContext, make_sampler, prepare
-from adasearch.search.engines import Driver
+from adasearch.search.engine_base import Driver
 from adasearch.spec import RunSpec
 
 # Unix socket paths are limited to 107 bytes, so Ray's session folder must have a short name;
@@ -99,8 +100,10 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as e:
-        raise UserError(f"search.ray_address: cannot reach Ray at {address!r} ({e.strerror or e}); "
-                        f"allowed: host:port of a running Ray head, ray://host:port, or auto")
+        raise UserError(
+            f"search.ray_address: cannot reach Ray at {address!r} ({e.strerror or e}); "
+            f"allowed: host:port of a running Ray head, ray://host:port, or auto"
+        )
 
 
 def _tune(ctx: RunContext, todo: int, temp_dir: str, record) -> None:
@@ -114,25 +117,38 @@ def _tune(ctx: RunContext, todo: int, temp_dir: str, record) -> None:
     # Tune's own Ctrl-C handler ends the run quietly; the runner needs the KeyboardInterrupt.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     spec = ctx.spec
-    searcher = OptunaSearch(metric=[o.metric for o in spec.objectives],
-                            mode=[MODES[o.direction] for o in spec.objectives],
-                            sampler=make_sampler(spec.search.sampler, spec.search.seed, spec.search.trials),
-                            storage=_history(ctx), study_name=spec.run_name)
+    searcher = OptunaSearch(
+        metric=[o.metric for o in spec.objectives],
+        mode=[MODES[o.direction] for o in spec.objectives],
+        sampler=make_sampler(spec.search.sampler, spec.search.seed, spec.search.trials),
+        storage=_history(ctx),
+        study_name=spec.run_name,
+    )
     # One choice per flat parameter, in the space's encoding (lists as '2,4,8') so that they are the
     # same categorical choices as the stored trials'; config_from_params decodes them.
     param_space = {p: tune.choice(list(d.choices)) for p, d in ctx.space.distributions().items()}
     # Absolute paths: a worker on another node of a cluster starts in another folder.
-    worker_spec = json.dumps({**spec.model_dump(mode="json"), "base_dir": str(Path(spec.base_dir).resolve()),
-                              "output": str(spec.output_dir.resolve())}, sort_keys=True)
+    worker_spec = json.dumps(
+        {
+            **spec.model_dump(mode="json"),
+            "base_dir": str(Path(spec.base_dir).resolve()),
+            "output": str(spec.output_dir.resolve()),
+        },
+        sort_keys=True,
+    )
     progress, stop = _driver_hooks(tune, ctx, record)
     tuner = tune.Tuner(
         tune.with_parameters(_trial, spec_json=worker_spec),
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo,
-                                    max_concurrent_trials=spec.search.workers,
-                                    time_budget_s=spec.search.timeout, reuse_actors=True),
-        run_config=tune.RunConfig(storage_path=f"{temp_dir}/tune", verbose=0,
-                                  callbacks=[progress], stop=stop))
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=todo,
+            max_concurrent_trials=spec.search.workers,
+            time_budget_s=spec.search.timeout,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(storage_path=f"{temp_dir}/tune", verbose=0, callbacks=[progress], stop=stop),
+    )
     errors = tuner.fit().errors
     if errors:  # Tune logs a failed trial and goes on; surface it (finished trials stay in the storage)
         raise errors[0]
@@ -144,11 +160,17 @@ def _history(ctx: RunContext):
     from optuna.trial import TrialState
 
     storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, study_name=ctx.spec.run_name,
-                                directions=[o.direction for o in ctx.spec.objectives])
+    study = optuna.create_study(
+        storage=storage, study_name=ctx.spec.run_name, directions=[o.direction for o in ctx.spec.objectives]
+    )
     distributions = ctx.space.distributions()
-    study.add_trials([t for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                      if t.distributions == distributions])  # trials of an edited space would mislead it
+    study.add_trials(
+        [
+            t
+            for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.distributions == distributions
+        ]
+    )  # trials of an edited space would mislead it
     return storage
 
 
@@ -164,8 +186,13 @@ def _driver_hooks(tune, ctx: RunContext, record) -> tuple:
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             done = json.loads(result[RESULT_KEY])
-            measured = Measured(DeploymentConfig.from_dict(done["config"]), done["key"], done["metrics"],
-                                done["reused"], done["measured_on"])
+            measured = Measured(
+                DeploymentConfig.from_dict(done["config"]),
+                done["key"],
+                done["metrics"],
+                done["reused"],
+                done["measured_on"],
+            )
             self.record(measured, done["params"])
 
         def __getstate__(self):
@@ -208,6 +235,12 @@ def _trial(params: dict, spec_json: str) -> None:
     ctx = _context(spec_json)
     measured = ctx.measurer.measure(ctx.space.config_from_params(params))
     node = ray.get_runtime_context().get_node_id()  # which node measured it: latency differs between nodes
-    done = {"config": measured.config.to_dict(), "key": measured.key, "metrics": measured.metrics,
-            "reused": measured.reused, "measured_on": node, "params": params}
+    done = {
+        "config": measured.config.to_dict(),
+        "key": measured.key,
+        "metrics": measured.metrics,
+        "reused": measured.reused,
+        "measured_on": node,
+        "params": params,
+    }
     tune.report({**measured.metrics, RESULT_KEY: json.dumps(done)})

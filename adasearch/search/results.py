@@ -34,7 +34,9 @@ def front_of(recs: list, spec) -> list:
     """Feasible, non-dominated records, best first objective first."""
     directions = [o.direction for o in spec.objectives]
     feasible = [r for r in recs if r.feasible]
-    front = [feasible[i] for i in pareto_front([trials.objective_values(spec, r.metrics) for r in feasible], directions)]
+    front = [
+        feasible[i] for i in pareto_front([trials.objective_values(spec, r.metrics) for r in feasible], directions)
+    ]
     first = spec.objectives[0]
     return sorted(front, key=lambda r: r.metrics[first.metric], reverse=first.direction == "maximize")
 
@@ -45,9 +47,13 @@ def closest(recs: list, spec, n: int = 5) -> list:
 
 
 def _row(r) -> dict:
-    row = {"trial": r.number, "config": r.config.label(), "feasible": r.feasible,
-           "violations": "; ".join(f"{k} by {v:.4g}" for k, v in r.violations.items()),
-           "measured_on": r.measured_on}
+    row = {
+        "trial": r.number,
+        "config": r.config.label(),
+        "feasible": r.feasible,
+        "violations": "; ".join(f"{k} by {v:.4g}" for k, v in r.violations.items()),
+        "measured_on": r.measured_on,
+    }
     row.update({f"knob.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in r.config.to_dict().items()})
     row.update(r.metrics)
     return row
@@ -74,13 +80,22 @@ def write_results(ctx, summary: RunSummary) -> None:
     env = ctx.measurer.evaluator.environment()
     front = summary.front
     run_doc = {
-        "adasearch": __version__, "engine": summary.engine, "interrupted": summary.interrupted,
+        "adasearch": __version__,
+        "engine": summary.engine,
+        "interrupted": summary.interrupted,
         "space": {"name": ctx.space.name, "file": ctx.space.source, "size": ctx.space.size()},
-        "trials": summary.trials, "networks": summary.networks, "new_trials": summary.new_trials,
-        "feasible": summary.feasible, "pareto": len(front), "notes": summary.notes,
-        "macs_convention": MACS_CONVENTION, "environment": env,
-        "model_config": {k: getattr(ctx.space.cfg, k) for k in ("embed_dim", "depth", "max_latent_tokens",
-                                                                "mask_token_grans", "mat_dims", "num_classes")},
+        "trials": summary.trials,
+        "networks": summary.networks,
+        "new_trials": summary.new_trials,
+        "feasible": summary.feasible,
+        "pareto": len(front),
+        "notes": summary.notes,
+        "macs_convention": MACS_CONVENTION,
+        "environment": env,
+        "model_config": {
+            k: getattr(ctx.space.cfg, k)
+            for k in ("embed_dim", "depth", "max_latent_tokens", "mask_token_grans", "mat_dims", "num_classes")
+        },
         # The model as an absolute path: the spec's may be relative to the spec file, and serving
         # code reads this from any directory.
         "spec": {**spec.to_yaml_dict(), "model": _model_ref(spec)},
@@ -88,11 +103,19 @@ def write_results(ctx, summary: RunSummary) -> None:
     folder.write_run(run_doc)
     folder.write_trials([_row(r) for r in summary.records])
     folder.write_front([_row(r) for r in front])
-    pareto = [{"trial": r.number, "name": deployment_name(r, spec), "config": r.config.to_dict(),
-               "metrics": r.metrics} for r in front]
-    folder.write_pareto({"objectives": [o.model_dump() for o in spec.objectives],
-                         "constraints": {k: b.model_dump() for k, b in spec.constraints.items()},
-                         "environment": env, "macs_convention": MACS_CONVENTION, "pareto": pareto})
+    pareto = [
+        {"trial": r.number, "name": deployment_name(r, spec), "config": r.config.to_dict(), "metrics": r.metrics}
+        for r in front
+    ]
+    folder.write_pareto(
+        {
+            "objectives": [o.model_dump() for o in spec.objectives],
+            "constraints": {k: b.model_dump() for k, b in spec.constraints.items()},
+            "environment": env,
+            "macs_convention": MACS_CONVENTION,
+            "pareto": pareto,
+        }
+    )
     folder.write_deployments({row["name"]: deployment_doc(row, run_doc) for row in pareto})
 
 
@@ -109,9 +132,11 @@ def print_summary(summary: RunSummary, spec, console) -> None:
 
     front, recs = summary.front, summary.records
     repeats = f", {summary.trials - summary.networks} repeats" if summary.trials > summary.networks else ""
-    console.print(f"{summary.networks} networks measured ({summary.new_trials} new trials{repeats}, engine "
-                  f"{summary.engine}), {summary.feasible} feasible trials, {len(front)} on the Pareto front "
-                  f"-> {spec.output_dir}")
+    console.print(
+        f"{summary.networks} networks measured ({summary.new_trials} new trials{repeats}, engine "
+        f"{summary.engine}), {summary.feasible} feasible trials, {len(front)} on the Pareto front "
+        f"-> {spec.output_dir}"
+    )
     for note in summary.notes:
         console.print(f"note: {note}")
     cols = list(metrics.SUMMARY_COLUMNS)
@@ -131,10 +156,18 @@ def print_summary(summary: RunSummary, spec, console) -> None:
     console.print(t)
     if not front:
         for r in rows:
-            console.print(f"  {r.config.label()} misses " + "; ".join(
-                f"{k} by {v:.4g} (bound {spec.constraints[k].model_dump(exclude_none=True)})"
-                for k, v in r.violations.items()))
+            console.print(
+                f"  {r.config.label()} misses "
+                + "; ".join(
+                    f"{k} by {v:.4g} (bound {spec.constraints[k].model_dump(exclude_none=True)})"
+                    for k, v in r.violations.items()
+                )
+            )
     else:
         out = spec.output_dir
-        console.print(f"next: adasearch report {out}   |   adasearch export {out} --pick \"max {metrics.QUALITY}\"   |   "
-                      f"adasearch serve {out}", highlight=False, soft_wrap=True)
+        console.print(
+            f'next: adasearch report {out}   |   adasearch export {out} --pick "max {metrics.QUALITY}"   |   '
+            f"adasearch serve {out}",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -15,11 +15,27 @@ import time
 
 from adasearch.search import trials
 from adasearch.search.context import RunContext, drop_trial, prepare, record_trial
-from adasearch.search.engines import Driver, Engine, choose_engine
+from adasearch.search.engine_base import Driver, Engine
+from adasearch.search.engines import ExhaustiveEngine, OptunaEngine
 from adasearch.search.finalists import retime_finalists
 from adasearch.search.progress import SearchProgress
 from adasearch.search.results import RunSummary, front_of, print_summary, write_results
 from adasearch.spec import RunSpec
+
+
+def choose_engine(ctx: RunContext):
+    """The spec's engine, or for `auto`: exhaustive for small spaces searched by one process with the
+    default sampler, else optuna."""
+    spec = ctx.spec
+    name = spec.search.engine
+    if name == "auto":
+        small = ctx.space.size() <= spec.search.exhaustive_limit
+        name = "exhaustive" if small and spec.search.workers == 1 and spec.search.sampler == "auto" else "optuna"
+    if name == "ray":
+        from adasearch.search.ray_engine import RayEngine  # imports Ray only when asked for
+
+        return RayEngine(ctx)
+    return {"exhaustive": ExhaustiveEngine, "optuna": OptunaEngine}[name](ctx)
 
 
 def measure_and_record(ctx: RunContext, engine: Engine, on_trial=lambda metrics: None) -> None:
@@ -99,15 +115,26 @@ def run(spec: RunSpec, progress: bool = True, console=None) -> RunSummary:
     interrupted = interrupted or bool(ctx.stop)
     recs = trials.records(ctx.study, spec)
     # Interrupted: keep the re-timed figures earlier complete runs stored, but re-time nothing now.
-    final = (retime_finalists(ctx, recs) if recs and not interrupted
-             else dict(ctx.study.user_attrs.get("final_metrics", {})))
+    final = (
+        retime_finalists(ctx, recs) if recs and not interrupted else dict(ctx.study.user_attrs.get("final_metrics", {}))
+    )
     recs = trials.records(ctx.study, spec, final)
-    summary = RunSummary(engine=engine.name, trials=len(recs), networks=len({r.config for r in recs}),
-                         new_trials=len(recs) - before, feasible=sum(r.feasible for r in recs),
-                         interrupted=interrupted, records=recs, front=front_of(recs, spec), notes=list(ctx.notes))
+    summary = RunSummary(
+        engine=engine.name,
+        trials=len(recs),
+        networks=len({r.config for r in recs}),
+        new_trials=len(recs) - before,
+        feasible=sum(r.feasible for r in recs),
+        interrupted=interrupted,
+        records=recs,
+        front=front_of(recs, spec),
+        notes=list(ctx.notes),
+    )
     write_results(ctx, summary)
     print_summary(summary, spec, console)
     if interrupted:
-        console.print(f"interrupted: {len(recs)} finished trials are kept in {spec.output_dir}; "
-                      f"run the same command again to resume")
+        console.print(
+            f"interrupted: {len(recs)} finished trials are kept in {spec.output_dir}; "
+            f"run the same command again to resume"
+        )
     return summary

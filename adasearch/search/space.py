@@ -14,18 +14,20 @@ Each choice is one flat parameter (`mat_dim`, `mat_dim.s1`, `depth_tau.l7`), whi
 samples and what trials.csv shows. `canonical()` maps configs that must give identical outputs to
 one representative, so no budget is spent twice on one network.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import yaml
 
-from adasearch.config import KNOBS, DeploymentConfig
 from adasearch.checks import is_int
+from adasearch.config import KNOBS, DeploymentConfig
 from adasearch.errors import KnobError, UserError
 from adasearch.model.adaperceiver import AdaPerceiverConfig, make_plan
 
@@ -75,7 +77,7 @@ class SearchSpace:
     # ---------------------------------------------------------------- loading
 
     @classmethod
-    def load(cls, ref: Union[str, Path], model_cfg: AdaPerceiverConfig, base_dir: Optional[Path] = None) -> "SearchSpace":
+    def load(cls, ref: Union[str, Path], model_cfg: AdaPerceiverConfig, base_dir: Optional[Path] = None) -> SearchSpace:
         path = find_space(ref, base_dir)
         try:
             raw = yaml.safe_load(path.read_text())
@@ -113,8 +115,10 @@ class SearchSpace:
         return out
 
     def suggest(self, trial) -> DeploymentConfig:
-        params = {p: _decode(p.split(".")[0], trial.suggest_categorical(p, [_encode(v) for v in values]))
-                  for p, values in self.parameters()}
+        params = {
+            p: _decode(p.split(".")[0], trial.suggest_categorical(p, [_encode(v) for v in values]))
+            for p, values in self.parameters()
+        }
         return self.config_from_params(params)
 
     def distributions(self) -> dict:
@@ -206,10 +210,15 @@ def canonical(config: DeploymentConfig, cfg: AdaPerceiverConfig) -> DeploymentCo
     if grans is not None and all(isinstance(g, (list, tuple)) for g in grans):
         executed = [tuple(g) for g in grans[:d]]
         grans = executed[0] if len(set(executed)) == 1 else tuple(executed + [executed[-1]] * (L - d))
-    if grans is not None and not isinstance(grans[0], (list, tuple)) and list(grans) == list(cfg.mask_token_grans or []):
+    if (
+        grans is not None
+        and not isinstance(grans[0], (list, tuple))
+        and list(grans) == list(cfg.mask_token_grans or [])
+    ):
         grans = None
-    return DeploymentConfig(num_tokens=num_tokens, token_grans=grans, mat_dim=mat_dim,
-                            depth=None if d == L else d, depth_tau=depth_tau)
+    return DeploymentConfig(
+        num_tokens=num_tokens, token_grans=grans, mat_dim=mat_dim, depth=None if d == L else d, depth_tau=depth_tau
+    )
 
 
 # ---------------------------------------------------------------- file handling
@@ -267,8 +276,10 @@ def _check_value(where: str, name: str, v, cfg: AdaPerceiverConfig):
     """One knob value against the model: the model's own check (make_plan, which names the knob and
     what is allowed), after the space's tighter token range (a space searches trained counts only)."""
     if name == "num_tokens" and not (is_int(v) and 1 <= v <= cfg.max_latent_tokens):
-        raise UserError(f"{where}: value {v!r} does not fit the model; allowed: integers 1..{cfg.max_latent_tokens} "
-                        f"(max_latent_tokens; trained: {cfg.mask_token_grans})")
+        raise UserError(
+            f"{where}: value {v!r} does not fit the model; allowed: integers 1..{cfg.max_latent_tokens} "
+            f"(max_latent_tokens; trained: {cfg.mask_token_grans})"
+        )
     if name == "depth" and not (is_int(v) and 1 <= v <= cfg.depth):
         raise UserError(f"{where}: value {v!r} does not fit the model; allowed: integers 1..{cfg.depth}")
     try:

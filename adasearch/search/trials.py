@@ -5,6 +5,7 @@ config, the metrics, the constraint values (through set_constraint, so Optuna's 
 the canonical key and where it was measured. context.record_trial writes them through `attach`;
 `records` reads them back as TrialRecords for the Pareto set, resumption and the results folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,6 +53,7 @@ def violations(spec: RunSpec, metrics: dict) -> dict:
 
 def relative_violation(spec: RunSpec, record) -> float:
     """Summed violations, each relative to the bound it broke (0 when feasible)."""
+
     def bound(k: str) -> float:
         b, value = spec.constraints[k], record.metrics.get(k)
         return b.min if b.min is not None and value is not None and value < b.min else b.max
@@ -90,8 +92,17 @@ def records(study, spec: RunSpec, final: Optional[dict] = None) -> list:
         metrics = dict(t.user_attrs["metrics"])
         metrics.update(final_by_key.get(t.user_attrs.get("key", t.number), {}))
         viol = violations(spec, metrics)
-        out.append(TrialRecord(t.number, DeploymentConfig.from_dict(t.user_attrs["config"]), dict(t.params),
-                               metrics, not viol, viol, t.user_attrs.get("measured_on", "local")))
+        out.append(
+            TrialRecord(
+                t.number,
+                DeploymentConfig.from_dict(t.user_attrs["config"]),
+                dict(t.params),
+                metrics,
+                not viol,
+                viol,
+                t.user_attrs.get("measured_on", "local"),
+            )
+        )
     return out
 
 
@@ -99,8 +110,11 @@ def measured_keys(study) -> dict:
     """canonical key -> metrics of trials already in the storage (for resumption and dedup)."""
     from optuna.trial import TrialState
 
-    return {t.user_attrs["key"]: t.user_attrs["metrics"]
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "key" in t.user_attrs}
+    return {
+        t.user_attrs["key"]: t.user_attrs["metrics"]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "key" in t.user_attrs
+    }
 
 
 def config_key(config: DeploymentConfig) -> str:

@@ -11,21 +11,19 @@ unless device= or dtype= say otherwise): a run timed on CUDA refuses to load on 
 rather than quietly serving on CPU with latencies that are no longer true. Threads are the process's
 own, so Deployment leaves them alone; `adasearch serve` sets the run's hardware.threads.
 """
+
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
 import torch
-import yaml
 
 from adasearch.config import DeploymentConfig, read_document
 from adasearch.errors import CheckpointError, InputError, UserError
-from adasearch.metrics import P50, P90, budget_latency, tie_break
 from adasearch.measure.environment import resolve_device, resolve_dtype  # torch only: no heavy imports
+from adasearch.metrics import P50, P90, budget_latency, tie_break
 from adasearch.model.adaperceiver import AdaPerceiver
 from adasearch.model.loading import load_model, looks_like_hub_id
 from adasearch.run_folder import RunFolder
@@ -67,8 +65,10 @@ def _resolve_device(device: Optional[str], hardware: dict, where: Path) -> torch
     try:
         return resolve_device(recorded)
     except UserError as e:
-        raise UserError(f"{where} was measured on device {recorded!r}: {e}. Pass device=... (--device) to "
-                        f"serve elsewhere; its measured latencies then describe the other device")
+        raise UserError(
+            f"{where} was measured on device {recorded!r}: {e}. Pass device=... (--device) to "
+            f"serve elsewhere; its measured latencies then describe the other device"
+        )
 
 
 def _resolve_model(model, recorded: Optional[str], where: Path, device: torch.device, dtype: str) -> AdaPerceiver:
@@ -85,12 +85,16 @@ def _resolve_model(model, recorded: Optional[str], where: Path, device: torch.de
         try:
             net = load_model(recorded)
         except CheckpointError as e:
-            raise UserError(f"{where} records model {recorded!r}: no such folder from here, and as a hub id: "
-                            f"{e}; pass model=... (a folder, a weights file or an AdaPerceiver)")
+            raise UserError(
+                f"{where} records model {recorded!r}: no such folder from here, and as a hub id: "
+                f"{e}; pass model=... (a folder, a weights file or an AdaPerceiver)"
+            )
     else:
         # run.yaml keeps the spec's model as written, relative to wherever the run was launched.
-        raise UserError(f"{where} records model {recorded!r}, which does not exist from here; pass "
-                        f"model=... (a folder, a weights file, a hub id or an AdaPerceiver)")
+        raise UserError(
+            f"{where} records model {recorded!r}, which does not exist from here; pass "
+            f"model=... (a folder, a weights file, a hub id or an AdaPerceiver)"
+        )
     return net.to(device, torch_dtype).eval()
 
 
@@ -105,8 +109,9 @@ class Deployment:
         self.hardware = dict(hardware or {})  # what the measured figures assume: device, threads, batch_size, dtype
 
     @classmethod
-    def load(cls, source: Union[str, Path], model=None, device: Optional[str] = None,
-             dtype: Optional[str] = None) -> "Deployment":
+    def load(
+        cls, source: Union[str, Path], model=None, device: Optional[str] = None, dtype: Optional[str] = None
+    ) -> Deployment:
         """A results folder (every Pareto config) or one deployment YAML/JSON (that config).
 
         model: an AdaPerceiver, a source for load_model, or None for the model the run recorded.
@@ -117,8 +122,14 @@ class Deployment:
         if source.is_dir():
             folder = RunFolder(source)
             pareto = folder.read_pareto()
-            entries = [Entry(row["name"].removesuffix(".yaml"), DeploymentConfig.from_dict(row["config"], str(source)),
-                             row["metrics"]) for row in pareto["pareto"]]
+            entries = [
+                Entry(
+                    row["name"].removesuffix(".yaml"),
+                    DeploymentConfig.from_dict(row["config"], str(source)),
+                    row["metrics"],
+                )
+                for row in pareto["pareto"]
+            ]
             if not entries:
                 raise UserError(f"{source}: the Pareto front is empty (no config met the run's constraints)")
             run = folder.read_run()
@@ -157,8 +168,10 @@ class Deployment:
             return max(self._entries, key=_rank), True
         timed = [e for e in self._entries if budget_latency(e.metrics) is not None]
         if not timed:
-            raise UserError("no config of this deployment has a measured latency, so a budget cannot pick one "
-                            "(search with a latency objective or constraint)")
+            raise UserError(
+                "no config of this deployment has a measured latency, so a budget cannot pick one "
+                "(search with a latency objective or constraint)"
+            )
         fits = [e for e in timed if budget_latency(e.metrics) <= budget_ms]
         if fits:
             return max(fits, key=_rank), True
@@ -176,7 +189,14 @@ class Deployment:
         with torch.inference_mode():
             out = self.model.run(x, entry.config)  # raises InputError on a shape the model cannot take
         probs = out.logits.softmax(-1)
-        return Prediction(logits=out.logits, probs=probs.topk(min(TOP_K, probs.shape[-1]), dim=-1),
-                          classes=out.logits.argmax(-1), exit_depth=out.exit_depth, config=entry.config,
-                          config_name=entry.name, latency_p50_ms=entry.metrics.get(P50),
-                          latency_p90_ms=entry.metrics.get(P90), within_budget=within)
+        return Prediction(
+            logits=out.logits,
+            probs=probs.topk(min(TOP_K, probs.shape[-1]), dim=-1),
+            classes=out.logits.argmax(-1),
+            exit_depth=out.exit_depth,
+            config=entry.config,
+            config_name=entry.name,
+            latency_p50_ms=entry.metrics.get(P50),
+            latency_p90_ms=entry.metrics.get(P90),
+            within_budget=within,
+        )

@@ -10,6 +10,7 @@
 Every malformed request gets a 4xx with a message and the server stays up. Bodies are capped
 (--max-body-mb) while they are read, not after. It binds to 127.0.0.1 unless told otherwise.
 """
+
 from __future__ import annotations
 
 import io
@@ -75,9 +76,12 @@ def _tensor_from_json(body: bytes, dep: Deployment):
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[0] > MAX_BATCH:
-        raise RequestError(422, f"inputs shape {list(x.shape)} is not allowed: (C,H,W) or (B,C,H,W) with "
-                                f"C={cfg.in_channels}, B <= {MAX_BATCH}, H and W multiples of {cfg.patch_size} "
-                                f"(trained at {cfg.img_size})")
+        raise RequestError(
+            422,
+            f"inputs shape {list(x.shape)} is not allowed: (C,H,W) or (B,C,H,W) with "
+            f"C={cfg.in_channels}, B <= {MAX_BATCH}, H and W multiples of {cfg.patch_size} "
+            f"(trained at {cfg.img_size})",
+        )
     return x, doc.get("budget_ms")
 
 
@@ -94,8 +98,10 @@ def _tensor_from_image(data: bytes, dep: Deployment):
         raise RequestError(415, "the file is not an image Pillow can read (JPEG, PNG, BMP, WebP, ...)")
     # A small file can declare a huge canvas (a decompression bomb): check before decoding a pixel.
     if img.width * img.height > MAX_IMAGE_PIXELS:
-        raise RequestError(413, f"image of {img.width}x{img.height} pixels is over the limit of "
-                                f"{MAX_IMAGE_PIXELS} pixels; resize it first")
+        raise RequestError(
+            413,
+            f"image of {img.width}x{img.height} pixels is over the limit of {MAX_IMAGE_PIXELS} pixels; resize it first",
+        )
     try:
         img.load()
     except (OSError, ValueError, Image.DecompressionBombError):
@@ -107,12 +113,20 @@ def _tensor_from_image(data: bytes, dep: Deployment):
 def _response(dep: Deployment, x: torch.Tensor, budget: Optional[float]) -> dict:
     p = dep.predict(x, budget_ms=budget)
     values, indices = p.probs
-    return {"classes": p.classes.tolist(),
-            f"top{TOP_K}": [[{"class": int(i), "prob": round(float(v), 6)} for v, i in zip(vs, ix)]
-                     for vs, ix in zip(values.tolist(), indices.tolist())],
-            "exit_depth": p.exit_depth.tolist(), "config_name": p.config_name, "config": p.config.to_dict(),
-            P50: p.latency_p50_ms, P90: p.latency_p90_ms, "budget_ms": budget,
-            "within_budget": p.within_budget}
+    return {
+        "classes": p.classes.tolist(),
+        f"top{TOP_K}": [
+            [{"class": int(i), "prob": round(float(v), 6)} for v, i in zip(vs, ix)]
+            for vs, ix in zip(values.tolist(), indices.tolist())
+        ],
+        "exit_depth": p.exit_depth.tolist(),
+        "config_name": p.config_name,
+        "config": p.config.to_dict(),
+        P50: p.latency_p50_ms,
+        P90: p.latency_p90_ms,
+        "budget_ms": budget,
+        "within_budget": p.within_budget,
+    }
 
 
 def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
@@ -167,8 +181,11 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
         elif ctype.startswith("image/") or ctype == "application/octet-stream":
             x = await run_in_threadpool(_tensor_from_image, body, dep)  # decoding must not block the loop
         else:
-            raise RequestError(415, f"content-type {ctype or 'none'!r} is not allowed; send application/json, "
-                                    f"multipart/form-data (field 'file') or an image/* body")
+            raise RequestError(
+                415,
+                f"content-type {ctype or 'none'!r} is not allowed; send application/json, "
+                f"multipart/form-data (field 'file') or an image/* body",
+            )
         budget = _budget(budget)
         try:
             return await run_in_threadpool(infer, x, budget)
@@ -178,8 +195,9 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
     return app
 
 
-def load_for_serving(run: str, model=None, device: Optional[str] = None, dtype: Optional[str] = None,
-                     threads: Optional[int] = None) -> Deployment:
+def load_for_serving(
+    run: str, model=None, device: Optional[str] = None, dtype: Optional[str] = None, threads: Optional[int] = None
+) -> Deployment:
     """The Deployment, with this process's CPU threads set to the run's (or `threads`), so the
     latencies that budgets are compared with were measured under the same thread count."""
     dep = Deployment.load(run, model=model, device=device, dtype=dtype)
@@ -189,13 +207,25 @@ def load_for_serving(run: str, model=None, device: Optional[str] = None, dtype: 
     return dep
 
 
-def serve(run: str, host: str = "127.0.0.1", port: int = 8000, model=None, max_body_mb: float = 8.0,
-          device: Optional[str] = None, dtype: Optional[str] = None, threads: Optional[int] = None) -> None:
+def serve(
+    run: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model=None,
+    max_body_mb: float = 8.0,
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+    threads: Optional[int] = None,
+) -> None:
     import uvicorn
 
     dep = load_for_serving(run, model=model, device=device, dtype=dtype, threads=threads)
     app = create_app(dep, int(max_body_mb * (1 << 20)))
     device = next(dep.model.parameters()).device
-    print(f"serving {run} ({len(dep.configs)} configs, {device}, {torch.get_num_threads()} threads) on "
-          f"http://{host}:{port} (POST /predict, GET /configs, GET /healthz)", file=sys.stderr, flush=True)
+    print(
+        f"serving {run} ({len(dep.configs)} configs, {device}, {torch.get_num_threads()} threads) on "
+        f"http://{host}:{port} (POST /predict, GET /configs, GET /healthz)",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")
