@@ -15,20 +15,7 @@ from adasearch import AdaPerceiver, AdaPerceiverConfig, DeploymentConfig  # noqa
 from adasearch.measure.closed_form_macs import CostModel, plan_macs  # noqa: E402
 from adasearch.measure.fvcore_macs import FvcoreStages  # noqa: E402
 from adasearch.measure.latency import time_config  # noqa: E402
-
-IN1K = dict(
-    embed_dim=832,
-    num_heads=13,
-    depth=21,
-    max_latent_tokens=256,
-    ffn_ratio=2.57,
-    patch_size=16,
-    img_size=224,
-    num_classes=1000,
-    use_embed_ffn=True,
-    mask_token_grans=[32, 64, 96, 128, 192, 256],
-    mat_dims=[416, 624, 832],
-)
+from adasearch.model.released import RELEASED_IN1K as IN1K  # noqa: E402
 
 
 def main(budget_s: float = 4.0):

@@ -9,38 +9,17 @@ import torch
 import yaml
 
 from adasearch.model.adaperceiver import AdaPerceiver, AdaPerceiverConfig
+from adasearch.model.released import released_in1k_config
 
 # Published IN-1K layout (use_embed_ffn, LayerScale, no output FFN) at a test-sized scale.
 SMALL = dict(
-    embed_dim=32,
-    num_heads=4,
-    depth=4,
-    max_latent_tokens=16,
-    ffn_ratio=2.57,
-    mask_token_grans=[2, 4, 8, 16],
-    mat_dims=[16, 24, 32],
-    img_size=16,
-    patch_size=4,
-    in_channels=3,
-    num_classes=7,
-    use_embed_ffn=True,
-    use_output_ffn=False,
-    ls_init_values=1e-6,
-)
+    embed_dim=32, num_heads=4, depth=4, max_latent_tokens=16, ffn_ratio=2.57, mask_token_grans=[2, 4, 8, 16],
+    mat_dims=[16, 24, 32], img_size=16, patch_size=4, in_channels=3, num_classes=7, use_embed_ffn=True,
+    use_output_ffn=False, ls_init_values=1e-6,
+)  # fmt: skip
 
 # The released IN-1K shape (config only: building it allocates 86 M parameters).
-IN1K = AdaPerceiverConfig(
-    embed_dim=832,
-    num_heads=13,
-    depth=21,
-    ffn_ratio=2.57,
-    patch_size=16,
-    img_size=224,
-    num_classes=1000,
-    use_embed_ffn=True,
-    mask_token_grans=[32, 64, 96, 128, 192, 256],
-    mat_dims=[416, 624, 832],
-)
+IN1K = released_in1k_config()
 
 # A demo space with every knob: 36 configs, 30 distinct networks (depth 1 ignores the threshold).
 DEMO_SPACE = {"num_tokens": [1, 4, 32], "depth": [1, 3, 6], "mat_dim": [8, 32], "depth_tau": [None, 0.9]}
