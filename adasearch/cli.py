@@ -154,7 +154,7 @@ def measure(
 @click.option("--storage", default=None, help="Optuna storage URL (default: sqlite in the results folder).")
 @click.option("--ray-address", default=None, help="Join an existing Ray cluster (default: start a local one).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(spec_file, output, engine, sampler, trials, timeout, workers, storage, ray_address, no_progress):
+def run(spec_file, no_progress, **flags):
     """Search SPEC_FILE's space for the Pareto-optimal deployment configs; write the results folder.
 
     Running the same command again resumes from the storage.
@@ -162,16 +162,7 @@ def run(spec_file, output, engine, sampler, trials, timeout, workers, storage, r
     from adasearch.search.runner import run as run_search
     from adasearch.spec import load_spec
 
-    spec = load_spec(spec_file).with_overrides(
-        output=output,
-        engine=engine,
-        sampler=sampler,
-        trials=trials,
-        timeout=timeout,
-        workers=workers,
-        storage=storage,
-        ray_address=ray_address,
-    )
+    spec = load_spec(spec_file).with_overrides(**flags)  # --output, --engine, ... win over the file
     summary = run_search(spec, progress=not no_progress)
     if summary.interrupted:
         sys.exit(130)
@@ -241,23 +232,14 @@ def export(run_folder, expr, output, as_kwargs):
 @device_option(None, "the one the run measured")
 @dtype_option(None, "the one the run measured")
 @threads_option("the run's")
-def serve(run_folder, host, port, model, max_body_mb, device, dtype, threads):
+def serve(run_folder, **options):
     """Serve RUN_FOLDER's Pareto configs over HTTP: POST /predict (with budget_ms), GET /configs, /healthz.
 
     It runs on the run's device, dtype and thread count, so the measured latencies that budgets are
     compared with hold."""
     from adasearch.serving.http import serve as serve_http
 
-    serve_http(
-        run_folder,
-        host=host,
-        port=port,
-        model=model,
-        max_body_mb=max_body_mb,
-        device=device,
-        dtype=dtype,
-        threads=threads,
-    )
+    serve_http(run_folder, **options)  # host, port, model, max_body_mb, device, dtype, threads
 
 
 @main.command("train-demo")

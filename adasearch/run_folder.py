@@ -140,13 +140,19 @@ class RunFolder:
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or type(e).__name__})")
 
-    def read_run(self) -> dict:
-        """run.yaml: its resolved `spec` (model, hardware, data, objectives, ...), `environment`, counts."""
-        path = self.path / RUN
+    def _document(self, name: str):
+        """A JSON (by its suffix) or YAML file of the folder as Python data, or a one-line UserError."""
+        path, text = self.path / name, self._read_text(name)
         try:
-            doc = yaml.safe_load(self._read_text(RUN))
+            return json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
         except yaml.YAMLError as e:
             raise UserError(f"{path}: malformed YAML ({_first_line(e)})")
+
+    def read_run(self) -> dict:
+        """run.yaml: its resolved `spec` (model, hardware, data, objectives, ...), `environment`, counts."""
+        path, doc = self.path / RUN, self._document(RUN)
         if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
             raise UserError(f"{path}: expected a mapping with a 'spec' section; not a run.yaml of adasearch")
         spec = doc["spec"]
@@ -171,11 +177,7 @@ class RunFolder:
 
     def read_pareto(self) -> dict:
         """pareto.json: {"objectives", "constraints", "environment", "pareto": [{trial, name, config, metrics}]}."""
-        path = self.path / PARETO_JSON
-        try:
-            doc = json.loads(self._read_text(PARETO_JSON))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
+        path, doc = self.path / PARETO_JSON, self._document(PARETO_JSON)
         rows = doc.get("pareto") if isinstance(doc, dict) else None
         if not isinstance(rows, list) or not all(
             isinstance(r, dict)
