@@ -168,6 +168,7 @@ def test_config_json_values_are_checked(ckpt, key, value, needle):
         torch.zeros(3),
         [torch.zeros(2)],
         {"patch_embed.embed.proj.weight": torch.zeros(4, 4), "patch_embed.pos_embed": torch.zeros(1, 4, 4)},
+        {"patch_embed.embed.proj.weight": (32, 3, 4, 4), "patch_embed.pos_embed": (1, 16, 32)},  # shapes, no tensors
     ],
 )
 def test_weights_that_are_not_an_adaperceiver_state_dict(tmp_path, ckpt, content):
@@ -176,3 +177,130 @@ def test_weights_that_are_not_an_adaperceiver_state_dict(tmp_path, ckpt, content
     torch.save(content, folder / "pytorch_model.bin")
     line = _cli_error(["inspect", str(folder / "pytorch_model.bin")])
     assert "AdaPerceiver checkpoint" in line
+
+
+# ---------------------------------------------------------------- sizes are checked before anything is allocated
+
+
+@pytest.fixture
+def nothing_allocated(monkeypatch):
+    """Fail the test if the model is built with real tensors, or tensors are read from a .safetensors file.
+
+    The check runs before the original __init__, so even without the size checks nothing big is allocated."""
+    import safetensors.torch
+
+    from adasearch.model.adaperceiver import AdaPerceiver
+
+    original = AdaPerceiver.__init__
+
+    def meta_only(self, cfg):
+        if torch.empty(0).device.type != "meta":
+            raise AssertionError(f"AdaPerceiver built with real tensors before the sizes were checked: {cfg}")
+        original(self, cfg)
+
+    def no_tensors(*args, **kwargs):
+        raise AssertionError("tensors read before the sizes were checked")
+
+    monkeypatch.setattr(AdaPerceiver, "__init__", meta_only)
+    monkeypatch.setattr(safetensors.torch, "load_file", no_tensors)
+
+
+def _edit_config(folder, **changes):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    "key, value, line",
+    [
+        # absurd sizes: refused by config.json's sanity caps, whatever the weights say
+        (
+            "num_classes",
+            1000000000,
+            "config.json: num_classes=1000000000 is not allowed; an integer >= 1 and <= 1048576",
+        ),
+        ("ffn_ratio", 10000000, "config.json: ffn_ratio=10000000 is not allowed; a number > 0 and <= 64"),
+        (
+            "max_latent_tokens",
+            1000000000,
+            "config.json: max_latent_tokens=1000000000 is not allowed; an integer >= 1 and <= 16384",
+        ),
+        ("img_size", 1000000000, "config.json: img_size=1000000000 is not allowed; an integer >= 1 and <= 65536"),
+        ("depth", 1000000, "config.json: depth=1000000 is not allowed; an integer >= 1 and <= 1024"),
+        ("num_classes", 1e9, "config.json: num_classes=1000000000.0 is not allowed; an integer >= 1 and <= 1048576"),
+        (
+            "mask_token_grans",
+            [2, 1000000000],
+            "config.json: mask_token_grans=[2, 1000000000] is not allowed; "
+            "null or a non-empty list of integers >= 1 and <= 16384",
+        ),
+        (
+            "mat_dims",
+            [16, 64],
+            "config.json: mat_dims=[16, 64] is not allowed with embed_dim=32; "
+            "every width must be between 1 and embed_dim",
+        ),
+        # within the caps but not what the weights hold: the first key whose shape differs
+        (
+            "num_classes",
+            11,
+            "model.safetensors: key 'output_adapter.ffn.weight' has shape [7, 32] in the weights, "
+            "config.json says [11, 32] (num_classes=11)",
+        ),
+        (
+            "num_classes",
+            1 << 20,
+            "model.safetensors: key 'output_adapter.ffn.weight' has shape [7, 32] in the weights, "
+            "config.json says [1048576, 32] (num_classes=1048576)",
+        ),
+        (
+            "ffn_ratio",
+            64,
+            "model.safetensors: key 'patch_embed.ffn.fc1.weight' has shape [82, 32] in the weights, "
+            "config.json says [2048, 32] (ffn_ratio=64: FFN hidden int(32 * 64) = 2048)",
+        ),
+        ("use_output_ffn", True, "model.safetensors: missing key 'output_adapter.norm.weight' (and 5 more)"),
+        ("qkv_bias", False, "model.safetensors: unexpected key 'blocks.0.attn.k.bias' (and 17 more)"),
+    ],
+)
+def test_sizes_are_checked_before_allocating(ckpt, nothing_allocated, key, value, line):
+    folder, _ = ckpt
+    _edit_config(folder, **{key: value})
+    error = _cli_error(["inspect", str(folder)])
+    assert error.startswith(f"error: {folder}") and error.endswith(line), error
+
+
+def test_torch_bin_weights_are_checked_before_building(ckpt, nothing_allocated):
+    folder, model = ckpt
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    _edit_config(folder, num_classes=1 << 20)
+    assert _cli_error(["inspect", str(folder)]).endswith(
+        "pytorch_model.bin: key 'output_adapter.ffn.weight' has shape [7, 32] in the weights, "
+        "config.json says [1048576, 32] (num_classes=1048576)"
+    )
+
+
+def test_a_config_passed_in_is_checked_against_the_weights(ckpt, nothing_allocated):
+    folder, model = ckpt
+    config = {**model.cfg.to_dict(), "ffn_ratio": 3.0}
+    with pytest.raises(CheckpointError, match=r"the config says \[96, 32\] \(ffn_ratio=3.0: FFN hidden"):
+        load_model(folder / "model.safetensors", config=config)
+
+
+def test_a_good_checkpoint_builds_one_model_after_the_check(ckpt, monkeypatch):
+    from adasearch.model.adaperceiver import AdaPerceiver
+
+    folder, model = ckpt
+    built = []
+    original = AdaPerceiver.__init__
+
+    def record(self, cfg):
+        built.append(torch.empty(0).device.type)
+        original(self, cfg)
+
+    monkeypatch.setattr(AdaPerceiver, "__init__", record)
+    loaded = load_model(folder)
+    assert built[-1] == "cpu" and built.count("cpu") == 1 and "meta" in built[: built.index("cpu")]
+    assert torch.equal(loaded.output_adapter.ffn.weight, model.output_adapter.ffn.weight)
