@@ -1,6 +1,7 @@
 """Datasets: digits, .npz arrays and image folders, their order, subsets, fingerprints and errors."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -112,6 +113,7 @@ def test_folder_limit_and_fingerprint(folder):
 # ---- preprocessing -------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:.*one class only")  # a folder of one image
 def test_center_crop_keeps_the_middle(tmp_path):
     # Wide image: only the middle half is white. Resize alone would keep black at the sides;
     # a centre crop of the resized image lies wholly inside the white band.
@@ -297,3 +299,80 @@ def test_uint8_npz_gets_the_same_preprocessing_as_the_builtin_digits(tmp_path):
     expected = (torch.tensor(raw.images, dtype=torch.float32)[:, None] / 16.0 - 0.5) / 0.5
     assert torch.allclose(x, expected, atol=2 / 255)  # only 8-bit rounding apart
     assert digits("val")[0].min() >= -1 and digits("val")[0].max() <= 1
+
+
+# ---- data that cannot be right -------------------------------------------------------------------
+
+
+def _images(n=20, value=0.0, dtype=np.float32):
+    return np.full((n, 2, 3, 3), value, dtype)
+
+
+@pytest.mark.parametrize(
+    "x,found",
+    [
+        (_images(value=np.nan), "360 of its 360 values (360 NaN)"),  # the tracker's file: top-1 1.000 on NaN
+        (np.where(np.arange(360).reshape(20, 2, 3, 3) == 200, np.inf, _images()), "1 of its 360 values (1 infinite)"),
+        (np.where(np.arange(360).reshape(20, 2, 3, 3) == 7, -np.inf, _images(dtype=np.float16)), "(1 infinite)"),
+        (np.where(np.arange(360).reshape(20, 2, 3, 3) == 9, 1e300, _images(dtype=np.float64)), "float32's range"),
+    ],
+)
+def test_npz_with_nan_or_inf_is_refused(tmp_path, x, found):
+    path = write_npz(tmp_path / "bad.npz", x=x, y=np.arange(20) % 4)
+    message = raises_naming(path, lambda: load_data(str(path)))
+    assert found in message and "finite" in message
+    # A --limit subset is no way round it: the file is broken wherever the NaN is.
+    raises_naming(path, lambda: load_data(str(path), limit=2))
+
+
+def test_npz_nan_check_reads_the_array_in_chunks(tmp_path, monkeypatch):
+    import adasearch.data.datasets as datasets
+
+    x = _images()
+    x[17, 1, 2, 2] = np.nan
+    path = write_npz(tmp_path / "late.npz", x=x, y=np.arange(20) % 4)
+    monkeypatch.setattr(datasets, "CHECK_CHUNK", 18)  # one image at a time
+    seen, isfinite = [], np.isfinite
+    monkeypatch.setattr(np, "isfinite", lambda a: seen.append(a.size) or isfinite(a))
+    assert "(1 NaN)" in raises_naming(path, lambda: load_data(str(path)))
+    assert seen and max(seen) == 18  # never a copy the size of the whole array
+    assert len(load_data(str(write_npz(tmp_path / "good.npz")))) == 20
+    u8 = write_npz(tmp_path / "u8.npz", x=np.full((4, 1, 2, 2), 255, np.uint8), y=np.arange(4))
+    assert len(load_data(str(u8))) == 4  # uint8 cannot be NaN: nothing to check
+
+
+def test_one_class_warns_naming_the_file(tmp_path, folder):
+    path = write_npz(tmp_path / "one.npz", x=_images(), y=np.full(20, 3))
+    with pytest.warns(UserWarning, match="one class only") as record:
+        data = load_data(str(path))
+    assert len(record) == 1 and str(path) in str(record[0].message) and "label 3" in str(record[0].message)
+    assert record[0].filename == __file__  # stacklevel=2: it points at the caller of load_data
+    assert len(data) == 20  # a warning, not a refusal
+    for cls in ("ant", "bee"):  # a folder whose other classes are empty is one class too
+        for f in (folder / cls).iterdir():
+            f.unlink()
+    with pytest.warns(UserWarning, match="one class only"):
+        load_data(str(folder), img_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # two classes: no warning
+        load_data(str(write_npz(tmp_path / "two.npz", x=_images(), y=np.arange(20) % 2)))
+
+
+def test_npz_with_the_wrong_channels_names_the_file(tmp_path):
+    path = write_npz(tmp_path / "rgb.npz", x=np.zeros((4, 3, 8, 8), np.uint8), y=np.arange(4))
+    message = raises_naming(path, lambda: load_data(str(path), img_size=8, channels=1))
+    assert "3 channel(s)" in message and "(N, 1, H, W)" in message
+    assert len(load_data(str(path), channels=3)) == 4 and len(load_data(str(path))) == 4  # None: any count
+    assert "digits" in raises_naming("digits:val", lambda: load_data("digits", channels=3))
+
+
+def test_wrong_channel_npz_through_measure_names_the_file(tmp_path):
+    """The tracker's case end to end: the model's own shape error used to reach the user without the file."""
+    from click.testing import CliRunner
+
+    from adasearch.cli import main
+
+    path = write_npz(tmp_path / "rgb.npz", x=np.zeros((4, 3, 8, 8), np.float32), y=np.arange(4))
+    result = CliRunner().invoke(main, ["measure", "demo", "--data", str(path), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 2, result.output
+    assert str(path) in result.output and "channel" in result.output and "Traceback" not in result.output

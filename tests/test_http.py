@@ -1,9 +1,13 @@
 """`adasearch serve` against a real uvicorn server on a free loopback port, malformed requests mixed in."""
 
+import contextlib
 import io
+import math
 import socket
+import struct
 import threading
 import time
+import zlib
 
 import httpx
 import pytest
@@ -16,7 +20,8 @@ from adasearch import load_model
 from adasearch.cli import main
 from adasearch.data.digits import digits
 from adasearch.serving import Deployment
-from adasearch.serving.http import create_app
+from adasearch.serving.deployment import Entry
+from adasearch.serving.http import MAX_IMAGE_PIXELS, create_app
 from tests.helpers import write_run_spec
 
 
@@ -35,22 +40,29 @@ def server(tmp_path_factory):
         mp.setenv("ADASEARCH_CACHE", str(tmp / "cache"))
         assert CliRunner().invoke(main, ["run", str(spec), "--no-progress"]).exit_code == 0
     dep = Deployment.load(tmp / "out")
+    with _running(create_app(dep, max_body_bytes=64 * 1024)) as client:
+        yield client, dep
+
+
+@contextlib.contextmanager
+def _running(app):
+    """A client of `app` served by uvicorn on a free loopback port, stopped on exit."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(
-        uvicorn.Config(create_app(dep, max_body_bytes=64 * 1024), host="127.0.0.1", port=port, log_level="error")
-    )
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
     assert srv.started
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        yield client, dep
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
 
 
 def _huge_png() -> bytes:
@@ -59,6 +71,18 @@ def _huge_png() -> bytes:
     Image.new("1", (10000, 10000)).save(buf, format="PNG")
     assert len(buf.getvalue()) < 64 * 1024  # under the body limit: the pixel check must catch it
     return buf.getvalue()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG (a 1x1 image) whose header declares width x height pixels, its CRC made right again:
+    a decompression bomb of any size that Pillow opens as far as the header."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    assert png[12:16] == b"IHDR"  # 8-byte signature, 4-byte length, then the type, the data and the CRC
+    png[16:24] = struct.pack(">II", width, height)
+    png[29:33] = struct.pack(">I", zlib.crc32(png[12:29]))
+    return bytes(png)
 
 
 def _png(array) -> bytes:
@@ -141,3 +165,54 @@ def test_configs_endpoint(server):
     configs = client.get("/configs").json()
     assert [c["name"] for c in configs] == [e.name for e in dep.configs]
     assert all("accuracy" in c["metrics"] for c in configs)
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        [[[1e30, 0], [0, 0]]],  # the tracker's case: finite, but the logits overflow
+        torch.full((2, 1, 8, 8), -1e30).tolist(),
+        torch.full((1, 8, 8), 3e38).tolist(),
+    ],
+)
+def test_inputs_that_overflow_get_422_not_500(server, inputs):
+    client, _ = server
+    r = client.post("/predict", json={"inputs": inputs})
+    assert r.status_code == 422, r.text
+    assert "non-finite logits" in r.json()["error"] and "normalised" in r.json()["error"]
+    assert client.get("/healthz").json()["status"] == "ok"
+    x = digits("val")[0][:1].tolist()  # and a good request is still answered
+    assert client.post("/predict", json={"inputs": x}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "width,height,needle",
+    [
+        (100_000, 100_000, "10000000000 pixels"),  # past Pillow's own limit: it refuses inside open()
+        (1, 16_000_000, "too elongated"),  # under the cap, but the resize would make 9 x 144M pixels
+    ],
+)
+def test_pixel_bombs_get_413(server, width, height, needle):
+    client, _ = server
+    png = _png_declaring(width, height)
+    assert len(png) < 100 and Image.open(io.BytesIO(_png_declaring(3, 2))).size == (3, 2)
+    r = client.post("/predict", content=png, headers={"content-type": "image/png"})
+    assert r.status_code == 413, r.text
+    assert needle in r.json()["error"] and str(MAX_IMAGE_PIXELS) in r.json()["error"]
+    r = client.post("/predict", files={"file": ("bomb.png", png, "image/png")})
+    assert r.status_code == 413, r.text
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_responses_never_hold_nan(server):
+    """A metric a run could not take (NaN, inf) is null in the JSON, never a 500 from the encoder."""
+    _, dep = server
+    nan = {"latency_p90_ms": math.nan, "gmacs": math.inf}
+    broken = Deployment(dep.model, [Entry(e.name, e.config, {**e.metrics, **nan}) for e in dep.configs])
+    with _running(create_app(broken)) as client:
+        configs = client.get("/configs")
+        assert configs.status_code == 200, configs.text
+        assert all(c["metrics"]["latency_p90_ms"] is None and c["metrics"]["gmacs"] is None for c in configs.json())
+        r = client.post("/predict", json={"inputs": digits("val")[0][:1].tolist()})
+        assert r.status_code == 200, r.text
+        assert r.json()["latency_p90_ms"] is None and r.json()["classes"][0] in range(10)

@@ -5,7 +5,9 @@
     load_data("imagenet/val", img_size=224)
                                        one subfolder per class, images decoded lazily per batch
 
-`img_size` and `channels` only shape what an image folder produces; arrays are taken as they are.
+`img_size` and `channels` shape what an image folder produces. Arrays are taken at their own size, but
+when `channels` is given, arrays with another channel count are refused naming the file. Arrays holding
+NaN or infinity are refused; a set whose labels hold one class only gets a warning.
 A `fingerprint()` names exactly which samples (and preprocessing) were read, so a measurement cache
 can tell whether two runs saw the same data.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +37,7 @@ GRAY_MEAN, GRAY_STD = (0.5,), (0.5,)
 # Reference eval recipe: resize the shorter side to 256 for a 224 crop, i.e. crop = 87.5% of it.
 RESIZE_RATIO = 256 / 224
 ALLOWED = "allowed: 'digits', 'digits:train', 'digits:val', a .npz file or an image folder"
+CHECK_CHUNK = 1 << 22  # elements checked for NaN/Inf at a time: the check never copies a whole big array
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -140,14 +144,17 @@ class FolderSource(DataSource):
         return h.hexdigest()
 
 
+def resized_size(w: int, h: int, img_size: int) -> tuple[int, int]:
+    """The (w, h) a w x h image is resized to before the centre crop: the shorter side to
+    round(img_size * 256/224); the longer side truncates, as torchvision's Resize does."""
+    short = round(img_size * RESIZE_RATIO)
+    return (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+
+
 def preprocess_image(img: Image.Image, img_size: int, channels: int) -> torch.Tensor:
     """Reference ImageNet eval recipe -> (channels, img_size, img_size) float32, CLIP-normalised."""
     img = img.convert("L" if channels == 1 else "RGB")
-    # Shorter side to round(img_size * 256/224); the longer side truncates, as torchvision's Resize does.
-    short = round(img_size * RESIZE_RATIO)
-    w, h = img.size
-    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    img = img.resize(size, Image.BILINEAR)  # Pillow antialiases when it shrinks
+    img = img.resize(resized_size(*img.size, img_size), Image.BILINEAR)  # Pillow antialiases when it shrinks
     w, h = img.size
     left, top = int(round((w - img_size) / 2.0)), int(round((h - img_size) / 2.0))
     img = img.crop((left, top, left + img_size, top + img_size))
@@ -165,17 +172,55 @@ def _subsample(n: int, limit: Optional[int], seed: int) -> Optional[torch.Tensor
     return torch.randperm(n, generator=gen)[:limit].sort().values
 
 
-def _load_digits(split: str, limit: Optional[int], seed: int) -> TensorSource:
+def _check_channels(where: str, key: str, shape: tuple, channels: Optional[int]) -> None:
+    if channels is not None and shape[1] != channels:
+        raise UserError(
+            f"{where}: array {key!r} has shape {shape}, {shape[1]} channel(s); the model takes "
+            f"(N, {channels}, H, W), {channels} channel(s)"
+        )
+
+
+def _count_non_finite(x: np.ndarray) -> tuple[int, int, int]:
+    """(NaN, infinite, finite but beyond float32's range) counts of an array, a few samples at a time."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return 0, 0, 0  # uint8 and other integers cannot be NaN or infinite
+    f32_max = float(np.finfo(np.float32).max)
+    wide = x.dtype.itemsize > 4  # float64 values past float32's range turn infinite when converted
+    rows = max(1, CHECK_CHUNK // max(1, x[0].size))  # slices along N are views: nothing big is copied
+    nan = inf = big = 0
+    for start in range(0, len(x), rows):
+        chunk = x[start : start + rows]
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            n_nan = int(np.isnan(chunk).sum())
+            nan, inf = nan + n_nan, inf + int(finite.size - np.count_nonzero(finite)) - n_nan
+        if wide:
+            big += int(np.count_nonzero(np.abs(chunk[finite]) > f32_max))
+    return nan, inf, big
+
+
+def _check_finite(path: Path, key: str, x: np.ndarray) -> None:
+    nan, inf, big = _count_non_finite(x)
+    if nan or inf or big:
+        kinds = ((nan, "NaN"), (inf, "infinite"), (big, "beyond float32's range, infinite once read"))
+        raise UserError(
+            f"dataset {path}: array {key!r} is not finite in {nan + inf + big} of its {x.size} values "
+            f"({', '.join(f'{n} {what}' for n, what in kinds if n)}); allowed finite pixels only"
+        )
+
+
+def _load_digits(split: str, limit: Optional[int], seed: int, channels: Optional[int]) -> TensorSource:
     if split not in ("train", "val"):
         raise UserError(f"dataset 'digits:{split}': unknown split; allowed 'digits:train' or 'digits:val'")
     x, y = digits(split)
+    _check_channels(f"dataset 'digits:{split}'", "x", tuple(x.shape), channels)
     idx = _subsample(len(y), limit, seed)
     if idx is not None:
         x, y = x[idx], y[idx]
     return TensorSource(f"digits:{split}", f"digits:{split}", x, y)
 
 
-def _load_npz(path: Path, limit: Optional[int], seed: int) -> TensorSource:
+def _load_npz(path: Path, limit: Optional[int], seed: int, channels: Optional[int]) -> TensorSource:
     try:
         f = np.load(path, allow_pickle=False)
         if not isinstance(f, np.lib.npyio.NpzFile):  # a bare .npy saved under a .npz name
@@ -205,6 +250,9 @@ def _load_npz(path: Path, limit: Optional[int], seed: int) -> TensorSource:
         raise UserError(f"dataset {path}: array '{y_key}' must hold integer labels >= 0 (dtype {y.dtype})")
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise UserError(f"dataset {path}: array '{x_key}' has dtype {x.dtype}; allowed float or uint8")
+    _check_channels(f"dataset {path}", x_key, x.shape, channels)
+    # The whole file, not only a --limit subset of it: a file holding NaN is broken wherever it is.
+    _check_finite(path, x_key, x)
     # Subsample before converting, so only the chosen images are widened to float32.
     idx = _subsample(len(y), limit, seed)
     if idx is not None:
@@ -252,24 +300,38 @@ def _load_folder(root: Path, limit: Optional[int], seed: int, img_size: int, cha
 
 
 def load_data(
-    spec: str, *, limit: Optional[int] = None, seed: int = 0, img_size: int = 224, channels: int = 3
+    spec: str, *, limit: Optional[int] = None, seed: int = 0, img_size: int = 224, channels: Optional[int] = None
 ) -> DataSource:
     """Open a dataset spec: 'digits[:train|:val]', a .npz file or an image folder.
 
     `limit` keeps a seeded random subset of that many samples (sorted, so the order stays fixed).
+    `channels`: what the model takes. An image folder is decoded to it (3 when None); arrays with another
+    channel count are refused (any count is taken when None).
     """
     if limit is not None and limit < 1:
         raise UserError(f"dataset {spec}: limit={limit}; must be >= 1")
-    if spec == "digits" or spec.startswith("digits:"):
-        return _load_digits(spec.partition(":")[2] or "val", limit, seed)
     path = Path(os.path.expanduser(spec))
-    if path.is_dir():
-        return _load_folder(path, limit, seed, img_size, channels)
-    if path.is_file() and path.suffix.lower() == ".npz":
-        return _load_npz(path, limit, seed)
-    if path.exists():
+    data: DataSource
+    if spec == "digits" or spec.startswith("digits:"):
+        data = _load_digits(spec.partition(":")[2] or "val", limit, seed, channels)
+    elif path.is_dir():
+        data = _load_folder(path, limit, seed, img_size, 3 if channels is None else channels)
+    elif path.is_file() and path.suffix.lower() == ".npz":
+        data = _load_npz(path, limit, seed, channels)
+    elif path.exists():
         raise UserError(f"dataset {spec}: not a .npz file or a folder; {ALLOWED}")
-    raise UserError(f"no such dataset {spec!r}: {ALLOWED}")
+    else:
+        raise UserError(f"no such dataset {spec!r}: {ALLOWED}")
+    classes = torch.unique(data.labels())
+    if len(classes) == 1:
+        label = int(classes[0])
+        samples = f"all {len(data)} samples have" if len(data) > 1 else "its one sample has"
+        warnings.warn(  # stacklevel=2: the warning points at whoever asked for this data
+            f"dataset {spec}: {samples} label {label}, one class only; accuracy on it cannot tell a good "
+            f"model from one that always answers {label}",
+            stacklevel=2,
+        )
+    return data
 
 
 def check_labels(data: DataSource, num_classes: int, where: str) -> None:

@@ -8,7 +8,9 @@
     GET  /healthz   liveness
 
 Every malformed request gets a 4xx with a message and the server stays up. Bodies are capped
-(--max-body-mb) while they are read, not after. It binds to 127.0.0.1 unless told otherwise.
+(--max-body-mb) while they are read, not after, and images by their pixel count (413) before they are
+decoded. Inputs whose logits overflow get a 422; no response holds NaN or infinity, which JSON cannot.
+It binds to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import sys
 import threading
 import warnings
@@ -38,6 +41,31 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+
+def _finite(value):
+    """`value` with every NaN or infinite float replaced by None, in dicts, lists and tuples at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class FiniteJSONResponse(JSONResponse):
+    """JSON that is always valid: a NaN or infinite number (a metric a run could not take, say) becomes
+    null rather than failing the response with a 500. /predict refuses non-finite outputs before this."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(
+            _finite(content), ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+        ).encode("utf-8")
+
+
+def _too_many_pixels(what: str) -> RequestError:
+    return RequestError(413, f"image of {what} pixels is over the limit of {MAX_IMAGE_PIXELS} pixels; resize it first")
 
 
 def _budget(value) -> Optional[float]:
@@ -88,31 +116,58 @@ def _tensor_from_json(body: bytes, dep: Deployment):
 def _tensor_from_image(data: bytes, dep: Deployment):
     from PIL import Image, UnidentifiedImageError
 
-    from adasearch.data.datasets import preprocess_image
+    from adasearch.data.datasets import preprocess_image, resized_size
+
+    def bomb(e: Exception) -> RequestError:
+        # Pillow refuses canvases far over its own limit inside open(), before the size reaches us; its
+        # message carries the pixel count: "Image size (10000000000 pixels) exceeds limit of ..."
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        return _too_many_pixels(found.group(1) if found else "more than " + str(MAX_IMAGE_PIXELS))
 
     try:
         with warnings.catch_warnings():  # Pillow warns on big canvases; the check below answers them
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))  # reads the header only
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as e:
+        raise bomb(e)
+    except (UnidentifiedImageError, OSError, ValueError):
         raise RequestError(415, "the file is not an image Pillow can read (JPEG, PNG, BMP, WebP, ...)")
     # A small file can declare a huge canvas (a decompression bomb): check before decoding a pixel.
     if img.width * img.height > MAX_IMAGE_PIXELS:
+        raise _too_many_pixels(f"{img.width}x{img.height}")
+    cfg = dep.model.cfg
+    # A long thin strip passes the pixel cap but is resized by its shorter side: 1 x 16M pixels would
+    # become gigabytes before the crop. Refuse what the resize would make too big, as a bomb.
+    rw, rh = resized_size(max(1, img.width), max(1, img.height), cfg.img_size)
+    if rw * rh > MAX_IMAGE_PIXELS:
         raise RequestError(
             413,
-            f"image of {img.width}x{img.height} pixels is over the limit of {MAX_IMAGE_PIXELS} pixels; resize it first",
+            f"image of {img.width}x{img.height} pixels is too elongated: resized for the model it would be "
+            f"{rw}x{rh} pixels, over the limit of {MAX_IMAGE_PIXELS} pixels; crop it first",
         )
     try:
-        img.load()
-    except (OSError, ValueError, Image.DecompressionBombError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except Image.DecompressionBombError as e:  # a later frame or tile can declare a bigger canvas
+        raise bomb(e)
+    except (OSError, ValueError):
         raise RequestError(415, "the file is not an image Pillow can read (JPEG, PNG, BMP, WebP, ...)")
-    cfg = dep.model.cfg
     return preprocess_image(img, cfg.img_size, cfg.in_channels)[None]
 
 
 def _response(dep: Deployment, x: torch.Tensor, budget: Optional[float]) -> dict:
     p = dep.predict(x, budget_ms=budget)
     values, indices = p.probs
+    # Finite but huge inputs (1e30, say) overflow inside the model; NaN logits would make the
+    # probabilities and classes meaningless, and NaN is not JSON. The client's inputs are at fault: 422.
+    if not (torch.isfinite(p.logits).all() and torch.isfinite(values).all()):
+        bad = (~torch.isfinite(p.logits).all(-1)).nonzero().flatten().tolist() or list(range(len(p.logits)))
+        raise RequestError(
+            422,
+            f"the inputs give non-finite logits (overflow) for sample(s) {bad[:10]} under config "
+            f"{p.config_name!r}; largest |input| is {x.abs().max().item():.3g}: send normalised pixels",
+        )
     return {
         "classes": p.classes.tolist(),
         f"top{TOP_K}": [
@@ -130,7 +185,7 @@ def _response(dep: Deployment, x: torch.Tensor, budget: Optional[float]) -> dict
 
 
 def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
-    app = FastAPI(title="adasearch", version="1")
+    app = FastAPI(title="adasearch", version="1", default_response_class=FiniteJSONResponse)
     lock = threading.Lock()  # one forward at a time: parallel forwards only fight over the same cores
 
     def infer(x, budget):
@@ -153,7 +208,7 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
 
     @app.exception_handler(RequestError)
     async def request_error(request, exc: RequestError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return FiniteJSONResponse({"error": exc.message}, status_code=exc.status)
 
     @app.get("/healthz")
     def healthz():
