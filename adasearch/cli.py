@@ -13,7 +13,14 @@ import click
 
 from adasearch.checks import ENGINES, SAMPLERS
 from adasearch.cli_options import device_option, dtype_option, threads_option
-from adasearch.errors import UserError
+from adasearch.errors import Terminated, UserError
+
+MAX_ERROR = 600  # characters of an error line: a value quoted from a hostile file must not flood the terminal
+
+
+def _capped(message: str) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= MAX_ERROR else message[: MAX_ERROR - 3] + "..."
 
 
 class Group(click.Group):
@@ -23,16 +30,16 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {_capped(str(e))}", err=True)
             sys.exit(2)
         except click.UsageError as e:  # a bad flag value: one line too, naming the flag and what is allowed
             if isinstance(e, click.exceptions.NoArgsIsHelpError):
                 raise
-            click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+            click.echo(f"error: {_capped(e.format_message())}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # before or after a run's own handling: still no traceback
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -154,7 +161,13 @@ def measure(
 @click.option("--storage", default=None, help="Optuna storage URL (default: sqlite in the results folder).")
 @click.option("--ray-address", default=None, help="Join an existing Ray cluster (default: start a local one).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(spec_file, no_progress, **flags):
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the results (and default storage) of another or an earlier "
+    "run in the output folder, instead of refusing.",
+)
+def run(spec_file, no_progress, overwrite, **flags):
     """Search SPEC_FILE's space for the Pareto-optimal deployment configs; write the results folder.
 
     Running the same command again resumes from the storage.
@@ -163,9 +176,9 @@ def run(spec_file, no_progress, **flags):
     from adasearch.spec import load_spec
 
     spec = load_spec(spec_file).with_overrides(**flags)  # --output, --engine, ... win over the file
-    summary = run_search(spec, progress=not no_progress)
+    summary = run_search(spec, progress=not no_progress, overwrite=overwrite)
     if summary.interrupted:
-        sys.exit(130)
+        sys.exit(143 if summary.stopped_by == "SIGTERM" else 130)
 
 
 @main.command()

@@ -21,6 +21,7 @@ from typing import Optional, Union
 import yaml
 
 from adasearch.errors import KnobError, UserError
+from adasearch.yaml_io import MAX_BYTES, parse_yaml
 
 KNOBS = ("num_tokens", "token_grans", "mat_dim", "depth", "depth_tau")
 
@@ -146,12 +147,14 @@ def _unwrap(data):
 
 def parse_document(text: str, where: str, as_json: bool = False):
     """JSON or YAML text as Python data, or a one-line UserError naming `where`."""
+    if not as_json:
+        return parse_yaml(text, where)
     try:
-        return json.loads(text) if as_json else yaml.safe_load(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{where}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})")
-    except yaml.YAMLError as e:
-        raise UserError(f"{where}: malformed YAML ({str(e).splitlines()[0]})")
+    except RecursionError:
+        raise UserError(f"{where}: malformed JSON (nested too deeply)")
 
 
 def read_document(path: Union[str, Path]):
@@ -160,6 +163,10 @@ def read_document(path: Union[str, Path]):
     if not path.is_file():
         raise UserError(f"{path}: no such deployment config file")
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise UserError(
+                f"{path}: {path.stat().st_size:,} bytes is too large for a deployment config; at most {MAX_BYTES:,}"
+            )
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read it as text ({type(e).__name__})")

@@ -5,6 +5,10 @@ class UserError(Exception):
     """A mistake in the user's input: a file, a key or a value. The message says what is allowed."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by adasearch's handler so that a run stops as it does on Ctrl-C; exit status 143."""
+
+
 class CheckpointError(UserError):
     """A checkpoint folder or file that cannot be loaded as an AdaPerceiver."""
 

@@ -28,8 +28,12 @@ from typing import Optional, Union
 import yaml
 
 from adasearch.errors import UserError
+from adasearch.yaml_io import parse_yaml
 
 RUN, TRIALS, PARETO_CSV, PARETO_JSON, DEPLOYMENTS = "run.yaml", "trials.csv", "pareto.csv", "pareto.json", "deployments"
+STUDY_DB = "study.db"  # the default storage (written by Optuna)
+REPORT = ("report.html", "report.md", "report_files", "report_pareto.csv", "report_pareto.json", "report_trials.csv",
+          "report_trials.json")  # fmt: skip
 TABLE_COLUMNS = ("trial", "config", "feasible")  # every trials.csv / pareto.csv has at least these
 
 
@@ -84,6 +88,35 @@ class RunFolder:
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise UserError(f"{self.path}: the results folder is not writable; choose another --output")
         return self
+
+    def claim(self, run_name: str) -> None:
+        """A results folder belongs to one run: refuse (one line) to write `run_name`'s results into a
+        folder that holds another run's."""
+        if not (self.path / RUN).is_file():
+            return
+        try:
+            owner = (self.read_spec() or {}).get("name")
+        except UserError:
+            owner = None
+        if owner != run_name:
+            raise UserError(
+                f"{self.path}: holds the results of run {owner!r}, not {run_name!r}; use another --output, "
+                f"or --overwrite to replace them"
+            )
+
+    def clear(self, keep_storage: bool) -> None:
+        """Remove a run's files (results, report, and the default storage unless keep_storage), for --overwrite.
+        Files adasearch did not write stay."""
+        names = [RUN, TRIALS, PARETO_CSV, PARETO_JSON, DEPLOYMENTS, *REPORT] + ([] if keep_storage else [STUDY_DB])
+        for name in names:
+            path = self.path / name
+            try:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as e:
+                raise UserError(f"{path}: cannot remove it for --overwrite ({e.strerror or _first_line(e)})")
 
     def _write(self, name: str, data: Union[str, bytes]) -> Path:
         return write_atomic(self.path / name, data)
@@ -144,11 +177,11 @@ class RunFolder:
         """A JSON (by its suffix) or YAML file of the folder as Python data, or a one-line UserError."""
         path, text = self.path / name, self._read_text(name)
         try:
-            return json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+            return json.loads(text) if name.endswith(".json") else parse_yaml(text, str(path))
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: malformed YAML ({_first_line(e)})")
+        except RecursionError:
+            raise UserError(f"{path}: not valid JSON (nested too deeply)")
 
     def read_run(self) -> dict:
         """run.yaml: its resolved `spec` (model, hardware, data, objectives, ...), `environment`, counts."""

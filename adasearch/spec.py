@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from adasearch import metrics
 from adasearch.checks import DTYPE_NAMES, ENGINES, SAMPLERS
 from adasearch.errors import UserError
 from adasearch.metrics import DEFAULT_OBJECTIVES, HARDWARE_METRICS, MAXIMIZE, MEMORY_METRIC
+from adasearch.yaml_io import read_yaml
 
 METRICS = metrics.NAMES
 
@@ -173,6 +173,10 @@ class RunSpec(_Strict):
         return self.model_dump(mode="json")
 
 
+def _public_keys(model) -> list:
+    return [k for k in model.model_fields if k != "base_dir"]
+
+
 def _section(loc: tuple):
     """The schema that an unknown key at `loc` was found in, to list what is allowed there."""
     if len(loc) == 1:
@@ -189,8 +193,7 @@ def _section(loc: tuple):
 def _describe(err: dict) -> str:
     loc = ".".join(str(x) for x in err["loc"])
     if err["type"] == "extra_forbidden":
-        allowed = [k for k in _section(err["loc"]).model_fields if k != "base_dir"]
-        return f"unknown key {loc!r}; allowed here: {', '.join(allowed)}"
+        return f"unknown key {loc!r}; allowed here: {', '.join(_public_keys(_section(err['loc'])))}"
     if err["type"] == "literal_error":
         return f"{loc}: {err['input']!r} is not allowed; {err['msg'].replace('Input should be', 'allowed:')}"
     msg = err["msg"].removeprefix("Value error, ")
@@ -201,20 +204,20 @@ def load_spec(path: Union[str, Path]) -> RunSpec:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such run spec file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (UnicodeDecodeError, OSError) as e:
-        raise UserError(f"{path}: cannot read it as UTF-8 text ({type(e).__name__})")
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: malformed YAML ({' '.join(str(e).split())[:200]})")
+    raw = read_yaml(path, "run spec file")
     if raw is None:
-        raw = {}
+        raise UserError(
+            f"{path}: the run spec is empty; give at least `model`, `objectives` and `search` "
+            f"(see examples/demo-cpu.yaml)"
+        )
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a run spec is a mapping of keys (model, data, hardware, ...)")
+        raise UserError(f"{path}: a run spec is a mapping of keys ({', '.join(_public_keys(RunSpec))})")
+    if "base_dir" in raw:
+        raise UserError(f"{path}: unknown key 'base_dir'; allowed here: {', '.join(_public_keys(RunSpec))}")
     raw.setdefault("name", path.stem)
     try:
         return RunSpec(**raw, base_dir=str(path.parent))
     except ValidationError as e:
         raise UserError(f"{path}: {_describe(e.errors()[0])}")
-    except TypeError as e:  # e.g. `base_dir` given in the file twice
-        raise UserError(f"{path}: {e}")
+    except TypeError as e:  # a key that is not a Python identifier, e.g. `1: x`
+        raise UserError(f"{path}: keys of a run spec are names ({', '.join(_public_keys(RunSpec))}); {e}")

@@ -131,9 +131,14 @@ class AccuracyEngine:
             self._labels = self.data.labels()
         return self._labels
 
-    def _cache_path(self, kind: str, key) -> Path:
+    def model_fingerprint(self) -> str:
+        """The weights' hash (computed once): what the cache, and a run's fingerprint, are keyed by."""
         if self._model_fp is None:
             self._model_fp = model_fingerprint(self.model)
+        return self._model_fp
+
+    def _cache_path(self, kind: str, key) -> Path:
+        self.model_fingerprint()
         digest = hashlib.sha256(repr((CACHE_VERSION, kind, key)).encode()).hexdigest()[:24]
         dtype = str(self.dtype).replace("torch.", "")
         return self.cache_dir / self._model_fp / self.data.fingerprint() / dtype / f"{kind}-{digest}.pt"

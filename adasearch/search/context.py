@@ -11,14 +11,17 @@ package's import graph has no cycle (a test parses it).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 from adasearch.config import DeploymentConfig
 from adasearch.errors import UserError
-from adasearch.run_folder import RunFolder
+from adasearch.run_folder import STUDY_DB, RunFolder
 from adasearch.search import trials
 from adasearch.search.space import SearchSpace
 from adasearch.spec import RunSpec
@@ -47,6 +50,10 @@ class Measurer:
         m = self.known.get(key)
         return m is not None and all(m.get(name) is not None for name in self.spec.used_metrics)
 
+    def count(self) -> int:
+        """Networks whose stored figures this run can use (not those timed on other hardware)."""
+        return sum(self.reusable(key) for key in self.known)
+
     def prefetch(self, configs) -> None:
         """Accuracy of many configs in one call: they share anytime passes."""
         todo = [c for c in {self.space.canonical(c) for c in configs} if not self.reusable(trials.config_key(c))]
@@ -72,6 +79,7 @@ class RunContext:
     space: SearchSpace
     study: object  # optuna.Study; None in a Ray worker, which never opens the storage
     measurer: Measurer
+    fingerprint: dict = field(default_factory=dict)  # what the run's figures depend on (run_fingerprint)
     stop: list = field(default_factory=list)  # non-empty: stop after the current trial
     notes: list = field(default_factory=list)  # what the summary should say (e.g. the sampler ran dry)
 
@@ -80,7 +88,7 @@ class RunContext:
         workers on one storage, other workers' trials count too, so the storage is read again."""
         if self.study is not None and self.spec.search.workers > 1:
             self.measurer.known.update(trials.measured_keys(self.study))
-        return len(self.measurer.known)
+        return self.measurer.count()
 
 
 def record_trial(ctx: RunContext, measured: Measured, params: dict, trial=None) -> None:
@@ -91,14 +99,22 @@ def record_trial(ctx: RunContext, measured: Measured, params: dict, trial=None) 
     import optuna
 
     values = trials.objective_values(ctx.spec, measured.metrics)
+    constraints = trials.constraint_list(ctx.spec, measured.metrics)
+    hardware = ctx.fingerprint.get("hardware") if ctx.spec.needs_latency else None
     if trial is None:
-        trial = optuna.trial.create_trial(params=params, distributions=ctx.space.distributions(), values=values)
-        trials.attach(trial, ctx.spec, measured)
+        system = {trials.CONSTRAINTS: constraints} if constraints else {}
+        trial = optuna.trial.create_trial(
+            params=params, distributions=ctx.space.distributions(), values=values, system_attrs=system
+        )
+        trials.attach(trial, measured, hardware)
         ctx.study.add_trial(trial)
     else:
-        trials.attach(trial, ctx.spec, measured)
+        trials.attach(trial, measured, hardware)
+        if constraints:  # where Optuna's own constraints_func puts them; samplers and the dashboard read it
+            ctx.study._storage.set_trial_system_attr(trial._trial_id, trials.CONSTRAINTS, constraints)
         ctx.study.tell(trial, values)
-    ctx.measurer.known.setdefault(measured.key, measured.metrics)
+    if not ctx.measurer.reusable(measured.key):  # new, or replacing figures timed on other hardware
+        ctx.measurer.known[measured.key] = measured.metrics
 
 
 def drop_trial(ctx: RunContext, trial) -> None:
@@ -144,11 +160,17 @@ def make_sampler(name: str, seed: int, budget: int):
     return optuna.samplers.BruteForceSampler(seed=seed)
 
 
-def open_study(spec: RunSpec, out_dir: Path):
+def storage_url(spec: RunSpec, out_dir: Path) -> str:
+    return spec.search.storage or f"sqlite:///{(out_dir / STUDY_DB).resolve()}"
+
+
+def open_study(spec: RunSpec, out_dir: Path, overwrite: bool = False):
+    """The run's study in its storage (created if missing). overwrite=True deletes a study of the
+    same name first."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = spec.search.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    url = storage_url(spec, out_dir)
     try:
         storage = _rdb_storage(url)
     except Exception as e:
@@ -158,6 +180,8 @@ def open_study(spec: RunSpec, out_dir: Path):
         )
     directions = [o.direction for o in spec.objectives]
     sampler = make_sampler(spec.search.sampler, spec.search.seed, spec.search.trials)
+    if overwrite and spec.run_name in {s.study_name for s in storage.get_all_studies()}:
+        optuna.delete_study(study_name=spec.run_name, storage=storage)
     study = optuna.create_study(
         study_name=spec.run_name, storage=storage, directions=directions, load_if_exists=True, sampler=sampler
     )
@@ -173,17 +197,90 @@ def open_study(spec: RunSpec, out_dir: Path):
     recorded = study.user_attrs.get("objectives")
     if recorded is None:
         study.set_user_attr("objectives", metrics)
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2; stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metrics)  # optuna-dashboard shows the objectives by name
     elif recorded != metrics:
         raise UserError(
             f"storage {url!r} already holds study {spec.run_name!r} for objectives {recorded}; "
             f"the spec asks for {metrics}: use another output/storage or name"
         )
+    study.set_user_attr("constraints", list(spec.constraints))  # names of the trials' constraint lists
     return study
 
 
-def prepare(spec: RunSpec, storage: bool = True) -> RunContext:
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_fingerprint(evaluator, space: SearchSpace, spec: RunSpec) -> dict:
+    """What a run's figures depend on. Accuracy and MACs: the weights, the data (its samples, so the
+    limit and seed of a subsample too), the space and the dtype. Timed figures also: the hardware
+    (device, its name, torch, threads, batch size, dtype)."""
+    env = evaluator.environment()
+    hardware = {k: env.get(k) for k in ("device", "device_name", "torch", "cuda", "threads", "batch_size", "dtype")}
+    return {
+        "weights": evaluator.accuracy.model_fingerprint(),
+        "data": _digest([evaluator.data.name, evaluator.data.fingerprint()]),
+        "space": _digest(space.parameters()),
+        "dtype": spec.hardware.dtype,
+        "hardware": _digest(hardware),
+        "hardware_description": hardware,
+    }
+
+
+SAME_RUN = {"weights": "model weights", "data": "data (source, limit or seed)", "space": "search space",
+            "dtype": "dtype"}  # fmt: skip
+
+
+def adopt_fingerprint(study, fingerprint: dict, url: str) -> list:
+    """Record the fingerprint with a new study; on resume, refuse one that differs in anything but the
+    hardware. A hardware change is adopted: trials timed elsewhere keep their accuracy and MACs, and
+    their timed figures are measured again (trials.stored_metrics). Returns notes for the summary."""
+    recorded = study.user_attrs.get("fingerprint")
+    if recorded is None:  # a new study (or one from before fingerprints: it is taken as this run's)
+        study.set_user_attr("fingerprint", fingerprint)
+        return []
+    changed = [what for key, what in SAME_RUN.items() if recorded.get(key) != fingerprint[key]]
+    if changed:
+        raise UserError(
+            f"storage {url!r} holds a run measured with other {', '.join(changed)}; resuming would mix their "
+            f"figures: use another --output (or search.storage), or --overwrite to start this run over"
+        )
+    if recorded.get("hardware") == fingerprint["hardware"]:
+        return []
+    study.set_user_attr("fingerprint", fingerprint)
+    study.set_user_attr("final_metrics", {})  # re-timed on the old hardware: nothing of it is reused
+    was, now = recorded.get("hardware_description", {}), fingerprint["hardware_description"]
+    what = ", ".join(f"{k} {was.get(k)} -> {now.get(k)}" for k in now if was.get(k) != now.get(k))
+    return [
+        f"hardware changed since the stored trials ({what or 'unknown before'}): their timed figures are "
+        f"measured again, their accuracy and MACs reused"
+    ]
+
+
+def _check_not_started_over(study, folder: RunFolder, url: str) -> None:
+    """An empty storage next to a folder holding results means the storage was lost or replaced (a
+    0-byte study.db, another storage URL): starting over would silently replace those results."""
+    trials_csv = folder / "trials.csv"
+    if study.trials or not trials_csv.is_file():
+        return
+    try:
+        rows = len(trials_csv.read_text().strip().splitlines()) - 1  # under the header
+    except (OSError, UnicodeDecodeError):
+        rows = 1  # unreadable results are results all the same
+    if rows < 1:
+        return
+    raise UserError(
+        f"{folder}: holds results, but storage {url!r} has no trials of this run (empty, replaced or lost); "
+        f"refusing to start over on top of them: use another --output, or --overwrite to replace them"
+    )
+
+
+def prepare(spec: RunSpec, storage: bool = True, overwrite: bool = False) -> RunContext:
     """Load model, data and space, and open the storage (unless storage=False: a Ray worker measures
-    and returns, and only the driver writes)."""
+    and returns, and only the driver writes). overwrite=True replaces a results folder and study of
+    another or an earlier run; otherwise such a folder is refused in one line."""
     from adasearch.measure.evaluator import Hardware, build_evaluator
 
     builtin = spec.data.source == "digits" or spec.data.source.startswith("digits:")
@@ -197,8 +294,19 @@ def prepare(spec: RunSpec, storage: bool = True) -> RunContext:
         latency_budget_s=spec.search.latency_budget_s,
     )
     space = SearchSpace.load(spec.search.space, evaluator.model.cfg, Path(spec.base_dir))
-    study = None
+    fingerprint = run_fingerprint(evaluator, space, spec)
+    study, notes = None, []
     if storage:
-        study = open_study(spec, RunFolder(spec.output_dir).create().path)
+        folder = RunFolder(spec.output_dir).create()
+        if overwrite:
+            folder.clear(keep_storage=bool(spec.search.storage))
+        else:
+            folder.claim(spec.run_name)
+        study = open_study(spec, folder.path, overwrite=overwrite)
+        url = storage_url(spec, folder.path)
+        _check_not_started_over(study, folder, url)
+        notes = adopt_fingerprint(study, fingerprint, url)
     known = trials.measured_keys(study) if study is not None else {}
-    return RunContext(spec, space, study, Measurer(evaluator, space, spec, known))
+    ctx = RunContext(spec, space, study, Measurer(evaluator, space, spec, known), fingerprint=fingerprint)
+    ctx.notes.extend(notes)
+    return ctx

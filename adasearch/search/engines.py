@@ -11,8 +11,9 @@
 The trial budget (search.trials) counts distinct networks. A sampler may propose a network that
 was measured already: the proposal is recorded as a trial with the stored figures (so the sampler
 learns it) but does not count. TPE on a small categorical space converges and then repeats itself,
-so after EXPLORE_AFTER repeats in a row the engine enqueues one unmeasured network, drawn with the
-run's seed (Optuna's enqueue_trial), and the sampler goes on from there. A search ends early, with
+so after EXPLORE_AFTER repeats in a row the engine proposes one unmeasured network, drawn with the
+run's seed, as a trial of its own (not through enqueue_trial, which two workers can pop at once),
+and the sampler goes on from there. A search ends early, with
 a note, when every network of the space is measured or no unmeasured one can be found.
 """
 
@@ -25,7 +26,7 @@ from adasearch.search.context import Measured, RunContext
 from adasearch.search.engine_base import Engine, Proposal
 from adasearch.search.trials import config_key
 
-EXPLORE_AFTER = 3  # repeated proposals in a row before an unmeasured network is enqueued
+EXPLORE_AFTER = 3  # repeated proposals in a row before an unmeasured network is proposed instead
 REPEAT_LIMIT = 50  # repeated proposals in a row after which the search is taken to have run dry
 DRAWS = 200  # random draws tried when looking for an unmeasured network of a large space
 
@@ -83,8 +84,8 @@ class OptunaEngine(Engine):
             return []
         if self.repeats and self.repeats % EXPLORE_AFTER == 0:
             params = self._unmeasured()
-            if params is not None:
-                self.ctx.study.enqueue_trial(params)
+            if params is not None:  # recorded as a new trial, which the sampler then learns from
+                return [Proposal(self.ctx.space.config_from_params(params), self.ctx.space.encode_params(params))]
         trial = self.ctx.study.ask()
         config = self.ctx.space.suggest(trial)
         return [Proposal(config, dict(trial.params), trial)]
@@ -93,16 +94,16 @@ class OptunaEngine(Engine):
         self.repeats = self.repeats + 1 if measured.reused else 0
 
     def _unmeasured(self) -> Optional[dict]:
-        """Encoded params of a network not measured yet, drawn with the run's seed; None if none is found."""
-        space, known = self.ctx.space, self.ctx.measurer.known
+        """Params of a network not measured yet, drawn with the run's seed; None if none is found."""
+        space, measurer = self.ctx.space, self.ctx.measurer
         if self.unique is not None:
-            todo = [params for config, params in self.unique.items() if config_key(config) not in known]
-            return space.encode_params(self.rng.choice(todo)) if todo else None
+            todo = [params for config, params in self.unique.items() if not measurer.reusable(config_key(config))]
+            return self.rng.choice(todo) if todo else None
         choices = space.parameters()
         for _ in range(DRAWS):
             params = {name: self.rng.choice(values) for name, values in choices}
-            if config_key(space.canonical(space.config_from_params(params))) not in known:
-                return space.encode_params(params)
+            if not measurer.reusable(config_key(space.canonical(space.config_from_params(params)))):
+                return params
         return None
 
     def planned(self) -> int:

@@ -62,7 +62,8 @@ def retime_finalists(ctx: RunContext, recs: list) -> dict:
 
     Re-timing can move the front: when candidates come out slower, a trial that was never re-timed
     may become non-dominated. Such trials are re-timed too, until every config on the final front
-    carries the longer timing (each round adds at least one, so this ends)."""
+    carries the longer timing (each round adds at least one, so this ends). Each figure is stored as
+    soon as it is taken."""
     evaluator = ctx.measurer.evaluator
     final = dict(ctx.study.user_attrs.get("final_metrics", {}))
     retimed: set = set()
@@ -73,6 +74,7 @@ def retime_finalists(ctx: RunContext, recs: list) -> dict:
             evaluator.time(m, r.config, budget_s=ctx.spec.search.final_latency_budget_s)
             final[str(r.number)] = {k: v for k, v in m.metrics().items() if v is not None}
             retimed.add(r.number)
+            ctx.study.set_user_attr("final_metrics", final)  # an interrupted re-timing keeps what it did
         todo = [r for r in front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec) if r.number not in retimed]
     ctx.study.set_user_attr("final_metrics", final)
     return final

@@ -22,7 +22,7 @@ class SearchProgress:
         self._synced = time.monotonic()
         for metrics in ctx.measurer.known.values():  # resuming: start from what the storage holds
             self._consider(metrics)
-        self.done = len(ctx.measurer.known)
+        self.done = ctx.measurer.count()
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -43,12 +43,13 @@ class SearchProgress:
         self.bar.__exit__(*exc)
 
     def _consider(self, metrics: Optional[dict]) -> None:
-        if metrics is not None and not trials.violations(self.ctx.spec, metrics):
+        complete = metrics is not None and all(metrics.get(o.metric) is not None for o in self.ctx.spec.objectives)
+        if complete and not trials.violations(self.ctx.spec, metrics):
             pts = self.front + [trials.objective_values(self.ctx.spec, metrics)]
             self.front = [pts[i] for i in pareto_front(pts, self.directions)]
 
     def add(self, metrics: Optional[dict] = None) -> None:
-        self.done = len(self.ctx.measurer.known)
+        self.done = self.ctx.measurer.count()
         if time.monotonic() - self._synced > 2 and self.ctx.spec.search.workers > 1:
             self.done = self.ctx.distinct_measured()  # other workers' trials too
             self._synced = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from adasearch import __version__, metrics
 from adasearch.measure.closed_form_macs import MACS_CONVENTION
@@ -25,6 +26,7 @@ class RunSummary:
     new_trials: int
     feasible: int
     interrupted: bool
+    stopped_by: Optional[str] = None  # "SIGINT" or "SIGTERM" when interrupted
     records: list = field(repr=False, default_factory=list)
     front: list = field(repr=False, default_factory=list)
     notes: list = field(default_factory=list)

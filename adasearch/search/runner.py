@@ -2,19 +2,24 @@
 finalists -> results folder.
 
 Running the same command again resumes from the storage: finished trials are kept and the engine
-only adds what is missing. Ctrl-C stops after the current trial and still writes the results folder.
-With search.workers > 1 (optuna), the extra workers are processes that run the same loop on the
-same storage.
+only adds what is missing. Ctrl-C (SIGINT) or SIGTERM at any point of the loop drops the trial in
+flight, keeps every finished one, still writes the results folder, says how to resume, and exits
+130 (SIGINT) or 143 (SIGTERM). With search.workers > 1 (optuna), the extra workers are processes
+that run the same loop on the same storage; they are stopped with the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import signal
+import threading
 import time
 
+from adasearch.errors import Terminated, UserError
 from adasearch.search import trials
-from adasearch.search.context import RunContext, drop_trial, prepare, record_trial
+from adasearch.search.context import RunContext, drop_trial, prepare, record_trial, storage_url
 from adasearch.search.engine_base import Driver, Engine
 from adasearch.search.engines import ExhaustiveEngine, OptunaEngine
 from adasearch.search.finalists import retime_finalists
@@ -38,10 +43,23 @@ def choose_engine(ctx: RunContext):
     return {"exhaustive": ExhaustiveEngine, "optuna": OptunaEngine}[name](ctx)
 
 
+def _storage_failure(ctx: RunContext, error: Exception) -> UserError:
+    """A storage that stopped accepting writes mid-run (a read-only or full disk, a lost database):
+    one line, and what is kept."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return UserError(
+        f"storage {storage_url(ctx.spec, ctx.spec.output_dir)}: cannot record a trial ({first}); the trials "
+        f"stored before are kept: fix the storage and run the same command again to resume"
+    )
+
+
 def measure_and_record(ctx: RunContext, engine: Engine, on_trial=lambda metrics: None) -> None:
     """The one loop: ask the engine, measure each proposal once, record it, tell the engine; until the
-    engine is done, ctx.stop is set or search.timeout passes. Ctrl-C drops the proposals in flight
-    (no trial is left RUNNING) and sets ctx.stop; finished trials stay stored."""
+    engine is done, ctx.stop is set or search.timeout passes. Ctrl-C or SIGTERM anywhere in it drops
+    the proposals in flight (no trial is left RUNNING) and sets ctx.stop; finished trials stay stored.
+    A storage that fails mid-run is one UserError."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     timeout = ctx.spec.search.timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     pending: list = []
@@ -58,21 +76,66 @@ def measure_and_record(ctx: RunContext, engine: Engine, on_trial=lambda metrics:
                 pending.pop(0)
                 engine.tell(proposal, measured)
                 on_trial(measured.metrics)
-    except KeyboardInterrupt:
-        ctx.stop.append("interrupted")
+    except KeyboardInterrupt as e:
+        ctx.stop.append("SIGTERM" if isinstance(e, Terminated) else "SIGINT")
+    except (SQLAlchemyError, OSError) as e:
+        raise _storage_failure(ctx, e)
     finally:
-        for proposal in pending:
-            if proposal.trial is not None:
-                drop_trial(ctx, proposal.trial)
-            engine.drop(proposal)
+        with _signals_deferred():
+            for proposal in pending:
+                if proposal.trial is not None:
+                    drop_trial(ctx, proposal.trial)
+                engine.drop(proposal)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM (what containers and schedulers send) raises Terminated, a KeyboardInterrupt: the run
+    stops as it does on Ctrl-C. Only the main thread can install handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Clean-up that a second Ctrl-C or SIGTERM must not cut short: signals wait until it is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list = []
+    handlers = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        if caught:
+            raise Terminated() if caught[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _worker(spec_dict: dict, base_dir: str, seed: int) -> None:
     """One extra worker process: loads the model once, then runs the loop on the shared storage with
-    its own sampler seed."""
-    spec = RunSpec(**{**spec_dict, "base_dir": base_dir}).with_overrides(seed=seed)
-    ctx = prepare(spec)
-    measure_and_record(ctx, choose_engine(ctx))
+    its own sampler seed. It stops quietly on Ctrl-C (the whole process group gets it) and on the
+    SIGTERM the run sends it when it stops."""
+    try:
+        with stop_on_sigterm():
+            spec = RunSpec(**{**spec_dict, "base_dir": base_dir}).with_overrides(seed=seed)
+            ctx = prepare(spec)
+            measure_and_record(ctx, choose_engine(ctx))
+    except KeyboardInterrupt:
+        pass
 
 
 def _search(ctx: RunContext, engine, progress: SearchProgress) -> None:
@@ -84,57 +147,68 @@ def _search(ctx: RunContext, engine, progress: SearchProgress) -> None:
         return
     spec = ctx.spec
     workers = []
-    if spec.search.workers > 1:
-        mp = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/SQLite state
-        for i in range(1, spec.search.workers):
-            w = mp.Process(target=_worker, args=(spec.model_dump(), spec.base_dir, spec.search.seed + i))
-            w.start()
-            workers.append(w)
     try:
+        if spec.search.workers > 1:
+            mp = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/SQLite state
+            for i in range(1, spec.search.workers):
+                w = mp.Process(target=_worker, args=(spec.model_dump(), spec.base_dir, spec.search.seed + i))
+                w.start()
+                workers.append(w)
         measure_and_record(ctx, engine, on_trial)
     finally:
-        for w in workers:
-            w.join()
+        with _signals_deferred():
+            for w in workers:
+                if ctx.stop:  # the run stops: so do its workers (each finishes or drops its trial)
+                    w.terminate()
+                w.join(timeout=120)
+                if w.is_alive():
+                    w.kill()
+                    w.join()
 
 
-def run(spec: RunSpec, progress: bool = True, console=None) -> RunSummary:
-    """Search, finish and write the results folder."""
+def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = False) -> RunSummary:
+    """Search, finish and write the results folder. overwrite: replace another or an earlier run's
+    results in spec.output_dir (otherwise refused)."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    ctx = prepare(spec)
-    engine = choose_engine(ctx)
-    before = len(trials.records(ctx.study, spec))
-    logging.getLogger("optuna").setLevel(logging.WARNING)
-    interrupted = False
-    with SearchProgress(ctx, engine.planned(), progress) as bar:
+    with stop_on_sigterm():
+        ctx = prepare(spec, overwrite=overwrite)
+        engine_name, first_new = spec.search.engine, len(ctx.study.trials)  # trial numbers from here are this run's
         try:
-            _search(ctx, engine, bar)
-        except KeyboardInterrupt:
-            interrupted = True
-    interrupted = interrupted or bool(ctx.stop)
-    recs = trials.records(ctx.study, spec)
-    # Interrupted: keep the re-timed figures earlier complete runs stored, but re-time nothing now.
-    final = (
-        retime_finalists(ctx, recs) if recs and not interrupted else dict(ctx.study.user_attrs.get("final_metrics", {}))
-    )
-    recs = trials.records(ctx.study, spec, final)
-    summary = RunSummary(
-        engine=engine.name,
-        trials=len(recs),
-        networks=len({r.config for r in recs}),
-        new_trials=len(recs) - before,
-        feasible=sum(r.feasible for r in recs),
-        interrupted=interrupted,
-        records=recs,
-        front=front_of(recs, spec),
-        notes=list(ctx.notes),
-    )
-    write_results(ctx, summary)
-    print_summary(summary, spec, console)
-    if interrupted:
-        console.print(
-            f"interrupted: {len(recs)} finished trials are kept in {spec.output_dir}; "
-            f"run the same command again to resume"
-        )
+            engine = choose_engine(ctx)
+            engine_name = engine.name
+            logging.getLogger("optuna").setLevel(logging.WARNING)
+            with SearchProgress(ctx, engine.planned(), progress) as bar:
+                _search(ctx, engine, bar)
+            if not ctx.stop:
+                recs = trials.records(ctx.study, spec)
+                if recs:
+                    retime_finalists(ctx, recs)
+        except KeyboardInterrupt as e:  # outside the loop: choosing the engine, or re-timing finalists
+            ctx.stop.append("SIGTERM" if isinstance(e, Terminated) else "SIGINT")
+        interrupted = bool(ctx.stop)
+        with _signals_deferred():
+            # Interrupted: keep the re-timed figures stored so far (this run's or earlier runs'), re-time nothing.
+            final = dict(ctx.study.user_attrs.get("final_metrics", {}))
+            recs = trials.records(ctx.study, spec, final)
+            summary = RunSummary(
+                engine=engine_name,
+                trials=len(recs),
+                networks=len({r.config for r in recs}),
+                new_trials=sum(r.number >= first_new for r in recs),
+                feasible=sum(r.feasible for r in recs),
+                interrupted=interrupted,
+                stopped_by=ctx.stop[0] if ctx.stop else None,
+                records=recs,
+                front=front_of(recs, spec),
+                notes=list(ctx.notes),
+            )
+            write_results(ctx, summary)
+            print_summary(summary, spec, console)
+            if interrupted:
+                console.print(
+                    f"stopped by {summary.stopped_by}: {len(recs)} finished trials are kept in {spec.output_dir}; "
+                    f"run the same command again to resume"
+                )
     return summary

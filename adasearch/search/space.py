@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-import yaml
-
 from adasearch.checks import is_int
 from adasearch.config import KNOBS, DeploymentConfig
 from adasearch.errors import KnobError, UserError
 from adasearch.model.adaperceiver import AdaPerceiverConfig, make_plan
+from adasearch.yaml_io import read_yaml
 
 GRANULARITIES = ("global", "per_stage", "per_layer")
 # Inside the package, so a regular (non-editable) install has them too; the checkout's top-level
@@ -79,10 +78,7 @@ class SearchSpace:
     @classmethod
     def load(cls, ref: Union[str, Path], model_cfg: AdaPerceiverConfig, base_dir: Optional[Path] = None) -> SearchSpace:
         path = find_space(ref, base_dir)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: malformed YAML ({' '.join(str(e).split())[:200]})")
+        raw = read_yaml(path, "search space file")
         if not isinstance(raw, dict) or not isinstance(raw.get("knobs"), dict) or not raw["knobs"]:
             raise UserError(f"{path}: a search space needs a 'knobs' mapping of {list(KNOBS)}")
         unknown = [k for k in raw if k not in ("name", "description", "knobs")]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from adasearch.config import DeploymentConfig
-from adasearch.metrics import relative_miss
+from adasearch.metrics import HARDWARE_METRICS, relative_miss
 from adasearch.spec import RunSpec
 
 
@@ -61,26 +61,54 @@ def relative_violation(spec: RunSpec, record) -> float:
     return sum(relative_miss(v, bound(k)) for k, v in record.violations.items())
 
 
+CONSTRAINTS = "constraints"  # Optuna's system attr: one value per constraint, <= 0 feasible
+UNMEASURED = 1e300  # a constraint whose metric was never measured cannot be shown to hold (JSON has no inf)
+
+
+def constraint_list(spec: RunSpec, metrics: dict) -> list:
+    """Constraint values in the order of spec.constraints, in the list form Optuna's samplers and
+    optuna-dashboard both read (trial.set_constraint's per-name form is invisible to the dashboard)."""
+    values = constraint_values(spec, metrics)
+    return [values.get(name, UNMEASURED) for name in spec.constraints]
+
+
 def objective_values(spec: RunSpec, metrics: dict) -> list:
     return [metrics[o.metric] for o in spec.objectives]
 
 
-def attach(trial, spec: RunSpec, measured) -> None:
-    """Store config, key, metrics, where it was measured and the constraints on a live or frozen
-    Optuna trial. `measured` is a context.Measured."""
+def attach(trial, measured, hardware: Optional[str]) -> None:
+    """Store config, key, metrics, where and on which hardware it was measured on a live or frozen
+    Optuna trial. `measured` is a context.Measured; constraints go in when the trial is created or told."""
     trial.set_user_attr("config", measured.config.to_dict())
     trial.set_user_attr("key", measured.key)
     trial.set_user_attr("metrics", measured.metrics)
     trial.set_user_attr("measured_on", measured.measured_on)
-    for name, value in constraint_values(spec, measured.metrics).items():
-        trial.set_constraint(name, value)
+    if hardware is not None:
+        trial.set_user_attr("hardware", hardware)
+
+
+def current_hardware(study) -> Optional[str]:
+    """The hardware fingerprint the run's timed figures belong to now (context.adopt_fingerprint)."""
+    return (study.user_attrs.get("fingerprint") or {}).get("hardware")
+
+
+def stored_metrics(trial, hardware: Optional[str]) -> dict:
+    """A stored trial's metrics, without the hardware-dependent ones when it was timed on other
+    hardware than the run's now: those are re-measured, never reused."""
+    metrics = dict(trial.user_attrs["metrics"])
+    timed_on = trial.user_attrs.get("hardware")
+    if hardware is not None and timed_on is not None and timed_on != hardware:
+        metrics = {k: v for k, v in metrics.items() if k not in HARDWARE_METRICS}
+    return metrics
 
 
 def records(study, spec: RunSpec, final: Optional[dict] = None) -> list:
-    """Completed trials as TrialRecords; `final` (trial number -> metrics) overrides re-timed metrics."""
+    """Completed trials as TrialRecords; `final` (trial number -> metrics) overrides re-timed metrics.
+    A trial whose objectives were timed on other hardware is left out: its config is measured again."""
     from optuna.trial import TrialState
 
     out = []
+    hardware = current_hardware(study)
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
     # Re-timed figures belong to the config, not the trial: a sampler can propose one config twice,
     # and each copy re-timed on its own would let the luckier timing win (best-of-N).
@@ -89,8 +117,10 @@ def records(study, spec: RunSpec, final: Optional[dict] = None) -> list:
         if final and str(t.number) in final:
             final_by_key.setdefault(t.user_attrs.get("key", t.number), final[str(t.number)])
     for t in trials:
-        metrics = dict(t.user_attrs["metrics"])
+        metrics = stored_metrics(t, hardware)
         metrics.update(final_by_key.get(t.user_attrs.get("key", t.number), {}))
+        if any(metrics.get(o.metric) is None for o in spec.objectives):
+            continue
         viol = violations(spec, metrics)
         out.append(
             TrialRecord(
@@ -107,14 +137,18 @@ def records(study, spec: RunSpec, final: Optional[dict] = None) -> list:
 
 
 def measured_keys(study) -> dict:
-    """canonical key -> metrics of trials already in the storage (for resumption and dedup)."""
+    """canonical key -> metrics of trials already in the storage (for resumption and dedup); of
+    several trials of one network, the one with the most figures (a re-measurement on new hardware)."""
     from optuna.trial import TrialState
 
-    return {
-        t.user_attrs["key"]: t.user_attrs["metrics"]
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "key" in t.user_attrs
-    }
+    hardware = current_hardware(study)
+    out: dict = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "key" in t.user_attrs and "metrics" in t.user_attrs:
+            metrics = stored_metrics(t, hardware)
+            if len(metrics) >= len(out.get(t.user_attrs["key"], {})):
+                out[t.user_attrs["key"]] = metrics
+    return out
 
 
 def config_key(config: DeploymentConfig) -> str:
