@@ -5,6 +5,7 @@ Every error is one line that names the file, the key and what is allowed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -35,6 +36,14 @@ class HardwareSpec(_Strict):
     batch_size: StrictInt = Field(default=1, ge=1)
     dtype: Literal[DTYPE_NAMES] = "float32"
 
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, v: str) -> str:
+        """The name's form only: whether this machine has the device is checked when the run starts."""
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v.strip().lower()):
+            raise ValueError(f"{v!r} is not known; allowed: auto, cpu, cuda, cuda:N, mps")
+        return v
+
 
 class Bound(_Strict):
     min: Optional[float] = Field(default=None, allow_inf_nan=False)  # NaN would fail every comparison
@@ -52,6 +61,15 @@ class Bound(_Strict):
 class Objective(_Strict):
     metric: str
     direction: Literal["maximize", "minimize"]
+
+    @field_validator("direction", mode="before")
+    @classmethod
+    def _direction_shorthand(cls, v):
+        if v in ("max", "min"):
+            return {"max": "maximize", "min": "minimize"}[v]
+        if v not in ("maximize", "minimize"):
+            raise ValueError(f"{v!r} is not a direction; allowed: max, min, maximize, minimize")
+        return v
 
 
 class SearchSpec(_Strict):
@@ -80,6 +98,7 @@ class RunSpec(_Strict):
     output: Optional[str] = None
     # where the file lives: relative paths in it (space, model, data) are resolved from there
     base_dir: str = Field(default=".", exclude=True)
+    spec_file: str = Field(default="", exclude=True)  # for messages: the file the spec came from
 
     @field_validator("data", mode="before")
     @classmethod
@@ -161,7 +180,7 @@ class RunSpec(_Strict):
         data = self.model_dump()
         data["search"].update(search)
         data.update(top)
-        data["base_dir"] = self.base_dir
+        data["base_dir"], data["spec_file"] = self.base_dir, self.spec_file
         try:
             return RunSpec(**data)
         except ValidationError as e:
@@ -174,7 +193,7 @@ class RunSpec(_Strict):
 
 
 def _public_keys(model) -> list:
-    return [k for k in model.model_fields if k != "base_dir"]
+    return [k for k in model.model_fields if k not in ("base_dir", "spec_file")]
 
 
 def _section(loc: tuple):
@@ -212,11 +231,11 @@ def load_spec(path: Union[str, Path]) -> RunSpec:
         )
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a run spec is a mapping of keys ({', '.join(_public_keys(RunSpec))})")
-    if "base_dir" in raw:
+    if "base_dir" in raw or "spec_file" in raw:
         raise UserError(f"{path}: unknown key 'base_dir'; allowed here: {', '.join(_public_keys(RunSpec))}")
     raw.setdefault("name", path.stem)
     try:
-        return RunSpec(**raw, base_dir=str(path.parent))
+        return RunSpec(**raw, base_dir=str(path.parent), spec_file=str(path))
     except ValidationError as e:
         raise UserError(f"{path}: {_describe(e.errors()[0])}")
     except TypeError as e:  # a key that is not a Python identifier, e.g. `1: x`

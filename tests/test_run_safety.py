@@ -294,3 +294,40 @@ def test_a_signal_mid_run_stops_like_ctrl_c(tmp_path, sig, code, workers):
     trials = study_of(tmp_path / "out").get_trials()
     assert optuna.trial.TrialState.RUNNING not in {t.state for t in trials}
     assert (tmp_path / "out" / "trials.csv").read_text().count("\n") >= 3
+
+
+# ---------------------------------------------------------------- small items: every message names file and key
+
+
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ("hardware: {device: tpu}\n", ["hardware.device", "'tpu' is not known", "cuda:N"]),
+        ("objectives: [{metric: accuracy, direction: up}, gmacs]\n", ["objectives.0.direction", "max, min"]),
+        ("base_dir: /tmp\n", ["unknown key 'base_dir'", "allowed here: name, model"]),
+    ],
+)
+def test_small_spec_mistakes_name_the_file_and_key(tmp_path, text, needles):
+    f = tmp_path / "spec.yaml"
+    f.write_text(text)
+    one_line_error(invoke(f), str(f), *needles)
+
+
+def test_max_and_min_shorthands_work_in_the_long_form_too(tmp_path):
+    from adasearch.spec import load_spec
+
+    f = tmp_path / "spec.yaml"
+    f.write_text("objectives: [{metric: accuracy, direction: max}, {metric: gmacs, direction: min}]\n")
+    assert [o.direction for o in load_spec(f).objectives] == ["maximize", "minimize"]
+
+
+def test_inputs_whose_logits_overflow_are_refused_naming_the_data(tmp_path):
+    import numpy as np
+
+    from adasearch.data.digits import digits
+
+    x, y = digits("val")
+    f = tmp_path / "loud.npz"
+    np.savez(f, x=np.full((20, *x.shape[1:]), 1e30, dtype=np.float32), y=y[:20].numpy())
+    r = CliRunner().invoke(main, ["measure", "demo", "--data", str(f), "--budget", "0.01"])
+    one_line_error(r, str(f), "logits are not finite")

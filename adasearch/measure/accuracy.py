@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 
 from adasearch.config import DeploymentConfig
+from adasearch.errors import UserError
 from adasearch.model.adaperceiver import AdaPerceiver, make_plan
 
 CACHE_VERSION = 2  # 2: per-sample top-5 hits stored as "in_top5"
@@ -181,7 +182,7 @@ class AccuracyEngine:
             with torch.inference_mode():
                 for x, y in self.data.batches(self.batch_size):
                     out = self.model.anytime(x.to(self.device, self.dtype), **kw)
-                    logits = out.logits.float().cpu()  # (L, G, b, C)
+                    logits = self._finite(out.logits.float().cpu(), representative)  # (L, G, b, C)
                     preds.append(logits.argmax(-1).to(torch.int32))
                     hits5.append(_top5_hit(logits, y))
                     confs.append(out.confidence.cpu())
@@ -197,6 +198,17 @@ class AccuracyEngine:
             }
 
         return self._load_or_compute("anytime", key, compute)
+
+    def _finite(self, logits: torch.Tensor, config: DeploymentConfig) -> torch.Tensor:
+        """Logits that overflowed (inputs far outside the preprocessing, or float16's range) would
+        rank classes at random and report a meaningless accuracy: refused, naming the data."""
+        if not torch.isfinite(logits).all():
+            dtype = str(self.dtype).replace("torch.", "")
+            raise UserError(
+                f"dataset {self.data.name}: the model's logits are not finite ({config.label()}, {dtype}); "
+                f"check that the inputs are preprocessed as the model was trained (or use float32)"
+            )
+        return logits
 
     def _from_table(self, table: dict, config: DeploymentConfig, keep_predictions: bool) -> AccuracyResult:
         plan = make_plan(self.model.cfg, **config.to_dict())
@@ -227,7 +239,7 @@ class AccuracyEngine:
             with torch.inference_mode():
                 for x, y in self.data.batches(self.batch_size):
                     out = self.model.run(x.to(self.device, self.dtype), config)
-                    logits = out.logits.float().cpu()
+                    logits = self._finite(out.logits.float().cpu(), config)
                     preds.append(logits.argmax(-1))
                     hits5.append(_top5_hit(logits, y))
                     exits.append(out.exit_depth.cpu())

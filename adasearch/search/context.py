@@ -281,8 +281,13 @@ def prepare(spec: RunSpec, storage: bool = True, overwrite: bool = False) -> Run
     """Load model, data and space, and open the storage (unless storage=False: a Ray worker measures
     and returns, and only the driver writes). overwrite=True replaces a results folder and study of
     another or an earlier run; otherwise such a folder is refused in one line."""
+    from adasearch.measure.environment import resolve_device
     from adasearch.measure.evaluator import Hardware, build_evaluator
 
+    try:
+        resolve_device(spec.hardware.device)  # this machine's devices: before any loading
+    except UserError as e:
+        raise UserError(f"{spec.spec_file or 'spec'}: hardware.device: {e}")
     builtin = spec.data.source == "digits" or spec.data.source.startswith("digits:")
     evaluator = build_evaluator(
         spec.model if spec.model == "demo" else spec.resolve(spec.model),
