@@ -1,6 +1,7 @@
 """The ray engine: one small end-to-end search on a local Ray, and its fast failure paths."""
 
 import json
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -13,8 +14,8 @@ from click.testing import CliRunner
 
 from adasearch import DeploymentConfig, load_model
 from adasearch.cli import main
-from adasearch.data.datasets import load_data
 from adasearch.search import ray_engine
+from adasearch.search.context import prepare
 from adasearch.search.runner import run
 from adasearch.spec import load_spec
 from tests.helpers import write_run_spec
@@ -54,15 +55,15 @@ def test_ray_search_end_to_end(tmp_path, monkeypatch):
     files = sorted((out / "deployments").glob("*.yaml"))
     assert pareto and len(files) == len(pareto)
     model = load_model("demo")
-    data = load_data("digits", limit=60)
+    data = prepare(spec, storage=False).measurer.evaluator.data  # the images the search measured
     by_number = {t.number: t for t in trials}
     for f in files:
         config, doc = DeploymentConfig.load(f), yaml.safe_load(f.read_text())
         with torch.no_grad():
             hits = sum(int((model.run(x, config).logits.argmax(-1) == y).sum()) for x, y in data.batches(16))
         # The deployment's figures are the driver's re-measurement; the trial's are the worker's.
-        assert doc["metrics"]["accuracy"] == pytest.approx(hits / 60)
-        assert by_number[doc["trial"]].user_attrs["metrics"]["accuracy"] == pytest.approx(hits / 60)
+        assert doc["metrics"]["accuracy"] == pytest.approx(hits / len(data))
+        assert by_number[doc["trial"]].user_attrs["metrics"]["accuracy"] == pytest.approx(hits / len(data))
 
 
 def test_worker_context_is_prepared_once_per_process_and_never_opens_the_storage(monkeypatch):
@@ -85,3 +86,66 @@ def test_unreachable_ray_address_is_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and address in lines[0] and lines[0].startswith("error: ")
+
+
+def short_ray_temp(monkeypatch) -> Path:
+    ray_temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    monkeypatch.setattr(ray_engine, "TEMP_PREFIX", str(ray_temp))
+    return ray_temp
+
+
+def test_ray_resource_on_a_local_run_changes_nothing(tmp_path, monkeypatch):
+    # Without a cluster this machine is the target: the local Ray advertises one unit per worker, so the
+    # timed trials run as they would without ray_resource, on the local node.
+    ray_temp = short_ray_temp(monkeypatch)
+    spec = load_spec(
+        write_run_spec(
+            tmp_path, SPACE, name="local", objectives=("accuracy", "latency_p50_ms"), limit=40,
+            hardware={"ray_resource": "target_cpu"}, engine="ray", trials=3, workers=2,
+        )
+    )  # fmt: skip
+    assert spec.hardware.ray_resource == "target_cpu"
+    summary = run(spec, progress=False)
+    assert not summary.interrupted
+    ray_temp.rmdir()
+    study = optuna.load_study(study_name="local", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 3 and all(t.user_attrs["metrics"].get("latency_p50_ms") is not None for t in trials)
+    nodes = {t.user_attrs["measured_on"] for t in trials}
+    assert len(nodes) == 1 and len(next(iter(nodes))) == 56  # the local node's Ray id
+    assert yaml.safe_load((tmp_path / "out" / "run.yaml").read_text())["spec"]["hardware"]["ray_resource"] == (
+        "target_cpu"
+    )
+
+
+def test_a_ray_resource_no_node_has_is_one_line(tmp_path, monkeypatch):
+    # A Ray that is already running (as a notebook's would be) and lacks the resource: refused before
+    # any trial, in one line naming the key and what the cluster has (on a cluster, the same check
+    # runs after joining it: tests/test_ray_cluster.py).
+    import ray
+
+    ray_temp = short_ray_temp(monkeypatch)
+    spec = write_run_spec(
+        tmp_path, SPACE, name="missing", objectives=("accuracy", "latency_p50_ms"), limit=40,
+        hardware={"ray_resource": "target_cpu"}, engine="ray", trials=2,
+    )  # fmt: skip
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=str(ray_temp), log_to_driver=False)
+    try:
+        result = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+    finally:
+        ray.shutdown()
+    shutil.rmtree(ray_temp, ignore_errors=True)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "hardware.ray_resource" in lines[0] and "'target_cpu'" in lines[0] and "CPU" in lines[0]
+
+
+def test_ray_resource_is_a_plain_name(tmp_path):
+    spec = write_run_spec(tmp_path, SPACE, hardware={"ray_resource": "target cpu"}, engine="ray")
+    result = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "hardware.ray_resource" in lines[0] and "letters, digits, _ and -" in lines[0]

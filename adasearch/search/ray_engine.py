@@ -6,6 +6,29 @@ study: on a cluster it would be another machine's file. The driver records every
 through context.record_trial, like the other engines, so the Pareto set, resumption and reports read
 one storage whichever engine ran. Each trial records the Ray node that measured it (measured_on),
 never a hostname.
+
+Timing on the target: `hardware.ray_resource: NAME` names a Ray custom resource that marks the
+target nodes (`ray start ... --resources '{"NAME": 1}'`). When the spec times anything (a latency,
+throughput or memory metric), every trial then asks for one whole unit of it besides its CPU, so it
+runs only on a node that has it, and a node advertising N units runs at most N timed trials at once:
+one unit per node (the honest default) times one trial at a time, since trials timed side by side on
+one machine slow each other down. A spec that times nothing (accuracy, MACs) asks for no resource:
+its trials run on any node. Joining a cluster (search.ray_address) where no live node has a whole
+unit of the resource fails at once, in one line listing the resources the cluster has, rather than
+leaving Tune waiting for a node that never comes.
+
+Without a cluster (the local Ray this engine starts), this machine is the target: the local Ray
+advertises search.workers units of the resource, so a spec with ray_resource runs exactly as it does
+without it (search.workers concurrent trials). Trials measured in the local Ray record its node id.
+
+Only the trials are placed: what the runner times after the search (the Pareto candidates' longer
+re-timing, finalists.py) runs in the driver process, on the driver's node, and the run's hardware
+fingerprint (run.yaml's environment) describes the driver's machine. For the front's final figures to
+be the target's, run the driver on a target node.
+
+The model, data and space reach a worker on another node as absolute paths (the driver's), so the
+nodes must see them at the same paths (a shared or copied folder; `demo` and `digits` ship with
+the package). A worker never writes the results folder: only the driver does.
 """
 
 from __future__ import annotations
@@ -16,6 +39,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from adasearch.config import DeploymentConfig
 from adasearch.errors import UserError
@@ -43,7 +67,7 @@ class RayEngine(Driver):
         try:
             started = _init_ray(ctx.spec, temp_dir)
             try:
-                _tune(ctx, todo, temp_dir, record)
+                _tune(ctx, todo, temp_dir, record, _target(ctx.spec))
             finally:  # also on Ctrl-C, which then reaches the runner: it keeps the finished trials
                 if started:
                     import ray
@@ -82,7 +106,11 @@ def _init_ray(spec: RunSpec, temp_dir: str) -> bool:
         return False
     quiet = dict(log_to_driver=False, logging_level=logging.WARNING, ignore_reinit_error=True)
     if not address:
-        ray.init(num_cpus=spec.search.workers, include_dashboard=False, _temp_dir=temp_dir, **quiet)
+        # This machine is the target: as many units as workers, so ray_resource changes nothing here.
+        resources = {spec.hardware.ray_resource: spec.search.workers} if spec.hardware.ray_resource else None
+        ray.init(
+            num_cpus=spec.search.workers, resources=resources, include_dashboard=False, _temp_dir=temp_dir, **quiet
+        )
         return True
     try:
         ray.init(address=address, **quiet)
@@ -106,7 +134,26 @@ def _check_reachable(address: str) -> None:
         )
 
 
-def _tune(ctx: RunContext, todo: int, temp_dir: str, record) -> None:
+def _target(spec: RunSpec) -> Optional[str]:
+    """The custom resource every trial must hold (hardware.ray_resource when the spec times anything),
+    checked against the live nodes of the Ray this process is connected to; None: run anywhere."""
+    name = spec.hardware.ray_resource
+    if not name or not spec.needs_latency:
+        return None
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if max((n.get("Resources", {}).get(name, 0) for n in nodes), default=0) >= 1:
+        return name
+    have = sorted({k for n in nodes for k in n.get("Resources", {}) if not k.startswith("node:")})
+    where = f"Ray at {spec.search.ray_address!r}" if spec.search.ray_address else "the running Ray"
+    raise UserError(
+        f"{spec.spec_file or 'spec'}: hardware.ray_resource: no node of {where} has a whole unit of {name!r} "
+        f"(each timed trial holds one); it has: {', '.join(have) or 'nothing'}"
+    )
+
+
+def _tune(ctx: RunContext, todo: int, temp_dir: str, record, target: Optional[str] = None) -> None:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -137,8 +184,11 @@ def _tune(ctx: RunContext, todo: int, temp_dir: str, record) -> None:
         sort_keys=True,
     )
     progress, stop = _driver_hooks(tune, ctx, record)
+    trainable = tune.with_parameters(_trial, spec_json=worker_spec)
+    if target:  # timed trials only on the target nodes, each holding one whole unit (see the docstring)
+        trainable = tune.with_resources(trainable, {"cpu": 1, target: 1})
     tuner = tune.Tuner(
-        tune.with_parameters(_trial, spec_json=worker_spec),
+        trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
