@@ -2,9 +2,11 @@
 
 Brief per-trial timings are noisy (sub-millisecond demo configs especially), so a config can be
 pushed on or off the front by noise alone. The candidates (the front, the next non-dominated layer,
-and near misses of timed constraints) are timed again, alone and with search.final_latency_budget_s,
-and the front is recomputed from those figures. The re-timed figures are stored in the study's
-`final_metrics` attribute, keyed by trial number, so a later run (or an interrupted one) keeps them.
+and near misses of timed constraints) are timed again, interleaved (measure/interleaved.py: shuffled
+round-robin rounds, search.final_latency_budget_s each, 95 % bootstrap intervals), and the front is
+recomputed from those figures, with noise ties broken by results.noise_ties. The re-timed figures are
+stored in the study's `final_metrics` attribute, keyed by trial number, so a later run (or an interrupted
+one) keeps them.
 """
 
 from __future__ import annotations
@@ -58,23 +60,24 @@ def near_misses(recs: list, spec: RunSpec, chosen: list, limit: int) -> list:
 
 
 def retime_finalists(ctx: RunContext, recs: list) -> dict:
-    """Time every Pareto candidate again, alone and with a longer budget; store it in the study.
+    """Time every Pareto candidate again, interleaved and with a longer budget; store it in the study.
 
     Re-timing can move the front: when candidates come out slower, a trial that was never re-timed
     may become non-dominated. Such trials are re-timed too, until every config on the final front
-    carries the longer timing (each round adds at least one, so this ends). Each figure is stored as
-    soon as it is taken."""
+    carries the longer timing (each round adds at least one, so this ends). Each round's figures are
+    stored as soon as they are taken."""
     evaluator = ctx.measurer.evaluator
     final = dict(ctx.study.user_attrs.get("final_metrics", {}))
     retimed: set = set()
     todo = candidates(recs, ctx.spec)
     while todo:
+        # Interleaved: the candidates share every moment's load instead of each getting its own window.
+        timed = evaluator.time_interleaved([r.config for r in todo], ctx.spec.search.final_latency_budget_s,
+                                           seed=ctx.spec.search.seed)  # fmt: skip
         for r in todo:
-            m = evaluator.measure_accuracy_and_cost([r.config])[r.config]
-            evaluator.time(m, r.config, budget_s=ctx.spec.search.final_latency_budget_s)
-            final[str(r.number)] = {k: v for k, v in m.metrics().items() if v is not None}
+            final[str(r.number)] = {**r.metrics, **timed[r.config]}
             retimed.add(r.number)
-            ctx.study.set_user_attr("final_metrics", final)  # an interrupted re-timing keeps what it did
+        ctx.study.set_user_attr("final_metrics", final)  # an interrupted round of re-timing keeps what it did
         todo = [r for r in front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec) if r.number not in retimed]
     ctx.study.set_user_attr("final_metrics", final)
     return final
