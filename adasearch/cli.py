@@ -237,6 +237,44 @@ def export(run_folder, expr, output, as_kwargs):
 
 
 @main.command()
+@click.argument("run_folder", metavar="RUN", type=click.Path())
+@click.option("--data", "data_source", required=True, help="Images to certify on: 'digits', a .npz or an image folder.")
+@click.option(
+    "--accuracy-drop",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Certify top-1 drop vs the full config <= this (needs labels).",
+)
+@click.option(
+    "--disagreement",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Certify the fraction of answers that differ from the full config's <= this (no labels).",
+)
+@click.option(
+    "--confidence",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.9,
+    show_default=True,
+    help="Probability that the bound holds (1 - epsilon).",
+)
+@click.option("--limit", type=click.IntRange(1), default=None, help="A deterministic subsample of the data.")
+def certify(run_folder, data_source, accuracy_drop, disagreement, confidence, limit):
+    """Certify RUN's Pareto configs on new data: 'at most DELTA worse than the full config, with
+    probability CONFIDENCE' (Learn-then-Test, Pareto Testing). Writes the guarantees into the run's files."""
+    from adasearch.certify import certify_run
+    from adasearch.metrics import DISAGREEMENT, DROP
+
+    if (accuracy_drop is None) == (disagreement is None):
+        raise UserError("certify: give one of --accuracy-drop DELTA or --disagreement DELTA")
+    metric, delta = (DROP, accuracy_drop) if accuracy_drop is not None else (DISAGREEMENT, disagreement)
+    certified = certify_run(run_folder, data_source, metric, delta, confidence, limit=limit)
+    click.echo(f"{len(certified)} config(s) certified: {metric} <= {delta:g} with confidence {confidence:g}")
+    for name in certified:
+        click.echo(f"  {name.removesuffix('.yaml')}")
+
+
+@main.command()
 @click.argument("run_folder", type=click.Path())
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))

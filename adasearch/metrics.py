@@ -5,7 +5,9 @@ for plots, a unit, a short format for file names, a column title, and a kind:
 
 - ``deterministic``: the same on every run of the same model, data and dtype (accuracy, MACs, exit depth);
 - ``timed``: a noisy timing on the target, measured briefly per trial and re-measured for finalists;
-- ``memory``: peak memory of one forward; repeatable, but only traced when a search uses it.
+- ``memory``: peak memory of one forward; repeatable, but only traced when a search uses it;
+- ``held-out``: measured after the search, on images that did not choose the front (data.holdout),
+  against the full config; never an objective. accuracy_drop and disagreement can be certified.
 
 The spec, Measurement, the summary table, the report, the plots, serving and --pick all derive from
 this table. Adding a metric is one line here plus its measurement in measure/evaluator.py.
@@ -18,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-DETERMINISTIC, TIMED, MEMORY = "deterministic", "timed", "memory"
+DETERMINISTIC, TIMED, MEMORY, HELDOUT = "deterministic", "timed", "memory", "held-out"
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,20 @@ REGISTRY: dict[str, Metric] = {
         _M("gflops", "minimize", "GFLOPs per image", "GFLOPs", "{:.4g}GFLOPs", "GFLOPs"),
         _M("memory_mb", "minimize", "peak memory (MB)", "MB", "{:.3g}MB", "MB", MEMORY),
         _M("mean_exit_depth", "minimize", "mean exit depth", "blocks", "exit{:.3g}", "exit depth"),
+        _M("test_accuracy", "maximize", "held-out top-1 accuracy", "", "test{:.4f}", "held-out 95%", HELDOUT),
+        _M("accuracy_drop", "minimize", "top-1 drop vs the full config", "", "drop{:.4f}", "drop", HELDOUT),
+        _M(
+            "disagreement", "minimize", "top-1 disagreement with the full config", "", "dis{:.4f}", "disagree", HELDOUT
+        ),  # fmt: skip
     )
 }
 NAMES = tuple(REGISTRY)
+SEARCH_NAMES = tuple(n for n, m in REGISTRY.items() if m.kind != HELDOUT)  # measured on every trial
+HELDOUT_NAMES = tuple(n for n, m in REGISTRY.items() if m.kind == HELDOUT)
+TEST_ACCURACY, DROP, DISAGREEMENT = HELDOUT_NAMES
+CERTIFIABLE = (DROP, DISAGREEMENT)
+TEST_SAMPLES = "test_samples"  # a count beside the held-out figures, not a metric
+SIGNIFICANT = "drop_significant"  # a flag beside them: the drop is significant (exact McNemar, 5 %)
 MAXIMIZE = frozenset(n for n, m in REGISTRY.items() if m.direction == "maximize")
 TIMED_METRICS = frozenset(n for n, m in REGISTRY.items() if m.kind == TIMED)
 MEMORY_METRICS = frozenset(n for n, m in REGISTRY.items() if m.kind == MEMORY)
@@ -64,15 +77,22 @@ HARDWARE_METRICS = TIMED_METRICS | MEMORY_METRICS
 # Roles: the policies below name metrics through these, never by a literal elsewhere.
 QUALITY = "accuracy"  # what "the most accurate" means
 P50, P90 = "latency_p50_ms", "latency_p90_ms"  # the latencies serving reports with each prediction
+P99, THROUGHPUT = "latency_p99_ms", "throughput"
 COMPUTE = "macs"  # the one compute figure the summary and the report show (as millions)
 BUDGET = (P90, P50)  # what a latency budget is compared with, first present wins
 DEFAULT_OBJECTIVES = (QUALITY, P50)
 DEFAULT_COST = "gmacs"  # the cost axis of knob plots when the objectives name no cost
 MEMORY_METRIC = next(iter(MEMORY_METRICS))
 MMACS = "mmacs"  # a derived column: COMPUTE in millions
-SUMMARY_COLUMNS = (QUALITY, P50, P90, MMACS, "mean_exit_depth")
+EXIT_DEPTH = "mean_exit_depth"
+SUMMARY_COLUMNS = (QUALITY, P50, P90, MMACS, EXIT_DEPTH)
 REPORT_COLUMNS = (
     QUALITY,
+    "test_accuracy",
+    "test_accuracy_ci_low",
+    "test_accuracy_ci_high",
+    "accuracy_drop",
+    SIGNIFICANT,
     "top5",
     "latency_p50_ms",
     "latency_p90_ms",
@@ -80,7 +100,7 @@ REPORT_COLUMNS = (
     "throughput",
     MMACS,
     "memory_mb",
-    "mean_exit_depth",
+    EXIT_DEPTH,
 )
 COMPUTE_ALIASES = frozenset({"macs", "gmacs", "flops", "gflops"})  # shown as one MMACs column
 
@@ -130,3 +150,8 @@ def relative_miss(amount: float, bound: float) -> float:
     unmet --pick conditions are weighed against each other, so a miss of 1 ms on a 2 ms bound counts
     more than a miss of 0.001 on an accuracy floor of 0.9 only when it is relatively larger."""
     return abs(amount) / max(abs(bound), 1e-12)
+
+
+def interval_columns(name: str) -> tuple[str, str]:
+    """The columns of a figure's 95 % interval: NAME_ci_low, NAME_ci_high."""
+    return f"{name}_ci_low", f"{name}_ci_high"

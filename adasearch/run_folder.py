@@ -262,7 +262,7 @@ def deployment_doc(row: dict, run: dict, macs_convention: Optional[str] = None) 
     measured_on = (run.get("environment") or {}).get("device")
     if measured_on:
         hardware["device"] = measured_on
-    return {
+    doc = {
         "config": row["config"],
         "metrics": row["metrics"],
         "model": spec.get("model"),
@@ -271,3 +271,6 @@ def deployment_doc(row: dict, run: dict, macs_convention: Optional[str] = None) 
         "macs_convention": macs_convention or run.get("macs_convention"),
         "trial": row.get("trial"),
     }
+    if isinstance(row.get("guarantee"), dict):  # a certified config: {metric, max, confidence, samples, method}
+        doc["guarantee"] = row["guarantee"]
+    return doc

@@ -17,7 +17,8 @@ from adasearch.errors import UserError
 from adasearch.metrics import DEFAULT_OBJECTIVES, HARDWARE_METRICS, MAXIMIZE, MEMORY_METRIC
 from adasearch.yaml_io import read_yaml
 
-METRICS = metrics.NAMES
+METRICS = metrics.SEARCH_NAMES  # objectives and search constraints: measured on every trial
+CERTIFIABLE = metrics.CERTIFIABLE
 
 
 class _Strict(BaseModel):
@@ -28,6 +29,8 @@ class DataSpec(_Strict):
     source: str = "digits"
     limit: Optional[StrictInt] = Field(default=None, ge=1)  # strict: YAML `true` is not 1
     seed: StrictInt = Field(default=0, ge=0, lt=2**31)
+    # Fraction of the images kept out of the search, to report on (0: none, figures are in-sample).
+    holdout: float = Field(default=0.5, ge=0, le=0.9, allow_inf_nan=False)
 
 
 class HardwareSpec(_Strict):
@@ -35,6 +38,10 @@ class HardwareSpec(_Strict):
     threads: Optional[StrictInt] = Field(default=None, ge=1)
     batch_size: StrictInt = Field(default=1, ge=1)
     dtype: Literal[DTYPE_NAMES] = "float32"
+    # A Ray custom resource that marks the target nodes (e.g. target_cpu): on the ray engine, every trial
+    # that times latency or memory runs only on a node that has it. Where to measure, not how: the
+    # measuring code (measure.evaluator.Hardware) never takes it.
+    ray_resource: Optional[str] = None
 
     @field_validator("device")
     @classmethod
@@ -44,10 +51,25 @@ class HardwareSpec(_Strict):
             raise ValueError(f"{v!r} is not known; allowed: auto, cpu, cuda, cuda:N, mps")
         return v
 
+    @field_validator("ray_resource")
+    @classmethod
+    def _ray_resource_name(cls, v: Optional[str]) -> Optional[str]:
+        """A custom resource's name; Ray's own (CPU, GPU, memory, object_store_memory) mark no target."""
+        if v is not None and (
+            not re.fullmatch(r"[A-Za-z0-9_-]+", v) or v in ("CPU", "GPU", "memory", "object_store_memory")
+        ):
+            raise ValueError(
+                f"{v!r} is not a custom Ray resource name; allowed: letters, digits, _ and - (e.g. target_cpu), "
+                f"not CPU, GPU, memory or object_store_memory"
+            )
+        return v
+
 
 class Bound(_Strict):
     min: Optional[float] = Field(default=None, allow_inf_nan=False)  # NaN would fail every comparison
     max: Optional[float] = Field(default=None, allow_inf_nan=False)
+    # Only for certified constraints (accuracy_drop, disagreement): max holds with this probability.
+    confidence: Optional[float] = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_side(self):
@@ -92,7 +114,8 @@ class RunSpec(_Strict):
     model: str = "demo"
     data: DataSpec = DataSpec()
     hardware: HardwareSpec = HardwareSpec()
-    constraints: dict[str, Bound] = {}
+    constraints: dict[str, Bound] = {}  # on the search part, for every trial
+    certified: dict[str, Bound] = {}  # held-out risks to certify (given under `constraints` in the file)
     objectives: list[Objective] = [Objective(metric=m, direction=metrics.direction(m)) for m in DEFAULT_OBJECTIVES]
     search: SearchSpec = SearchSpec()
     output: Optional[str] = None
@@ -125,11 +148,45 @@ class RunSpec(_Strict):
             out.append(o)
         return out
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_certified(cls, raw):
+        """Certified constraints (accuracy_drop, disagreement) are written with the others, but they are
+        decided on the held-out part after the search, not per trial."""
+        if isinstance(raw, dict) and isinstance(raw.get("constraints"), dict):
+            given = raw["constraints"]
+            certified = {k: v for k, v in given.items() if k in CERTIFIABLE}
+            if certified:
+                raw = {**raw, "constraints": {k: v for k, v in given.items() if k not in CERTIFIABLE},
+                       "certified": {**raw.get("certified", {}), **certified}}  # fmt: skip
+        return raw
+
     @model_validator(mode="after")
     def _metrics_known(self):
-        for key in self.constraints:
+        for key, bound in self.constraints.items():
             if key not in METRICS:
-                raise ValueError(f"constraints.{key}: unknown metric; allowed: {', '.join(METRICS)}")
+                raise ValueError(
+                    f"constraints.{key}: unknown metric; allowed: {', '.join(METRICS + tuple(CERTIFIABLE))}"
+                )
+            if bound.confidence is not None:
+                raise ValueError(
+                    f"constraints.{key}.confidence: only a certified constraint has one; allowed on "
+                    f"{', '.join(CERTIFIABLE)}"
+                )
+        for key, bound in self.certified.items():
+            if bound.confidence is None or bound.max is None or bound.min is not None:
+                raise ValueError(
+                    f"constraints.{key}: a certified constraint is {{max: delta, confidence: 1 - epsilon}}"
+                )
+            if not 0 < bound.max < 1:
+                raise ValueError(f"constraints.{key}.max: {bound.max} is not allowed; a fraction in (0, 1)")
+            if self.data.holdout == 0:
+                raise ValueError(f"constraints.{key}: is decided on the held-out part; set data.holdout above 0")
+        if len(self.certified) > 1:
+            raise ValueError(
+                f"constraints: certify one risk per run ({', '.join(self.certified)} given); certify another "
+                f"afterwards with `adasearch certify`"
+            )
         if not 2 <= len(self.objectives) <= 3:
             raise ValueError(f"objectives: give 2 or 3 metrics, got {len(self.objectives)}")
         names = [o.metric for o in self.objectives]

@@ -3,6 +3,10 @@
 Test modules import from here (never from one another); conftest.py turns some into fixtures.
 """
 
+import contextlib
+import socket
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -67,3 +71,27 @@ def write_run_spec(
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+@contextlib.contextmanager
+def serving(app):
+    """An httpx client of `app` served by a real uvicorn on a free loopback port, stopped on exit."""
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -106,9 +106,9 @@ def test_every_metric_name_is_declared_once_in_the_registry():
 def test_the_registry_drives_the_spec_and_the_measurement():
     from adasearch.spec import METRICS, RunSpec
 
-    assert METRICS == metrics.NAMES
+    assert METRICS == metrics.SEARCH_NAMES
     m = Measurement(accuracy=0.5, top5=0.9, macs=2e6, flops=4e6, mean_exit_depth=1.0, exit_fractions=[1.0])
-    assert list(m.metrics()) == list(metrics.NAMES)
+    assert list(m.metrics()) == list(metrics.SEARCH_NAMES)
     assert m.metrics()["gmacs"] == pytest.approx(2e-3)
     spec = RunSpec(objectives=["accuracy", "throughput", "gmacs"])  # shorthand directions from the registry
     assert [o.direction for o in spec.objectives] == ["maximize", "maximize", "minimize"]

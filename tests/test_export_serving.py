@@ -96,8 +96,8 @@ def test_run_folder_loads_every_pareto_config_and_one_model(run_dir, images):
     dep = Deployment.load(run_dir, model=net)
     rows = pareto_rows(run_dir)
     assert dep.model is net
-    assert [(name + ".yaml", c.to_dict(), m) for name, c, m in dep.configs] == [
-        (row["name"], row["config"], row["metrics"]) for row in rows
+    assert [(e.name + ".yaml", e.config.to_dict(), e.metrics, e.guarantee) for e in dep.configs] == [
+        (row["name"], row["config"], row["metrics"], row.get("guarantee")) for row in rows
     ]
     one = dep.predict(images[0])  # a single (C, H, W) image is a batch of one
     assert one.logits.shape == (1, 10)

@@ -1,18 +1,12 @@
 """`adasearch serve` against a real uvicorn server on a free loopback port, malformed requests mixed in."""
 
-import contextlib
 import io
 import math
-import socket
 import struct
-import threading
-import time
 import zlib
 
-import httpx
 import pytest
 import torch
-import uvicorn
 from click.testing import CliRunner
 from PIL import Image
 
@@ -22,7 +16,7 @@ from adasearch.data.digits import digits
 from adasearch.serving import Deployment
 from adasearch.serving.deployment import Entry
 from adasearch.serving.http import MAX_IMAGE_PIXELS, create_app
-from tests.helpers import write_run_spec
+from tests.helpers import serving, write_run_spec
 
 
 @pytest.fixture(scope="module")
@@ -40,29 +34,8 @@ def server(tmp_path_factory):
         mp.setenv("ADASEARCH_CACHE", str(tmp / "cache"))
         assert CliRunner().invoke(main, ["run", str(spec), "--no-progress"]).exit_code == 0
     dep = Deployment.load(tmp / "out")
-    with _running(create_app(dep, max_body_bytes=64 * 1024)) as client:
+    with serving(create_app(dep, max_body_bytes=64 * 1024)) as client:
         yield client, dep
-
-
-@contextlib.contextmanager
-def _running(app):
-    """A client of `app` served by uvicorn on a free loopback port, stopped on exit."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 def _huge_png() -> bytes:
@@ -209,7 +182,7 @@ def test_responses_never_hold_nan(server):
     _, dep = server
     nan = {"latency_p90_ms": math.nan, "gmacs": math.inf}
     broken = Deployment(dep.model, [Entry(e.name, e.config, {**e.metrics, **nan}) for e in dep.configs])
-    with _running(create_app(broken)) as client:
+    with serving(create_app(broken)) as client:
         configs = client.get("/configs")
         assert configs.status_code == 200, configs.text
         assert all(c["metrics"]["latency_p90_ms"] is None and c["metrics"]["gmacs"] is None for c in configs.json())

@@ -37,7 +37,9 @@ def run_folder(tmp_path_factory):
 
 def test_report_files(run_folder):
     page = (run_folder / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3  # self-contained: front, hypervolume, knob effects
+    # self-contained: front, held-out accuracy (the run holds half its images out), hypervolume, knob effects
+    assert page.count("data:image/png;base64,") == 4
+    assert "How sure is this number?" in page and "images the search never saw" in page
     assert 'src="http' not in page and "<script" not in page
     pareto = json.loads((run_folder / "pareto.json").read_text())["pareto"]
     assert f"Pareto-optimal configs ({len(pareto)})" in page
@@ -45,7 +47,7 @@ def test_report_files(run_folder):
         assert f"{p['metrics']['accuracy']:.4g}" in page
     md = (run_folder / "report.md").read_text()
     assert "![Pareto front](report_files/front.png)" in md
-    for name in ("front", "hypervolume", "knobs"):
+    for name in ("front", "heldout", "hypervolume", "knobs"):
         assert Image.open(run_folder / "report_files" / f"{name}.png").size[0] > 300
 
 

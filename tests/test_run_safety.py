@@ -104,7 +104,7 @@ def test_a_hardware_change_re_times_and_reuses_no_timing(tmp_path):
     brief = {t.user_attrs["key"]: t.user_attrs["metrics"] for t in retimed}
     final = list(study.user_attrs["final_metrics"].values())
     for row in yaml.safe_load((tmp_path / "out" / "pareto.json").read_text())["pareto"]:
-        assert row["metrics"] in final
+        assert any(all(row["metrics"][k] == v for k, v in f.items()) for f in final)
     assert all(m["latency_p50_ms"] > 0 for m in brief.values())
 
 

@@ -13,7 +13,8 @@ from adasearch.measure.closed_form_macs import MACS_CONVENTION, CostModel
 from adasearch.measure.environment import environment, resolve_device, resolve_dtype, set_threads
 from adasearch.measure.latency import time_config
 from adasearch.measure.memory import peak_memory_mb
-from adasearch.metrics import NAMES as metric_names
+from adasearch.metrics import MEMORY_METRIC
+from adasearch.metrics import SEARCH_NAMES as metric_names
 
 ACCURACY_BATCH = 256  # accuracy does not depend on the batch size; a big batch is just faster
 LATENCY_BATCHES = 8  # distinct real batches cycled while timing, so early exits are realistic
@@ -90,7 +91,19 @@ class Evaluator:
             self.model, data, batch_size=ACCURACY_BATCH, cache_dir=cache_dir, progress=progress
         )
         self.cost = CostModel(self.model)
+        self.heldout = None  # the held-out part, when build_evaluator split the data
+        self._heldout_engine = None
         self._latency_batches = None
+
+    def heldout_accuracy(self) -> AccuracyEngine:
+        """An accuracy engine over the held-out part (its own cache entries: other samples)."""
+        if self.heldout is None:
+            raise UserError("this run has no held-out part (data.holdout is 0)")
+        if self._heldout_engine is None:
+            self._heldout_engine = AccuracyEngine(
+                self.model, self.heldout, batch_size=ACCURACY_BATCH, cache_dir=self.accuracy.cache_dir
+            )
+        return self._heldout_engine
 
     def latency_batches(self) -> list:
         if self._latency_batches is None:
@@ -154,6 +167,22 @@ class Evaluator:
         measurement.env = {**self.environment(), "latency_reps": lat.reps, "warmup": lat.warmup}
         return measurement
 
+    def time_interleaved(self, configs: list, budget_s: float, seed: int = 0) -> dict:
+        """{config: metrics} for `configs` timed round-robin in shuffled rounds (measure/interleaved.py),
+        budget_s of timing each, with 95 % bootstrap intervals of every timed figure, and peak memory."""
+        from adasearch.measure.interleaved import time_interleaved
+        from adasearch.measure.latency import _synchronizer
+
+        configs = list(dict.fromkeys(configs))
+        batches = self.latency_batches()
+        fns = [lambda x, c=c: self.model.run(x, c) for c in configs]
+        timed = time_interleaved(fns, batches, sync=_synchronizer(self.device), budget_s=budget_s, seed=seed)
+        out = {}
+        for c, figures in zip(configs, timed):
+            mem = peak_memory_mb(self.model, c, batches[0], self.device)
+            out[c] = {**figures, MEMORY_METRIC: mem["peak_mb"]}
+        return out
+
     def measure(self, configs: Iterable[DeploymentConfig], latency: bool = True) -> dict:
         results = self.measure_accuracy_and_cost(configs)
         if latency:
@@ -172,12 +201,15 @@ def build_evaluator(
     data_key: str = "data",
     cache_dir=None,
     latency_budget_s: float = 0.5,
+    holdout: float = 0.0,
 ) -> Evaluator:
     """Model + data + hardware -> an Evaluator: the wiring `measure` and `run` share.
 
     Fails on an unavailable device before any loading, and on labels the model cannot have (naming
-    `data_key`, the flag or spec key the data came from)."""
+    `data_key`, the flag or spec key the data came from). holdout > 0 keeps that fraction of the images
+    out of what the Evaluator measures, as `evaluator.heldout` (data/split.py)."""
     from adasearch.data.datasets import check_labels, load_data
+    from adasearch.data.split import holdout_split
     from adasearch.model.loading import load_model
 
     resolve_device(hardware.device)
@@ -186,4 +218,7 @@ def build_evaluator(
         data_source, limit=limit, seed=data_seed, img_size=model.cfg.img_size, channels=model.cfg.in_channels
     )
     check_labels(data, model.cfg.num_classes, data_key)
-    return Evaluator(model, data, hardware, cache_dir=cache_dir, latency_budget_s=latency_budget_s)
+    search, heldout = holdout_split(data, holdout, data_seed)
+    evaluator = Evaluator(model, search, hardware, cache_dir=cache_dir, latency_budget_s=latency_budget_s)
+    evaluator.heldout = heldout
+    return evaluator

@@ -64,12 +64,37 @@ def _pictures(data: RunData) -> dict:
     names = [o["metric"] for o in objectives]
     cost = next((m for m in names if m != metrics.QUALITY), metrics.DEFAULT_COST)
     hv_png, fractions = plots.hypervolume_curve(data.trials, objectives)
-    return {
+    pics = {
         "front": plots.front_plot(data.trials, data.front, objectives, constraints),
         "hypervolume": hv_png,
         "knobs": plots.knob_effects(data.trials, _defaults(data), cost),
         "_hv": fractions,
     }
+    if metrics.TEST_ACCURACY in data.front and len(data.front):
+        certified = {row["trial"] for row in data.pareto["pareto"] if row.get("guarantee")}
+        pics["heldout"] = plots.heldout_plot(data.front, certified, cost)
+    return pics
+
+
+def _heldout_note(data: RunData) -> str:
+    """One sentence on how sure the accuracies are: held-out with intervals and optimism, or in-sample."""
+    held = data.run.get("holdout") or {}
+    if not held.get("samples"):
+        return ("The accuracies are in-sample: measured on the images that chose the front (data.holdout is 0), "
+                "so they are optimistic.")  # fmt: skip
+    note = (
+        f"Held-out accuracies come from {held['samples']} images the search never saw, with 95 % "
+        f"Clopper-Pearson intervals; accuracy_drop is paired against the full config on the same images."
+    )
+    if held.get("optimism") is not None:
+        note += f" The front's search accuracy is {held['optimism']:+.4f} above its held-out accuracy on average."
+    certification = [f"{g['metric']} <= {g['max']:g} at confidence {g['confidence']:g}"
+                     for g in {json.dumps(r["guarantee"], sort_keys=True): r["guarantee"] for r in data.pareto["pareto"]
+                               if r.get("guarantee")}.values()]  # fmt: skip
+    if certification:
+        n = sum(bool(r.get("guarantee")) for r in data.pareto["pareto"])
+        note += f" Certified ({'; '.join(sorted(set(certification)))}): {n} config(s), starred."
+    return note
 
 
 def _table(df: pd.DataFrame, columns: list) -> pd.DataFrame:
@@ -152,6 +177,7 @@ def write_report(folder) -> list:
 <style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>
 <table class="meta">{rows}</table>
 <h2>Pareto front</h2>{img("front")}
+<h2>How sure is this number?</h2><p>{html.escape(_heldout_note(data))}</p>{img("heldout") if "heldout" in pics else ""}
 <h2>Pareto-optimal configs ({len(pareto)})</h2><div style="overflow-x:auto">{table}</div>
 <h2>Hypervolume over trials</h2><p>{hv_note}</p>{img("hypervolume")}
 <h2>Knob effects</h2>{img("knobs")}
@@ -159,8 +185,9 @@ def write_report(folder) -> list:
 <code>adasearch.serving.Deployment.load</code>).</p></body></html>"""
     out = data.folder
     paths = [out.write_text("report.html", page)]
-    for key in ("front", "hypervolume", "knobs"):
-        out.write_bytes(f"report_files/{key}.png", pics[key])
+    for key in ("front", "hypervolume", "knobs", "heldout"):
+        if key in pics:
+            out.write_bytes(f"report_files/{key}.png", pics[key])
     md = [f"# {title}", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in _metadata(data)]
     md += [
         "",
@@ -168,6 +195,11 @@ def write_report(folder) -> list:
         "",
         "![Pareto front](report_files/front.png)",
         "",
+        "## How sure is this number?",
+        "",
+        _heldout_note(data),
+        "",
+        *(["![Held-out accuracy](report_files/heldout.png)", ""] if "heldout" in pics else []),
         f"## Pareto-optimal configs ({len(pareto)})",
         "",
     ]

@@ -28,6 +28,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _interval(df: pd.DataFrame, metric: str):
+    """[below, above] error-bar lengths from a metric's interval columns, or None without them."""
+    low, high = metrics.interval_columns(metric)
+    if low not in df or df[low].isna().all():
+        return None
+    return [(df[metric] - df[low]).clip(lower=0).fillna(0), (df[high] - df[metric]).clip(lower=0).fillna(0)]
+
+
 def front_plot(trials: pd.DataFrame, front: pd.DataFrame, objectives: list, constraints: dict) -> bytes:
     """Every trial faintly (infeasible as crosses), the front bold; constraint limits as dashed lines.
     With 3 objectives: one panel per pair."""
@@ -43,6 +51,9 @@ def front_plot(trials: pd.DataFrame, front: pd.DataFrame, objectives: list, cons
         f = front.sort_values(x)
         # A 3-objective front projected on a pair is not a curve: points only.
         ax.plot(f[x], f[y], "-o" if len(objectives) == 2 else "o", color="tab:blue", ms=5, lw=1.5, label="Pareto front")
+        xerr, yerr = _interval(f, x), _interval(f, y)
+        if xerr is not None or yerr is not None:  # re-timed figures: their 95 % intervals
+            ax.errorbar(f[x], f[y], xerr=xerr, yerr=yerr, fmt="none", ecolor="tab:blue", alpha=0.6, capsize=2)
         for metric, axis in ((x, "x"), (y, "y")):
             bound = constraints.get(metric, {})
             for side in ("min", "max"):
@@ -113,4 +124,27 @@ def knob_effects(trials: pd.DataFrame, defaults: dict, cost_metric: str) -> byte
             ax.grid(alpha=0.3)
     fig.suptitle("Knob effects (grey: trials; blue: mean per value)", fontsize=11)
     fig.tight_layout()
+    return _png(fig)
+
+
+def heldout_plot(front: pd.DataFrame, certified: set, cost_metric: str) -> bytes:
+    """The front's search accuracy (open) against its held-out accuracy with 95 % intervals (filled),
+    over the cost: the gap is the search's optimism. Certified configs are starred."""
+    low, high = metrics.interval_columns(metrics.TEST_ACCURACY)
+    f = front.sort_values(cost_metric)
+    x, test = f[cost_metric], f[metrics.TEST_ACCURACY]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(x, f[metrics.QUALITY], "o", mfc="none", color="tab:gray", label="search part (chose the front)")
+    ax.errorbar(x, test, yerr=[test - f[low], f[high] - test], fmt="o", color="tab:blue", capsize=3,
+                label="held-out, 95 % interval")  # fmt: skip
+    stars = f[f["trial"].isin(certified)]
+    if len(stars):
+        ax.plot(stars[cost_metric], stars[metrics.TEST_ACCURACY], "*", ms=14, color="tab:orange", label="certified")
+    if len(x) and x.min() > 0 and x.max() / x.min() > 10:
+        ax.set_xscale("log")  # cheap configs crowd the left otherwise
+    ax.set_xlabel(metrics.label(cost_metric))
+    ax.set_ylabel(metrics.label(metrics.QUALITY))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title("How sure is this number? Search vs held-out accuracy", fontsize=11)
     return _png(fig)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,10 +108,19 @@ def record_trial(ctx: RunContext, measured: Measured, params: dict, trial=None) 
         trials.attach(trial, measured, hardware)
         ctx.study.add_trial(trial)
     else:
-        trials.attach(trial, measured, hardware)
-        if constraints:  # where Optuna's own constraints_func puts them; samplers and the dashboard read it
-            ctx.study._storage.set_trial_system_attr(trial._trial_id, trials.CONSTRAINTS, constraints)
-        ctx.study.tell(trial, values)
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            trials.attach(trial, measured, hardware)
+            if constraints:  # where Optuna's own constraints_func puts them; samplers and the dashboard read it
+                ctx.study._storage.set_trial_system_attr(trial._trial_id, trials.CONSTRAINTS, constraints)
+            ctx.study.tell(trial, values)
+        except (UpdateFinishedTrialError, ValueError) as e:
+            # Another process failed this trial as stale (this one was paused past the heartbeat's grace):
+            # the measurement is still good, so it is stored as a trial of its own.
+            if "finished" not in str(e).lower() and "fail" not in str(e).lower():
+                raise
+            return record_trial(ctx, measured, dict(trial.params))
     if not ctx.measurer.reusable(measured.key):  # new, or replacing figures timed on other hardware
         ctx.measurer.known[measured.key] = measured.metrics
 
@@ -125,24 +133,6 @@ def drop_trial(ctx: RunContext, trial) -> None:
         ctx.study.tell(trial, state=TrialState.FAIL)
     except Exception:  # already finished, or the storage is gone: nothing left to clean
         pass
-
-
-def _rdb_storage(url: str, attempts: int = 5):
-    """An RDBStorage, retried while another process (a worker, or a reader of a run in progress)
-    creates the same schema: SQLAlchemy's create-if-missing races, and the loser sees an
-    IntegrityError or "table already exists" although the storage is fine a moment later."""
-    import optuna
-    from sqlalchemy.exc import IntegrityError, OperationalError
-
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        except (IntegrityError, OperationalError) as e:
-            racing = isinstance(e, IntegrityError) or "already exists" in str(e)
-            if not racing or attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
 
 
 def make_sampler(name: str, seed: int, budget: int):
@@ -160,8 +150,12 @@ def make_sampler(name: str, seed: int, budget: int):
     return optuna.samplers.BruteForceSampler(seed=seed)
 
 
-def storage_url(spec: RunSpec, out_dir: Path) -> str:
-    return spec.search.storage or f"sqlite:///{(out_dir / STUDY_DB).resolve()}"
+def storage_url(spec: RunSpec, out_dir: Path, masked: bool = True) -> str:
+    """The run's storage URL; masked (for messages, run.yaml and logs): its password replaced by ***."""
+    from adasearch.search.storage import mask_url
+
+    url = spec.search.storage or f"sqlite:///{(out_dir / STUDY_DB).resolve()}"
+    return mask_url(url) if masked else url
 
 
 def open_study(spec: RunSpec, out_dir: Path, overwrite: bool = False):
@@ -169,15 +163,11 @@ def open_study(spec: RunSpec, out_dir: Path, overwrite: bool = False):
     same name first."""
     import optuna
 
+    from adasearch.search.storage import fail_stale_trials, open_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage_url(spec, out_dir)
-    try:
-        storage = _rdb_storage(url)
-    except Exception as e:
-        raise UserError(
-            f"search.storage: cannot open {url!r} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-            f"allowed: an Optuna storage URL such as sqlite:///path/study.db"
-        )
+    url = storage_url(spec, out_dir)  # masked: what the messages show
+    storage = open_storage(storage_url(spec, out_dir, masked=False), spec.search.workers)  # UserError if it fails
     directions = [o.direction for o in spec.objectives]
     sampler = make_sampler(spec.search.sampler, spec.search.seed, spec.search.trials)
     if overwrite and spec.run_name in {s.study_name for s in storage.get_all_studies()}:
@@ -206,6 +196,7 @@ def open_study(spec: RunSpec, out_dir: Path, overwrite: bool = False):
             f"the spec asks for {metrics}: use another output/storage or name"
         )
     study.set_user_attr("constraints", list(spec.constraints))  # names of the trials' constraint lists
+    fail_stale_trials(study)  # trials of a killed process (PostgreSQL's heartbeat): failed, their configs re-queued
     return study
 
 
@@ -292,11 +283,12 @@ def prepare(spec: RunSpec, storage: bool = True, overwrite: bool = False) -> Run
     evaluator = build_evaluator(
         spec.model if spec.model == "demo" else spec.resolve(spec.model),
         spec.data.source if builtin else spec.resolve(spec.data.source),  # e.g. digits_small.npz is a file
-        Hardware(**spec.hardware.model_dump()),
+        Hardware(**spec.hardware.model_dump(exclude={"ray_resource"})),
         limit=spec.data.limit,
         data_seed=spec.data.seed,
         data_key="data.source",
         latency_budget_s=spec.search.latency_budget_s,
+        holdout=spec.data.holdout,
     )
     space = SearchSpace.load(spec.search.space, evaluator.model.cfg, Path(spec.base_dir))
     fingerprint = run_fingerprint(evaluator, space, spec)

@@ -14,6 +14,7 @@ from adasearch.measure.closed_form_macs import MACS_CONVENTION
 from adasearch.run_folder import RunFolder, deployment_doc
 from adasearch.search import trials
 from adasearch.search.pareto import pareto_front
+from adasearch.search.storage import recorded_spec
 
 
 @dataclass
@@ -30,12 +31,61 @@ class RunSummary:
     records: list = field(repr=False, default_factory=list)
     front: list = field(repr=False, default_factory=list)
     notes: list = field(default_factory=list)
+    guarantees: dict = field(default_factory=dict)  # config key -> certified guarantee
+    heldout_samples: int = 0  # images in the held-out part (0: the figures are in-sample)
+
+    @property
+    def optimism(self) -> Optional[float]:
+        """Mean over the front of search accuracy minus held-out accuracy: the winner's curse, measured."""
+        pairs = [(r.metrics[metrics.QUALITY], r.metrics.get(metrics.TEST_ACCURACY)) for r in self.front]
+        pairs = [(a, t) for a, t in pairs if t is not None]
+        return sum(a - t for a, t in pairs) / len(pairs) if pairs else None
+
+
+def noise_ties(recs: list, spec) -> list:
+    """The records with ties within timing noise collapsed, so that noise does not order them.
+
+    The rule: records whose deterministic objectives are equal and whose timed objectives' 95 %
+    intervals overlap (pairwise, and transitively) form a group; the record with the fewest MACs (then
+    the smallest config label) stands for the group and the others leave the front's candidates. Only
+    re-timed records carry intervals; the others are never grouped."""
+    timed = [o.metric for o in spec.objectives if metrics.REGISTRY[o.metric].timed]
+    if not timed:
+        return recs
+    fixed = [o.metric for o in spec.objectives if o.metric not in timed]
+    bounds = [metrics.interval_columns(m) for m in timed]
+
+    def overlap(a, b) -> bool:
+        return all(
+            a.metrics.get(lo) is not None and b.metrics.get(lo) is not None
+            and a.metrics[lo] <= b.metrics[hi] and b.metrics[lo] <= a.metrics[hi]
+            for lo, hi in bounds
+        )  # fmt: skip
+
+    parent = list(range(len(recs)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(recs):
+        for j in range(i):
+            b = recs[j]
+            if all(a.metrics.get(m) == b.metrics.get(m) for m in fixed) and overlap(a, b):
+                parent[root(i)] = root(j)
+    groups: dict = {}
+    for i, r in enumerate(recs):
+        groups.setdefault(root(i), []).append(r)
+    keep = {id(min(g, key=lambda r: (r.metrics[metrics.COMPUTE], r.config.label()))) for g in groups.values()}
+    return [r for r in recs if id(r) in keep]
 
 
 def front_of(recs: list, spec) -> list:
-    """Feasible, non-dominated records, best first objective first."""
+    """Feasible, non-dominated records, best first objective first (noise ties collapsed first)."""
     directions = [o.direction for o in spec.objectives]
-    feasible = [r for r in recs if r.feasible]
+    feasible = noise_ties([r for r in recs if r.feasible], spec)
     front = [
         feasible[i] for i in pareto_front([trials.objective_values(spec, r.metrics) for r in feasible], directions)
     ]
@@ -92,6 +142,12 @@ def write_results(ctx, summary: RunSummary) -> None:
         "feasible": summary.feasible,
         "pareto": len(front),
         "notes": summary.notes,
+        "holdout": {
+            "fraction": spec.data.holdout,
+            "samples": summary.heldout_samples,
+            "optimism": summary.optimism,
+            "certified": len(summary.guarantees),
+        },
         "macs_convention": MACS_CONVENTION,
         "environment": env,
         "model_config": {
@@ -100,7 +156,7 @@ def write_results(ctx, summary: RunSummary) -> None:
         },
         # The model as an absolute path: the spec's may be relative to the spec file, and serving
         # code reads this from any directory.
-        "spec": {**spec.to_yaml_dict(), "model": _model_ref(spec)},
+        "spec": {**recorded_spec(spec.to_yaml_dict()), "model": _model_ref(spec)},  # storage password masked
     }
     folder.write_run(run_doc)
     folder.write_trials([_row(r) for r in summary.records])
@@ -109,6 +165,10 @@ def write_results(ctx, summary: RunSummary) -> None:
         {"trial": r.number, "name": deployment_name(r, spec), "config": r.config.to_dict(), "metrics": r.metrics}
         for r in front
     ]
+    for r, row in zip(front, pareto):
+        guarantee = summary.guarantees.get(trials.config_key(r.config))
+        if guarantee:
+            row["guarantee"] = guarantee
     folder.write_pareto(
         {
             "objectives": [o.model_dump() for o in spec.objectives],
@@ -143,6 +203,9 @@ def print_summary(summary: RunSummary, spec, console) -> None:
         console.print(f"note: {note}")
     cols = list(metrics.SUMMARY_COLUMNS)
     cols += [o.metric for o in spec.objectives if o.metric not in {*cols, *metrics.COMPUTE_ALIASES}]
+    if summary.heldout_samples:  # the held-out figure matters more than the exit depth (the label shows tau)
+        cols.insert(1, metrics.TEST_ACCURACY)
+        cols.remove(metrics.EXIT_DEPTH)
     if not front:
         console.print("[bold red]no config satisfies the constraints.[/bold red] Closest configs:")
         rows = closest(recs, spec)
@@ -152,10 +215,18 @@ def print_summary(summary: RunSummary, spec, console) -> None:
     t.add_column("config", no_wrap=True)  # labels are what people copy; narrow the numbers instead
     for c in cols:
         t.add_column(metrics.header(c), justify="right")
+    low, high = metrics.interval_columns(metrics.TEST_ACCURACY)
     for r in rows:
         shown = metrics.with_mmacs(r.metrics)
-        t.add_row(r.config.label(), *[_fmt(shown.get(c)) for c in cols])
+        cells = [_fmt(shown.get(c)) for c in cols]
+        if metrics.TEST_ACCURACY in cols and shown.get(low) is not None:
+            t_acc = shown[metrics.TEST_ACCURACY]
+            half = max(t_acc - shown[low], shown[high] - t_acc)  # the interval is asymmetric: its wider side
+            cells[cols.index(metrics.TEST_ACCURACY)] = f"{t_acc:.3f}±{half:.2f}"
+        label = r.config.label() + (" *" if trials.config_key(r.config) in summary.guarantees else "")
+        t.add_row(label, *cells)
     console.print(t)
+    _print_heldout(summary, spec, console)
     if not front:
         for r in rows:
             console.print(
@@ -172,4 +243,24 @@ def print_summary(summary: RunSummary, spec, console) -> None:
             f"adasearch serve {out}",
             highlight=False,
             soft_wrap=True,
+        )
+
+
+def _print_heldout(summary: RunSummary, spec, console) -> None:
+    """How sure the figures are: held-out or in-sample, the optimism of the front, what is certified."""
+    if not summary.heldout_samples:
+        console.print("note: data.holdout is 0, so every accuracy above is in-sample: measured on the images that "
+                      "chose the front, and optimistic")  # fmt: skip
+        return
+    optimism = summary.optimism
+    if optimism is not None:
+        console.print(
+            f"held-out: {summary.heldout_samples} images the search never saw (95 % Clopper-Pearson intervals); "
+            f"the front's search top-1 is {optimism:+.4f} above its held-out top-1 on average (optimism)"
+        )
+    for metric, bound in spec.certified.items():
+        console.print(
+            f"certified: {metric} <= {bound.max:g} with confidence {bound.confidence:g} for "
+            f"{len(summary.guarantees)} of {len(summary.front)} Pareto configs, marked * "
+            f"(Learn-then-Test, Pareto Testing)"
         )

@@ -18,7 +18,7 @@ import threading
 import time
 
 from adasearch.errors import Terminated, UserError
-from adasearch.search import trials
+from adasearch.search import heldout, trials
 from adasearch.search.context import RunContext, drop_trial, prepare, record_trial, storage_url
 from adasearch.search.engine_base import Driver, Engine
 from adasearch.search.engines import ExhaustiveEngine, OptunaEngine
@@ -58,6 +58,7 @@ def measure_and_record(ctx: RunContext, engine: Engine, on_trial=lambda metrics:
     engine is done, ctx.stop is set or search.timeout passes. Ctrl-C or SIGTERM anywhere in it drops
     the proposals in flight (no trial is left RUNNING) and sets ctx.stop; finished trials stay stored.
     A storage that fails mid-run is one UserError."""
+    from optuna.exceptions import StorageInternalError
     from sqlalchemy.exc import SQLAlchemyError
 
     timeout = ctx.spec.search.timeout
@@ -78,7 +79,7 @@ def measure_and_record(ctx: RunContext, engine: Engine, on_trial=lambda metrics:
                 on_trial(measured.metrics)
     except KeyboardInterrupt as e:
         ctx.stop.append("SIGTERM" if isinstance(e, Terminated) else "SIGINT")
-    except (SQLAlchemyError, OSError) as e:
+    except (SQLAlchemyError, OSError, StorageInternalError) as e:
         raise _storage_failure(ctx, e)
     finally:
         with _signals_deferred():
@@ -175,6 +176,7 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
     with stop_on_sigterm():
         ctx = prepare(spec, overwrite=overwrite)
         engine_name, first_new = spec.search.engine, len(ctx.study.trials)  # trial numbers from here are this run's
+        figures, guarantees = {}, {}
         try:
             engine = choose_engine(ctx)
             engine_name = engine.name
@@ -185,6 +187,10 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                 recs = trials.records(ctx.study, spec)
                 if recs:
                     retime_finalists(ctx, recs)
+                    final = ctx.study.user_attrs.get("final_metrics", {})
+                    recs = trials.records(ctx.study, spec, final)
+                    candidates = [r for r in recs if str(r.number) in final]
+                    figures, guarantees = heldout.evaluate(ctx, front_of(recs, spec), candidates)
         except KeyboardInterrupt as e:  # outside the loop: choosing the engine, or re-timing finalists
             ctx.stop.append("SIGTERM" if isinstance(e, Terminated) else "SIGINT")
         interrupted = bool(ctx.stop)
@@ -192,6 +198,8 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
             # Interrupted: keep the re-timed figures stored so far (this run's or earlier runs'), re-time nothing.
             final = dict(ctx.study.user_attrs.get("final_metrics", {}))
             recs = trials.records(ctx.study, spec, final)
+            for r in recs:  # held-out figures belong to the config, like re-timed ones
+                r.metrics.update(heldout.public(figures.get(trials.config_key(r.config), {})))
             summary = RunSummary(
                 engine=engine_name,
                 trials=len(recs),
@@ -203,6 +211,8 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                 records=recs,
                 front=front_of(recs, spec),
                 notes=list(ctx.notes),
+                guarantees=guarantees,
+                heldout_samples=len(ctx.measurer.evaluator.heldout or ()),
             )
             write_results(ctx, summary)
             print_summary(summary, spec, console)

@@ -14,6 +14,7 @@ own, so Deployment leaves them alone; `adasearch serve` sets the run's hardware.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
@@ -23,7 +24,7 @@ import torch
 from adasearch.config import DeploymentConfig, read_document
 from adasearch.errors import CheckpointError, InputError, UserError
 from adasearch.measure.environment import resolve_device, resolve_dtype  # torch only: no heavy imports
-from adasearch.metrics import P50, P90, budget_latency, tie_break
+from adasearch.metrics import CERTIFIABLE, COMPUTE, P50, P90, budget_latency, tie_break
 from adasearch.model.adaperceiver import AdaPerceiver
 from adasearch.model.loading import load_model, looks_like_hub_id
 from adasearch.run_folder import RunFolder
@@ -38,6 +39,13 @@ class Entry(NamedTuple):
     name: str
     config: DeploymentConfig
     metrics: dict
+    guarantee: Optional[dict] = None  # a certified bound: {metric, max, confidence, samples, method}
+
+    def covers(self, max_drop: float) -> bool:
+        """Certified to lose at most max_drop top-1 against the full config. A disagreement bound covers
+        it too: a config cannot lose more accuracy than the fraction of answers it changes."""
+        g = self.guarantee
+        return bool(g) and g.get("metric") in CERTIFIABLE and float(g.get("max", 1.0)) <= max_drop
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,8 @@ class Prediction:
     config_name: str
     latency_p50_ms: Optional[float]  # as the run measured it for this config, not the time of this call
     latency_p90_ms: Optional[float]
-    within_budget: bool  # True when no budget was given
+    within_budget: bool  # True when no budget (and no max_drop) was given, or the chosen config meets them
+    guarantee: Optional[dict] = None  # the chosen config's certified bound, if it has one
 
 
 def _rank(e: Entry) -> tuple:
@@ -127,6 +136,7 @@ class Deployment:
                     row["name"].removesuffix(".yaml"),
                     DeploymentConfig.from_dict(row["config"], str(source)),
                     row["metrics"],
+                    row.get("guarantee") if isinstance(row.get("guarantee"), dict) else None,
                 )
                 for row in pareto["pareto"]
             ]
@@ -154,16 +164,23 @@ class Deployment:
         hardware = (doc.get("hardware") or {}) if wrapped else {}
         dtype = dtype or hardware.get("dtype") or "float32"
         net = _resolve_model(model, recorded, source, _resolve_device(device, hardware, source), dtype)
-        return cls(net, [Entry(source.stem, config, metrics)], hardware)
+        guarantee = doc.get("guarantee") if wrapped and isinstance(doc.get("guarantee"), dict) else None
+        return cls(net, [Entry(source.stem, config, metrics, guarantee)], hardware)
 
     @property
     def configs(self) -> list:
         """(name, config, metrics) entries, in pareto.json's order."""
         return list(self._entries)
 
-    def choose(self, budget_ms: Optional[float] = None) -> tuple:
+    def choose(self, budget_ms: Optional[float] = None, max_drop: Optional[float] = None) -> tuple:
         """(entry, within_budget). No budget: the most accurate config. A budget: the most accurate config
-        whose measured latency fits it, else the fastest config (within_budget False)."""
+        whose measured latency fits it, else the fastest config (within_budget False).
+
+        max_drop: only configs certified to lose at most this much top-1 against the full config, the
+        cheapest of them (fewest MACs) that fits the budget; none certified: the most accurate config,
+        with within_budget False."""
+        if max_drop is not None:
+            return self._choose_certified(budget_ms, max_drop)
         if budget_ms is None:
             return max(self._entries, key=_rank), True
         timed = [e for e in self._entries if budget_latency(e.metrics) is not None]
@@ -177,9 +194,20 @@ class Deployment:
             return max(fits, key=_rank), True
         return min(timed, key=lambda e: budget_latency(e.metrics)), False
 
-    def predict(self, x: torch.Tensor, budget_ms: Optional[float] = None) -> Prediction:
-        """Classify x, (B, C, H, W) or one image (C, H, W) (then B = 1), under the config chosen for budget_ms."""
-        entry, within = self.choose(budget_ms)
+    def _choose_certified(self, budget_ms: Optional[float], max_drop: float) -> tuple:
+        covered = [e for e in self._entries if e.covers(max_drop)]
+        if budget_ms is not None:
+            covered = [e for e in covered if (budget_latency(e.metrics) or math.inf) <= budget_ms]
+        if not covered:
+            return max(self._entries, key=_rank), False
+        return min(covered, key=lambda e: e.metrics.get(COMPUTE, math.inf)), True
+
+    def predict(
+        self, x: torch.Tensor, budget_ms: Optional[float] = None, max_drop: Optional[float] = None
+    ) -> Prediction:
+        """Classify x, (B, C, H, W) or one image (C, H, W) (then B = 1), under the config chosen for
+        budget_ms and max_drop (see choose)."""
+        entry, within = self.choose(budget_ms, max_drop)
         if isinstance(x, torch.Tensor):  # anything else is for the model to reject with its own message
             x = x.unsqueeze(0) if x.ndim == 3 else x
             if x.ndim == 4 and x.shape[0] == 0:
@@ -199,4 +227,5 @@ class Deployment:
             latency_p50_ms=entry.metrics.get(P50),
             latency_p90_ms=entry.metrics.get(P90),
             within_budget=within,
+            guarantee=entry.guarantee,
         )

@@ -91,9 +91,9 @@ def _tensor_from_json(body: bytes, dep: Deployment):
         raise RequestError(422, "JSON body is nested too deeply")
     if not isinstance(doc, dict) or "inputs" not in doc:
         raise RequestError(422, 'JSON body must be an object {"inputs": [...], "budget_ms": optional number}')
-    unknown = [k for k in doc if k not in ("inputs", "budget_ms")]
+    unknown = [k for k in doc if k not in ("inputs", "budget_ms", "max_drop")]
     if unknown:
-        raise RequestError(422, f"unknown key {unknown[0]!r}; allowed: inputs, budget_ms")
+        raise RequestError(422, f"unknown key {unknown[0]!r}; allowed: inputs, budget_ms, max_drop")
     try:
         x = torch.tensor(doc["inputs"], dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError, OverflowError, RecursionError):
@@ -110,7 +110,7 @@ def _tensor_from_json(body: bytes, dep: Deployment):
             f"C={cfg.in_channels}, B <= {MAX_BATCH}, H and W multiples of {cfg.patch_size} "
             f"(trained at {cfg.img_size})",
         )
-    return x, doc.get("budget_ms")
+    return x, doc.get("budget_ms"), doc.get("max_drop")
 
 
 def _tensor_from_image(data: bytes, dep: Deployment):
@@ -156,8 +156,21 @@ def _tensor_from_image(data: bytes, dep: Deployment):
     return preprocess_image(img, cfg.img_size, cfg.in_channels)[None]
 
 
-def _response(dep: Deployment, x: torch.Tensor, budget: Optional[float]) -> dict:
-    p = dep.predict(x, budget_ms=budget)
+def _max_drop(value) -> Optional[float]:
+    """A request's max_drop: a fraction of top-1 in (0, 1)."""
+    if value is None or value == "":
+        return None
+    try:
+        drop = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        drop = math.nan
+    if not 0 < drop < 1:  # NaN fails too
+        raise RequestError(422, f"max_drop={value!r} is not allowed; a fraction of top-1 in (0, 1), e.g. 0.01")
+    return drop
+
+
+def _response(dep: Deployment, x: torch.Tensor, budget: Optional[float], max_drop: Optional[float] = None) -> dict:
+    p = dep.predict(x, budget_ms=budget, max_drop=max_drop)
     values, indices = p.probs
     # Finite but huge inputs (1e30, say) overflow inside the model; NaN logits would make the
     # probabilities and classes meaningless, and NaN is not JSON. The client's inputs are at fault: 422.
@@ -181,6 +194,8 @@ def _response(dep: Deployment, x: torch.Tensor, budget: Optional[float]) -> dict
         P90: p.latency_p90_ms,
         "budget_ms": budget,
         "within_budget": p.within_budget,
+        "max_drop": max_drop,
+        "guarantee": p.guarantee,
     }
 
 
@@ -188,9 +203,9 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
     app = FastAPI(title="adasearch", version="1", default_response_class=FiniteJSONResponse)
     lock = threading.Lock()  # one forward at a time: parallel forwards only fight over the same cores
 
-    def infer(x, budget):
+    def infer(x, budget, max_drop):
         with lock:
-            return _response(dep, x, budget)
+            return _response(dep, x, budget, max_drop)
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -216,16 +231,21 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
 
     @app.get("/configs")
     def configs():
-        return [{"name": e.name, "config": e.config.to_dict(), "metrics": e.metrics} for e in dep.configs]
+        return [
+            {"name": e.name, "config": e.config.to_dict(), "metrics": e.metrics, "guarantee": e.guarantee}
+            for e in dep.configs
+        ]
 
     @app.post("/predict")
     async def predict(request: Request):
         body = await read_body(request)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         budget = request.query_params.get("budget_ms")
+        max_drop = request.query_params.get("max_drop")
         if ctype == "application/json":
-            x, json_budget = await run_in_threadpool(_tensor_from_json, body, dep)
+            x, json_budget, json_drop = await run_in_threadpool(_tensor_from_json, body, dep)
             budget = json_budget if json_budget is not None else budget
+            max_drop = json_drop if json_drop is not None else max_drop
         elif ctype == "multipart/form-data":
             form = await request.form()
             upload = form.get("file")
@@ -233,6 +253,7 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
                 raise RequestError(422, "multipart body needs a file field named 'file'")
             x = await run_in_threadpool(_tensor_from_image, await upload.read(), dep)
             budget = form.get("budget_ms", budget)
+            max_drop = form.get("max_drop", max_drop)
         elif ctype.startswith("image/") or ctype == "application/octet-stream":
             x = await run_in_threadpool(_tensor_from_image, body, dep)  # decoding must not block the loop
         else:
@@ -241,9 +262,9 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
                 f"content-type {ctype or 'none'!r} is not allowed; send application/json, "
                 f"multipart/form-data (field 'file') or an image/* body",
             )
-        budget = _budget(budget)
+        budget, max_drop = _budget(budget), _max_drop(max_drop)
         try:
-            return await run_in_threadpool(infer, x, budget)
+            return await run_in_threadpool(infer, x, budget, max_drop)
         except UserError as e:  # shape/size the model refuses: the client's mistake
             raise RequestError(422, str(e))
 
