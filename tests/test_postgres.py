@@ -426,7 +426,7 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_after_the_grace_period_and_re
     study = optuna.create_study(study_name="t", storage=far, directions=["maximize", "minimize"])
     trial = study.ask()
     x = trial.suggest_categorical("num_tokens", [1, 4, 32])
-    far.set_trial_system_attr(trial._trial_id, storage_mod.OWNER, {"host": "elsewhere", "pidns": "x", "pid": 1})
+    far.set_trial_system_attr(trial._trial_id, storage_mod.OWNER, {"machine": "elsewhere", "pidns": "x", "pid": 1})
     assert storage_mod.fail_stale_trials(study) == []  # its own: never failed by itself
     near = storage_mod.open_storage(url)
     here = optuna.load_study(study_name="t", storage=near)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import threading
 import time
 import warnings
@@ -41,7 +40,7 @@ GRACE_FACTOR = 6  # stale after 6 missed stamps (60 s): a busy but live process 
 MAX_RETRY = 2  # a config whose process died 3 times is left failed (it may be what kills it)
 POOL_SIZE, MAX_OVERFLOW = 1, 1  # connections per process: the loop's and the heartbeat thread's
 CONNECT_TIMEOUT_S = 10
-OWNER = "adasearch:owner"  # system attr of a RUNNING trial: {host, pidns, pid} of the process measuring it
+OWNER = "adasearch:owner"  # system attr of a RUNNING trial: {machine, pidns, pid} of the process measuring it
 RETRY_OF = "failed_trial"  # system attrs of a re-queued config, as Optuna's RetryHeartbeatStaleTrialCallback names them
 RETRY_HISTORY = "retry_history"
 
@@ -236,6 +235,17 @@ class RetryStaleTrial:
             study.add_trial(template)
 
 
+def _machine() -> Optional[str]:
+    """This boot of this machine, without naming it: the kernel's random boot id (no hostname is
+    recorded anywhere; see measure/environment.py). None where there is none (then nothing counts as
+    the same machine, and only the heartbeat's grace period fails a dead process's trial)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 def _pid_namespace() -> Optional[str]:
     try:
         return os.readlink("/proc/self/ns/pid")
@@ -290,7 +300,7 @@ def _heartbeat_storage_class():
             self._lock = threading.Lock()
             self._beating: set = set()  # trial ids of this process's RUNNING trials
             self._thread: Optional[threading.Thread] = None
-            self._owner = {"host": socket.gethostname(), "pidns": _pid_namespace(), "pid": os.getpid()}
+            self._owner = {"machine": _machine(), "pidns": _pid_namespace(), "pid": os.getpid()}
 
         def __getstate__(self):
             state = super().__getstate__()
@@ -410,7 +420,8 @@ def _heartbeat_storage_class():
             if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
                 return False
             me = self._owner
-            same_machine = owner.get("host") == me["host"] and me["pidns"] and owner.get("pidns") == me["pidns"]
+            same_machine = bool(me["machine"] and owner.get("machine") == me["machine"] and me["pidns"]
+                                and owner.get("pidns") == me["pidns"])  # fmt: skip
             return bool(same_machine) and owner["pid"] != me["pid"] and not _process_exists(owner["pid"])
 
     _CLASS = HeartbeatStorage
