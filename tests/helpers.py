@@ -95,3 +95,13 @@ def serving(app):
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def one_line_error(result, *needles) -> str:
+    """A CLI result that failed the way users are promised: exit 2, one `error: ...` line holding `needles`."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]

@@ -22,7 +22,7 @@ from adasearch.data.datasets import load_data
 from adasearch.data.split import holdout_split
 from adasearch.measure.closed_form_macs import plan_macs
 from adasearch.model.adaperceiver import make_plan
-from tests.helpers import DEMO_SPACE, write_run_spec
+from tests.helpers import DEMO_SPACE, one_line_error, write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = DEMO_SPACE
@@ -252,41 +252,33 @@ def test_no_feasible_config_shows_the_closest(tmp_path):
     assert "no config satisfies the constraints" in r.output and "accuracy by" in r.output
 
 
-def _one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_resuming_with_other_objectives_is_refused_in_one_line(tmp_path):
     small = {"num_tokens": [1, 32], "depth": [1, 6]}
     assert invoke(write_run_spec(tmp_path, objectives=("accuracy", "gmacs"), space=small)).exit_code == 0
     # same directions (max, min), other metric: the stored values would be read as latency
     r = invoke(write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), space=small))
-    _one_line_error(r, "for objectives ['accuracy', 'gmacs']", "asks for ['accuracy', 'latency_p50_ms']")
+    one_line_error(r, "for objectives ['accuracy', 'gmacs']", "asks for ['accuracy', 'latency_p50_ms']")
 
 
 def test_bad_specs(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("model: demo\nsearch: [1, 2\n")
-    _one_line_error(invoke(f), "malformed YAML")
+    one_line_error(invoke(f), "malformed YAML")
     f.write_text("model: demo\nhardwre: {device: cpu}\n")
-    _one_line_error(invoke(f), "unknown key 'hardwre'", "allowed here:", "hardware")
+    one_line_error(invoke(f), "unknown key 'hardwre'", "allowed here:", "hardware")
     f.write_text("model: demo\nsearch: {engin: optuna}\n")
-    _one_line_error(invoke(f), "unknown key 'search.engin'", "engine")
+    one_line_error(invoke(f), "unknown key 'search.engin'", "engine")
     f.write_text("objectives: [accuracy, latency_ms]\n")
-    _one_line_error(invoke(f), "unknown metric 'latency_ms'", "latency_p50_ms")
+    one_line_error(invoke(f), "unknown metric 'latency_ms'", "latency_p50_ms")
     f.write_text("constraints: {speed: {max: 3}}\n")
-    _one_line_error(invoke(f), "constraints.speed: unknown metric")
+    one_line_error(invoke(f), "constraints.speed: unknown metric")
     f.write_text("search: {engine: grid}\n")
-    _one_line_error(invoke(f), "search.engine", "'grid' is not allowed")
+    one_line_error(invoke(f), "search.engine", "'grid' is not allowed")
     f.write_text(f"search: {{storage: 'sqlite:////nonexistent-dir/x/study.db'}}\noutput: {tmp_path / 'o'}\n")
-    _one_line_error(invoke(f), "search.storage: cannot open")
+    one_line_error(invoke(f), "search.storage: cannot open")
     spec = write_run_spec(tmp_path, space={"num_tokens": [1, 64]})
-    _one_line_error(invoke(spec), "knobs.num_tokens: value 64 does not fit the model")
-    _one_line_error(invoke(tmp_path / "missing.yaml"), "no such run spec file")
+    one_line_error(invoke(spec), "knobs.num_tokens: value 64 does not fit the model")
+    one_line_error(invoke(tmp_path / "missing.yaml"), "no such run spec file")
     for text, needles in [
         ("constraints: {accuracy: {min: .nan}}\n", ["constraints.accuracy.min"]),
         ("search: {seed: -1}\n", ["search.seed", "greater than or equal to 0"]),
@@ -294,10 +286,10 @@ def test_bad_specs(tmp_path):
         ("objectives: [{accuracy: [1]}, gmacs]\n", ["objectives: accuracy: [1] is not a direction"]),
     ]:
         f.write_text(text)
-        _one_line_error(invoke(f), *needles)
+        one_line_error(invoke(f), *needles)
     f.write_bytes(b"\xff\xfe model: demo\n")
-    _one_line_error(invoke(f), "cannot read it as UTF-8 text")
-    _one_line_error(invoke(spec, "--timeout", "-5"), "--timeout: search.timeout", "greater than 0")
+    one_line_error(invoke(f), "cannot read it as UTF-8 text")
+    one_line_error(invoke(spec, "--timeout", "-5"), "--timeout: search.timeout", "greater than 0")
 
 
 def test_every_example_spec_is_valid():

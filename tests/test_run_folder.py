@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from adasearch.cli import main
 from adasearch.errors import UserError
 from adasearch.run_folder import RunFolder, write_atomic
-from tests.helpers import write_run_spec
+from tests.helpers import one_line_error, write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"num_tokens": [1, 32], "depth": [1, 6]}
@@ -40,15 +40,6 @@ def run_copy(finished_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(finished_run, copy)
     return copy
-
-
-def one_line_error(result, *needles) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def commands(folder: Path, tmp_path: Path) -> dict:

@@ -20,7 +20,7 @@ from adasearch.cli import main
 from adasearch.search import runner
 from adasearch.search.context import Measurer
 from adasearch.search.engines import OptunaEngine
-from tests.helpers import write_run_spec
+from tests.helpers import one_line_error, write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"num_tokens": [1, 4, 32], "depth": [1, 6]}  # 6 networks
@@ -28,15 +28,6 @@ SMALL = {"num_tokens": [1, 4, 32], "depth": [1, 6]}  # 6 networks
 
 def invoke(*args):
     return CliRunner().invoke(main, ["run", *map(str, args), "--no-progress"])
-
-
-def one_line_error(result, *needles) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def study_of(out: Path, name: str = "t"):
