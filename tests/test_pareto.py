@@ -3,7 +3,7 @@
 import pytest
 
 from adasearch import DeploymentConfig
-from adasearch.search.finalists import candidates
+from adasearch.search.finalists import candidates, proxy_front
 from adasearch.search.pareto import dominates, hypervolume, pareto_front
 from adasearch.search.trials import TrialRecord
 from adasearch.spec import RunSpec
@@ -92,3 +92,22 @@ def test_a_config_sampled_twice_is_a_single_candidate():
     assert twice[0].config == twice[1].config
     timed = RunSpec(objectives=["accuracy", "latency_p50_ms"])
     assert [r.number for r in candidates(twice, timed)] == [0, 1]
+
+
+def test_the_macs_proxy_front_is_re_timed_whatever_the_brief_timings_said():
+    """Brief timings decide the front and its next layer; the front with MACs in place of latency does
+    not depend on them, so its configs are candidates on every run."""
+    spec = RunSpec(objectives=["accuracy", "latency_p50_ms"])
+
+    def rec(n, acc, lat, macs):
+        return TrialRecord(n, DeploymentConfig(depth=n + 1), {}, {"accuracy": acc, "latency_p50_ms": lat, "macs": macs},
+                           True, {})  # fmt: skip
+
+    fast_by_noise = rec(0, 0.95, 1.0, 300)
+    cheap_but_slow_briefly = rec(1, 0.95, 9.0, 100)  # fewer MACs, unlucky brief timing
+    accurate = rec(2, 0.97, 2.0, 400)
+    dominated = rec(3, 0.90, 8.0, 500)
+    second_layer = rec(4, 0.95, 5.0, 350)  # dominates 1 and 3 by brief timing: the next layer is itself alone
+    recs = [fast_by_noise, cheap_but_slow_briefly, accurate, dominated, second_layer]
+    assert [r.number for r in candidates(recs, spec)] == [0, 2, 4, 1]  # 1 only through the MACs proxy
+    assert [r.number for r in proxy_front(recs, spec)] == [1, 2]

@@ -11,7 +11,7 @@ one) keeps them.
 
 from __future__ import annotations
 
-from adasearch.metrics import TIMED_METRICS
+from adasearch.metrics import COMPUTE, REGISTRY, TIMED_METRICS
 from adasearch.search import trials
 from adasearch.search.context import RunContext
 from adasearch.search.pareto import dominates, pareto_front
@@ -22,7 +22,8 @@ from adasearch.spec import RunSpec
 def candidates(recs: list, spec: RunSpec) -> list:
     """The trials worth re-timing: the front, and when latency is measured, also the next
     non-dominated layer (at most twice the front's size), since a trial can be pushed off the front
-    by timing noise alone."""
+    by timing noise alone, and the front with each timed objective replaced by MACs: a set that brief
+    timings cannot change, so the configs most likely to be fastest are re-timed on every run."""
     directions = [o.direction for o in spec.objectives]
     first: dict = {}
     for r in recs:  # one trial per config (samplers can repeat one): the first, so it is timed once
@@ -38,8 +39,23 @@ def candidates(recs: list, spec: RunSpec) -> list:
         if not remaining:
             break
     if spec.needs_latency:
+        chosen += [r for r in proxy_front(recs, spec) if r not in chosen]
         chosen += near_misses(recs, spec, chosen, limit=len(chosen))
     return chosen
+
+
+def proxy_front(recs: list, spec: RunSpec) -> list:
+    """Non-dominated records with every timed objective replaced by MACs (the deterministic proxy of
+    time), among those that meet every constraint that is not timed."""
+    objectives = [
+        (COMPUTE, "minimize") if REGISTRY[o.metric].timed else (o.metric, o.direction) for o in spec.objectives
+    ]
+    if all(name != COMPUTE for name, _ in objectives):
+        return []
+    names = list(dict.fromkeys(name for name, _ in objectives))
+    directions = [dict(objectives)[n] for n in names]
+    ok = [r for r in recs if r.metrics.get(COMPUTE) is not None and not set(r.violations) - TIMED_METRICS]
+    return [ok[i] for i in pareto_front([[r.metrics[n] for n in names] for r in ok], directions)]
 
 
 def near_misses(recs: list, spec: RunSpec, chosen: list, limit: int) -> list:
