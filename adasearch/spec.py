@@ -144,7 +144,7 @@ class RunSpec(_Strict):
                     raise ValueError(
                         f"objectives: {metric}: {d!r} is not a direction; allowed: max, min, maximize, minimize"
                     )
-                o = {"metric": metric, "direction": {"max": "maximize", "min": "minimize"}.get(d, d)}
+                o = {"metric": metric, "direction": d}  # max/min are mapped by Objective's own validator
             out.append(o)
         return out
 
