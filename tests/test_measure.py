@@ -148,3 +148,24 @@ def test_an_unwritable_cache_warns_once_and_still_measures(demo, data, tmp_path)
     assert len([w for w in caught if "not writable" in str(w.message)]) == 1
     expected = AccuracyEngine(demo, data, cache_dir=tmp_path / "ok").measure(configs)
     assert all(got[c].top1 == expected[c].top1 for c in configs)
+
+
+def test_shard_tables_merge_into_the_whole_datas_table(demo, data, tmp_path):
+    """What the Ray tasks do (search/ray_accuracy.py), in one process: 3 uneven contiguous shards,
+    one pass each, joined in order, equal one pass over everything byte for byte in the integer tables."""
+    from adasearch.data.split import shards
+    from adasearch.measure.accuracy import merge_tables
+
+    engine = AccuracyEngine(demo, data, batch_size=16, cache_dir=tmp_path)
+    parts = shards(data, 3)
+    assert [len(p) for p in parts] == [len(data) // 3 + (i < len(data) % 3) for i in range(3)]
+    assert torch.equal(torch.cat([p.labels() for p in parts]), data.labels())
+    rep = DeploymentConfig(mat_dim=demo.cfg.embed_dim // 2)
+    merged = merge_tables([engine.anytime_table(rep, part) for part in parts])
+    whole = engine.anytime_table(rep)
+    for name in ("pred", "in_top5", "prefixes"):
+        assert merged[name].numpy().tobytes() == whole[name].numpy().tobytes(), name
+    torch.testing.assert_close(merged["conf"], whole["conf"])
+    # Installed, it is the table every config of that width setting is measured from.
+    engine.install_table(rep, merged)
+    assert not engine.missing_tables([rep]) and engine.missing_tables([DeploymentConfig()])

@@ -14,13 +14,14 @@ from click.testing import CliRunner
 
 from adasearch import DeploymentConfig, load_model
 from adasearch.cli import main
-from adasearch.search import ray_engine
+from adasearch.search import ray_accuracy, ray_engine
 from adasearch.search.context import prepare
 from adasearch.search.runner import run
 from adasearch.spec import load_spec
 from tests.helpers import write_run_spec
 
 SPACE = {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]}
+SETTINGS = [DeploymentConfig(num_tokens=32, mat_dim=w) for w in (8, 32)]  # one per width setting of SPACE
 
 
 def write_spec(tmp_path, **search) -> str:
@@ -36,6 +37,17 @@ def test_ray_search_end_to_end(tmp_path, monkeypatch):
     spec = load_spec(write_spec(tmp_path, trials=6, workers=2, final_latency_budget_s=0.01))
     summary = run(spec, progress=False)
     assert not summary.interrupted
+    # Accuracy ran as Ray tasks, 2 width settings x 2 data shards, merged into the driver's cache: its
+    # integer tables are byte for byte those of one pass in one process.
+    assert any("4 Ray tasks (2 width settings x 2 data shards)" in n for n in summary.notes), summary.notes
+    engine = prepare(spec, storage=False).measurer.evaluator.accuracy
+    assert not engine.missing_tables(SETTINGS), "the merged tables are in the driver's cache"
+    for rep in SETTINGS:
+        merged, single = engine.table(rep), engine.anytime_table(rep)  # cached (merged) vs computed now
+        for name in ("pred", "in_top5", "prefixes"):
+            assert merged[name].dtype == single[name].dtype
+            assert merged[name].numpy().tobytes() == single[name].numpy().tobytes(), name
+        torch.testing.assert_close(merged["conf"], single["conf"])
     assert list(ray_temp.iterdir()) == []  # Ray's session folder and Tune's files are gone
     ray_temp.rmdir()
 
@@ -68,11 +80,11 @@ def test_ray_search_end_to_end(tmp_path, monkeypatch):
 
 def test_worker_context_is_prepared_once_per_process_and_never_opens_the_storage(monkeypatch):
     calls = []
-    monkeypatch.setattr(ray_engine, "prepare", lambda spec, storage: calls.append(storage) or object())
-    monkeypatch.setattr(ray_engine, "_CONTEXTS", {})
+    monkeypatch.setattr(ray_accuracy, "prepare", lambda spec, storage: calls.append(storage) or object())
+    monkeypatch.setattr(ray_accuracy, "_CONTEXTS", {})
     spec_json = json.dumps({"name": "once"})
-    first = ray_engine._context(spec_json)
-    assert ray_engine._context(spec_json) is first
+    first = ray_accuracy.worker_context(spec_json)
+    assert ray_accuracy.worker_context(spec_json) is first
     assert calls == [False]  # one load, and no storage: only the driver writes trials
 
 

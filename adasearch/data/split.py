@@ -58,3 +58,12 @@ def holdout_split(data: DataSource, fraction: float, seed: int, where: str = "da
     if len(search_idx) == 0:
         raise UserError(f"{where}: {fraction} leaves no image to search on")
     return subset(data, search_idx, "search"), subset(data, held_idx, "held-out")
+
+
+def shards(data: DataSource, count: int) -> list:
+    """`count` contiguous parts of `data` in its order (sizes differ by at most one, none empty): what
+    one accuracy pass splits into across Ray tasks. Joined in this order, they are `data` again."""
+    n = len(data)
+    count = max(1, min(count, n))
+    bounds = [n * i // count for i in range(count + 1)]
+    return [subset(data, torch.arange(a, b), f"{a}:{b}") for a, b in zip(bounds, bounds[1:])]

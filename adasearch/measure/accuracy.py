@@ -174,30 +174,57 @@ class AccuracyEngine:
         return table
 
     def _shared_table(self, key, representative: DeploymentConfig) -> dict:
-        def compute():
-            kw = dict(mat_dim=representative.to_dict()["mat_dim"], token_grans=representative.to_dict()["token_grans"])
-            preds, hits5, confs, prefixes = [], [], [], None
-            total = len(self.data)
-            done = 0
-            with torch.inference_mode():
-                for x, y in self.data.batches(self.batch_size):
-                    out = self.model.anytime(x.to(self.device, self.dtype), **kw)
-                    logits = self._finite(out.logits.float().cpu(), representative)  # (L, G, b, C)
-                    preds.append(logits.argmax(-1).to(torch.int32))
-                    hits5.append(_top5_hit(logits, y))
-                    confs.append(out.confidence.cpu())
-                    prefixes = out.prefixes
-                    done += len(y)
-                    if self.progress:
-                        self.progress("anytime pass", done, total)
-            return {
-                "pred": torch.cat(preds, -1),
-                "in_top5": torch.cat(hits5, -1),
-                "conf": torch.cat(confs, -1),
-                "prefixes": torch.tensor(prefixes),
-            }
+        return self._load_or_compute("anytime", key, lambda: self.anytime_table(representative))
 
-        return self._load_or_compute("anytime", key, compute)
+    def anytime_table(self, representative: DeploymentConfig, data=None) -> dict:
+        """The per-sample table of one anytime pass at the representative's widths and granularities,
+        over `data` (default: this engine's data), computed now and not cached. A Ray task computes one
+        over a shard; merge_tables joins shards into the table of the whole data."""
+        data = self.data if data is None else data
+        kw = {k: representative.to_dict()[k] for k in ("mat_dim", "token_grans")}
+        preds, hits5, confs, prefixes = [], [], [], None
+        total, done = len(data), 0
+        with torch.inference_mode():
+            for x, y in data.batches(self.batch_size):
+                out = self.model.anytime(x.to(self.device, self.dtype), **kw)
+                logits = self._finite(out.logits.float().cpu(), representative)  # (L, G, b, C)
+                preds.append(logits.argmax(-1).to(torch.int32))
+                hits5.append(_top5_hit(logits, y))
+                confs.append(out.confidence.cpu())
+                prefixes = out.prefixes
+                done += len(y)
+                if self.progress:
+                    self.progress("anytime pass", done, total)
+        return {
+            "pred": torch.cat(preds, -1),
+            "in_top5": torch.cat(hits5, -1),
+            "conf": torch.cat(confs, -1),
+            "prefixes": torch.tensor(prefixes),
+        }
+
+    def missing_tables(self, configs: Iterable[DeploymentConfig]) -> dict:
+        """{structural key: a representative config} of the shared passes `configs` need that neither
+        this process nor the cache on disk holds yet."""
+        out: dict = {}
+        for c in configs:
+            if not self.shareable(c):
+                continue
+            key = structural_key(self.model, c)
+            if key not in out and not self._cached("anytime", key):
+                out[key] = c
+        return out
+
+    def table(self, representative: DeploymentConfig) -> dict:
+        """The shared table of the representative's width setting (from the cache, or computed now)."""
+        return self._shared_table(structural_key(self.model, representative), representative)
+
+    def install_table(self, representative: DeploymentConfig, table: dict) -> None:
+        """Keep a table computed elsewhere (merged from shards) as this process's and the cache's own."""
+        self._load_or_compute("anytime", structural_key(self.model, representative), lambda: table)
+
+    def _cached(self, kind: str, key) -> bool:
+        path = self._cache_path(kind, key)
+        return path in self._memory or path.exists()
 
     def _finite(self, logits: torch.Tensor, config: DeploymentConfig) -> torch.Tensor:
         """Logits that overflowed (inputs far outside the preprocessing, or float16's range) would
@@ -210,8 +237,8 @@ class AccuracyEngine:
             )
         return logits
 
-    def _from_table(self, table: dict, config: DeploymentConfig, keep_predictions: bool) -> AccuracyResult:
-        plan = make_plan(self.model.cfg, **config.to_dict())
+    def _exits(self, table: dict, plan) -> tuple:
+        """(exit depth per sample, prefix column per layer) of a plan, from a shared table."""
         prefixes = table["prefixes"].tolist()
         col = [prefixes.index(t) for t in plan.tokens]
         n = table["pred"].shape[-1]
@@ -224,12 +251,29 @@ class AccuracyEngine:
             stop = running & (table["conf"][i, col[i]] >= tau)
             exit_depth[stop] = i + 1
             running &= ~stop
+        return exit_depth, col
+
+    def _from_table(self, table: dict, config: DeploymentConfig, keep_predictions: bool) -> AccuracyResult:
+        plan = make_plan(self.model.cfg, **config.to_dict())
+        exit_depth, col = self._exits(table, plan)
+        n = exit_depth.shape[0]
         layer = exit_depth - 1
         column = torch.tensor(col)[layer]
         idx = torch.arange(n)
         pred = table["pred"][layer, column, idx].long()
         top5 = table["in_top5"][layer, column, idx]
         return self._result(pred, top5, exit_depth, plan.depth, True, keep_predictions)
+
+    def exit_depths(self, config: DeploymentConfig) -> torch.Tensor:
+        """(N,) the number of blocks each sample runs under `config`, in data order (from the cache)."""
+        config.validate(self.model.cfg)
+        plan = make_plan(self.model.cfg, **config.to_dict())
+        if all(t is None for t in plan.taus[:-1]):
+            return torch.full((len(self.data),), plan.depth, dtype=torch.long)
+        if self.shareable(config):
+            return self._exits(self._shared_table(structural_key(self.model, config), config), plan)[0]
+        self._direct(config, False)
+        return self._load_or_compute("direct", config.to_json(), lambda: None)["exit"]
 
     # ------------------------------------------------------------------ direct path
 
@@ -262,3 +306,14 @@ class AccuracyEngine:
             shared=shared,
             predictions=pred if keep_predictions else None,
         )
+
+
+def merge_tables(parts: list) -> dict:
+    """The table of the whole data from the tables of its shards, in shard order (contiguous shards in
+    data order): per-sample entries are joined along the sample axis, so the integer tables are exactly
+    the single-process ones."""
+    prefixes = {tuple(p["prefixes"].tolist()) for p in parts}
+    if len(prefixes) != 1:
+        raise ValueError(f"shard tables disagree on their prefixes: {sorted(prefixes)}")
+    merged = {name: torch.cat([p[name] for p in parts], -1) for name in ("pred", "in_top5", "conf")}
+    return {**merged, "prefixes": parts[0]["prefixes"].clone()}

@@ -43,8 +43,9 @@ from typing import Optional
 
 from adasearch.config import DeploymentConfig
 from adasearch.errors import UserError
-from adasearch.search.context import Measured, RunContext, make_sampler, prepare
+from adasearch.search.context import Measured, RunContext, make_sampler
 from adasearch.search.engine_base import Driver
+from adasearch.search.ray_accuracy import distribute_passes, install_needed, worker_context
 from adasearch.spec import RunSpec
 
 # Unix socket paths are limited to 107 bytes, so Ray's session folder must have a short name;
@@ -184,7 +185,9 @@ def _tune(ctx: RunContext, todo: int, temp_dir: str, record, target: Optional[st
         sort_keys=True,
     )
     progress, stop = _driver_hooks(tune, ctx, record)
-    trainable = tune.with_parameters(_trial, spec_json=worker_spec)
+    # Accuracy first, split across the cluster by width setting and data shard (ray_accuracy.py).
+    tables = distribute_passes(ctx, worker_spec, shards=spec.search.workers)
+    trainable = tune.with_parameters(_trial, spec_json=worker_spec, tables=tables)
     if target:  # timed trials only on the target nodes, each holding one whole unit (see the docstring)
         trainable = tune.with_resources(trainable, {"cpu": 1, target: 1})
     tuner = tune.Tuner(
@@ -267,23 +270,18 @@ def _driver_hooks(tune, ctx: RunContext, record) -> tuple:
 # ---------------------------------------------------------------- worker side
 
 RESULT_KEY = "adasearch"  # the reported result's field that carries the measured trial to the driver
-_CONTEXTS: dict = {}  # spec JSON -> RunContext: Tune reuses this process for many trials, so load once
 
 
-def _context(spec_json: str) -> RunContext:
-    if spec_json not in _CONTEXTS:
-        _CONTEXTS[spec_json] = prepare(RunSpec(**json.loads(spec_json)), storage=False)
-    return _CONTEXTS[spec_json]
-
-
-def _trial(params: dict, spec_json: str) -> None:
+def _trial(params: dict, spec_json: str, tables: dict) -> None:
     """One Tune trial: measure the sampled config and report it (objectives for Tune's searcher, and
     the whole measurement for the driver, which records it)."""
     import ray
     from ray import tune
 
-    ctx = _context(spec_json)
-    measured = ctx.measurer.measure(ctx.space.config_from_params(params))
+    ctx = worker_context(spec_json)  # loaded once per worker process: Tune reuses its actors
+    config = ctx.space.config_from_params(params)
+    install_needed(ctx, config, tables)  # the driver's merged accuracy table, not a pass of this node's own
+    measured = ctx.measurer.measure(config)
     node = ray.get_runtime_context().get_node_id()  # which node measured it: latency differs between nodes
     done = {
         "config": measured.config.to_dict(),

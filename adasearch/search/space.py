@@ -33,6 +33,7 @@ from adasearch.yaml_io import read_yaml
 GRANULARITIES = ("global", "per_stage", "per_layer")
 # Inside the package, so a regular (non-editable) install has them too; the checkout's top-level
 # search_spaces/ is a link to this folder.
+STRUCTURAL = ("mat_dim", "token_grans")  # the knobs one anytime pass is specific to
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
@@ -109,6 +110,16 @@ class SearchSpace:
         for params, config in self.enumerate():
             out.setdefault(self.canonical(config), params)
         return out
+
+    def width_settings(self) -> list:
+        """One config per (mat_dim, token_grans) combination of the space, every other knob at its first
+        value: what the shared accuracy passes depend on (accuracy.structural_key), without enumerating
+        the whole space."""
+        structural = [(p, v if p.split(".")[0] in STRUCTURAL else v[:1]) for p, v in self.parameters()]
+        names = [p for p, _ in structural]
+        return [
+            self.config_from_params(dict(zip(names, combo))) for combo in itertools.product(*(v for _, v in structural))
+        ]
 
     def suggest(self, trial) -> DeploymentConfig:
         params = {
