@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # hardware.dtype, --dtype; torch dtypes of the same names
-ENGINES = ("auto", "exhaustive", "optuna", "ray")  # search.engine, --engine
+ENGINES = ("auto", "exhaustive", "model", "optuna", "ray")  # search.engine, --engine
 SAMPLERS = ("auto", "nsga2", "tpe", "gp", "random", "bruteforce")  # search.sampler, --sampler
 
 

@@ -182,6 +182,21 @@ def run(spec_file, no_progress, overwrite, **flags):
 
 
 @main.command()
+@click.argument("spec_file", type=click.Path())
+@click.option("--output", "-o", default=None, help="Results folder (overrides `output`).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def profile(spec_file, output, no_progress):
+    """Build the latency model of SPEC_FILE's target (its parts timed, interleaved) and print it.
+
+    It is stored in the results folder as latency_model.json; `run` reuses it on the same target.
+    """
+    from adasearch.search.latency_profile import profile_spec
+    from adasearch.spec import load_spec
+
+    profile_spec(load_spec(spec_file).with_overrides(output=output), progress=not no_progress)
+
+
+@main.command()
 @click.argument("run_folder", type=click.Path())
 @click.option(
     "--format",

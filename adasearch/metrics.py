@@ -155,3 +155,8 @@ def relative_miss(amount: float, bound: float) -> float:
 def interval_columns(name: str) -> tuple[str, str]:
     """The columns of a figure's 95 % interval: NAME_ci_low, NAME_ci_high."""
     return f"{name}_ci_low", f"{name}_ci_high"
+
+
+def predicted_column(name: str) -> str:
+    """The column of a timed figure as the latency model predicted it: NAME_predicted."""
+    return f"{name}_predicted"

@@ -5,6 +5,7 @@
     trials.csv      every completed trial: knobs, metrics, feasibility
     pareto.csv      the Pareto trials, same columns
     pareto.json     the front as serving reads it: objectives, constraints, environment, one row a config
+    latency_model.json  the target's part timings (engine: model, `adasearch profile`), reused by fingerprint
     deployments/    one YAML per Pareto config, named by its figures
     report.html, report.md, report_files/, report_*.csv|json   written by `adasearch report`
 
@@ -32,6 +33,7 @@ from adasearch.yaml_io import parse_yaml
 
 RUN, TRIALS, PARETO_CSV, PARETO_JSON, DEPLOYMENTS = "run.yaml", "trials.csv", "pareto.csv", "pareto.json", "deployments"
 STUDY_DB = "study.db"  # the default storage (written by Optuna)
+LATENCY_MODEL = "latency_model.json"  # the target's latency model (measure/latency_model.py), with its fingerprint
 REPORT = ("report.html", "report.md", "report_files", "report_pareto.csv", "report_pareto.json", "report_trials.csv",
           "report_trials.json")  # fmt: skip
 TABLE_COLUMNS = ("trial", "config", "feasible")  # every trials.csv / pareto.csv has at least these
@@ -144,6 +146,22 @@ class RunFolder:
 
     def write_pareto(self, doc: dict) -> Path:
         return self._write(PARETO_JSON, json.dumps(doc, indent=2))
+
+    def write_latency_model(self, doc: dict) -> Path:
+        return self._write(LATENCY_MODEL, json.dumps(doc, indent=1))
+
+    def read_latency_model(self) -> tuple:
+        """(the stored latency model's document, None), or (None, why it cannot be used): absent,
+        unreadable or not JSON. Never raises: a model that cannot be read is rebuilt, not fatal."""
+        path = self.path / LATENCY_MODEL
+        if not path.is_file():
+            return None, "none stored yet"
+        if path.stat().st_size > 64 * 1024 * 1024:
+            return None, f"{path}: larger than 64 MiB"
+        try:
+            return json.loads(path.read_text()), None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            return None, f"{path}: unreadable ({type(e).__name__})"
 
     def write_deployments(self, docs: dict) -> None:
         """deployments/<name> for each (name -> document); the folder holds exactly these afterwards

@@ -87,9 +87,8 @@ def test_exhaustive_front_equals_brute_force(tmp_path):
 @pytest.mark.parametrize("constraints, every_trial", [({}, False), ({"memory_mb": {"max": 1e6}}, True)])
 def test_peak_memory_is_traced_per_trial_only_when_the_search_uses_it(tmp_path, constraints, every_trial):
     space = {"num_tokens": [1, 4, 32], "depth": [1, 3, 6], "mat_dim": [8, 32]}
-    r = invoke(
-        write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), constraints=constraints, space=space)
-    )
+    objectives = ("accuracy", "latency_p50_ms")
+    r = invoke(write_run_spec(tmp_path, space, objectives=objectives, constraints=constraints, engine="exhaustive"))
     assert r.exit_code == 0, r.output
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
     assert len(trials) == 18 and (trials["latency_p50_ms"] > 0).all()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from adasearch.config import DeploymentConfig
@@ -182,6 +182,44 @@ class Evaluator:
             mem = peak_memory_mb(self.model, c, batches[0], self.device)
             out[c] = {**figures, MEMORY_METRIC: mem["peak_mb"]}
         return out
+
+    def timing_exit_depths(self, config: DeploymentConfig) -> list:
+        """Per latency batch (the images `time` cycles through), each image's exit depth under config."""
+        b = self.hardware.batch_size
+        depths = self.accuracy.exit_depths(config)
+        return [depths[k * b : (k + 1) * b].tolist() for k in range(len(self.latency_batches()))]
+
+    def latency_fingerprint(self) -> dict:
+        """What part timings depend on: the target (device and its name, torch, threads, dtype, batch
+        size) and the architecture (not the weights: they change no shape)."""
+        import hashlib
+        import json
+
+        env = self.environment()
+        arch = json.dumps(self.model.cfg.to_dict(), sort_keys=True, default=str)
+        return {
+            **{k: env.get(k) for k in ("device", "device_name", "torch", "cuda", "threads", "batch_size", "dtype")},
+            "architecture": hashlib.sha256(arch.encode()).hexdigest()[:16],
+        }
+
+    def profile_latency(self, configs: list, progress=None, seed: int = 0):
+        """A latency model (measure/latency_model.py) of this target for every part `configs` use,
+        calibrated on the static forms of the cheapest and the dearest of them by MACs."""
+        from adasearch.measure.latency import _synchronizer
+        from adasearch.measure.latency_model import profile
+
+        plans = [self.model.plan(**c.to_dict()) for c in configs]
+        static = [replace(c, depth_tau=None) for c in configs]
+        by_macs = sorted(set(static), key=lambda c: (self.cost.config_macs(c), c.label()))
+        references = [(c.to_dict(), self.model.plan(**c.to_dict())) for c in dict.fromkeys([by_macs[0], by_macs[-1]])]
+        return profile(self.model, self.latency_batches()[0], plans, references, fingerprint=self.latency_fingerprint(),
+                       sync=_synchronizer(self.device), progress=progress, seed=seed)  # fmt: skip
+
+    def predict_latency(self, latency_model, config: DeploymentConfig) -> dict:
+        """The timed figures of config predicted by latency_model, on the images the timer would use."""
+        plan = self.model.plan(**config.to_dict())
+        exits = any(t is not None for t in plan.taus[:-1])
+        return latency_model.predict(plan, self.timing_exit_depths(config) if exits else None)
 
     def measure(self, configs: Iterable[DeploymentConfig], latency: bool = True) -> dict:
         results = self.measure_accuracy_and_cost(configs)

@@ -55,6 +55,9 @@ def _defaults(data: RunData) -> dict:
     }
 
 
+PREDICTED_MD = "## Latency model: predicted against measured"
+
+
 def _pictures(data: RunData) -> dict:
     from adasearch.report import plots
 
@@ -70,6 +73,8 @@ def _pictures(data: RunData) -> dict:
         "knobs": plots.knob_effects(data.trials, _defaults(data), cost),
         "_hv": fractions,
     }
+    if plots.has_predictions(data.trials):
+        pics["predicted"] = plots.predicted_vs_measured(data.trials)
     if metrics.TEST_ACCURACY in data.front and len(data.front):
         certified = {row["trial"] for row in data.pareto["pareto"] if row.get("guarantee")}
         pics["heldout"] = plots.heldout_plot(data.front, certified, cost)
@@ -178,6 +183,7 @@ def write_report(folder) -> list:
 <table class="meta">{rows}</table>
 <h2>Pareto front</h2>{img("front")}
 <h2>How sure is this number?</h2><p>{html.escape(_heldout_note(data))}</p>{img("heldout") if "heldout" in pics else ""}
+{"<h2>Latency model: predicted against measured</h2>" + img("predicted") if "predicted" in pics else ""}
 <h2>Pareto-optimal configs ({len(pareto)})</h2><div style="overflow-x:auto">{table}</div>
 <h2>Hypervolume over trials</h2><p>{hv_note}</p>{img("hypervolume")}
 <h2>Knob effects</h2>{img("knobs")}
@@ -185,7 +191,7 @@ def write_report(folder) -> list:
 <code>adasearch.serving.Deployment.load</code>).</p></body></html>"""
     out = data.folder
     paths = [out.write_text("report.html", page)]
-    for key in ("front", "hypervolume", "knobs", "heldout"):
+    for key in ("front", "hypervolume", "knobs", "heldout", "predicted"):
         if key in pics:
             out.write_bytes(f"report_files/{key}.png", pics[key])
     md = [f"# {title}", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in _metadata(data)]
@@ -200,6 +206,16 @@ def write_report(folder) -> list:
         _heldout_note(data),
         "",
         *(["![Held-out accuracy](report_files/heldout.png)", ""] if "heldout" in pics else []),
+        *(
+            [
+                "## Latency model: predicted against measured",
+                "",
+                "![Predicted against measured](report_files/predicted.png)",
+                "",
+            ]
+            if "predicted" in pics
+            else []
+        ),  # fmt: skip
         f"## Pareto-optimal configs ({len(pareto)})",
         "",
     ]

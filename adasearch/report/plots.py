@@ -148,3 +148,34 @@ def heldout_plot(front: pd.DataFrame, certified: set, cost_metric: str) -> bytes
     ax.legend(loc="best", fontsize=8)
     ax.set_title("How sure is this number? Search vs held-out accuracy", fontsize=11)
     return _png(fig)
+
+
+def predicted_vs_measured(trials: pd.DataFrame) -> bytes:
+    """The latency model's prediction against the re-timed figure, for every re-timed finalist that was
+    predicted: p50 and p90, with the y = x line, a ±10 % band and the re-timing's 95 % intervals."""
+    panels = [m for m in (metrics.P50, metrics.P90) if metrics.predicted_column(m) in trials]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        rows = trials[
+            trials[metrics.predicted_column(name)].notna() & trials[metrics.interval_columns(name)[0]].notna()
+        ]
+        x, y = rows[metrics.predicted_column(name)], rows[name]
+        top = float(max(x.max(), y.max())) * 1.08
+        ax.fill_between([0, top], [0, 0.9 * top], [0, 1.1 * top], color="tab:green", alpha=0.12, label="±10 %")
+        ax.plot([0, top], [0, top], "--", color="tab:green", lw=1, label="y = x")
+        ax.errorbar(x, y, yerr=_interval(rows, name), fmt="o", ms=4, color="tab:blue", ecolor="tab:blue",
+                    alpha=0.8, capsize=2, label="finalist (95 % interval)")  # fmt: skip
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel(f"predicted {metrics.label(name)}")
+        ax.set_ylabel(f"measured {metrics.label(name)}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="upper left", fontsize=8)
+    fig.suptitle("Latency model: predicted against re-timed, finalists", fontsize=11)
+    return _png(fig)
+
+
+def has_predictions(trials: pd.DataFrame) -> bool:
+    """Whether any re-timed trial carries a predicted p50 (the run used a latency model)."""
+    column, low = metrics.predicted_column(metrics.P50), metrics.interval_columns(metrics.P50)[0]
+    return column in trials and low in trials and bool((trials[column].notna() & trials[low].notna()).any())

@@ -59,15 +59,18 @@ class Measurer:
         if todo:
             self.evaluator.accuracy.measure(todo)
 
-    def measure(self, config: DeploymentConfig) -> Measured:
+    def measure(self, config: DeploymentConfig, predicted: Optional[dict] = None) -> Measured:
+        """Accuracy and MACs, and the timed figures: timed now, or `predicted` ones (engine: model,
+        whose finalists the runner re-times)."""
         canon = self.space.canonical(config)
         key = trials.config_key(canon)
         if self.reusable(key):
             return Measured(canon, key, self.known[key], True)
         m = self.evaluator.measure_accuracy_and_cost([canon])[canon]
-        if self.spec.needs_latency:
+        if self.spec.needs_latency and predicted is None:
             self.evaluator.time(m, canon, memory=self.spec.needs_memory)
         metrics = {k: v for k, v in m.metrics().items() if v is not None}
+        metrics.update(predicted or {})
         self.known[key] = metrics
         return Measured(canon, key, metrics, False)
 
@@ -81,6 +84,7 @@ class RunContext:
     fingerprint: dict = field(default_factory=dict)  # what the run's figures depend on (run_fingerprint)
     stop: list = field(default_factory=list)  # non-empty: stop after the current trial
     notes: list = field(default_factory=list)  # what the summary should say (e.g. the sampler ran dry)
+    status: object = lambda description, done, total: None  # progress of a step before proposals (progress.py)
 
     def distinct_measured(self) -> int:
         """Distinct networks measured so far (the trial budget counts these, not repeats). With several

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
 from adasearch.config import DeploymentConfig
 from adasearch.search.context import Measured, RunContext
@@ -22,6 +23,7 @@ class Proposal:
     config: DeploymentConfig
     params: dict  # flat parameters in the space's encoding (what Optuna stores, what trials.csv shows)
     trial: object = None  # a live optuna.Trial when the engine asks through study.ask, else None
+    predicted: Optional[dict] = None  # timed figures the engine predicted (engine: model): recorded, not timed
 
 
 class Engine(abc.ABC):
@@ -32,6 +34,8 @@ class Engine(abc.ABC):
       an empty list when the engine has nothing more to propose. It must not measure or store.
     - Every proposal it returned is either told (``tell``) after the runner recorded it, or dropped
       (``drop``) when the run stops before measuring it. Nothing else reaches the storage.
+    - ``retimed(records)`` tells it the figures of the finalists' interleaved re-timing; an engine that
+      predicted them can ask to measure more (engine: model), others ignore it.
     - ``planned()`` is the number of distinct networks the engine expects to measure in total,
       finished ones included: the progress bar's total.
     """
@@ -54,6 +58,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def planned(self) -> int:
         """Distinct networks this engine expects the run to hold when it is done."""
+
+    def retimed(self, records: list) -> bool:
+        """Told the records after the finalists' re-timing (trials.TrialRecord, re-timed figures in).
+        True when the engine has more to propose: the runner then asks it again, and re-times again."""
+        return False
 
 
 class Driver(abc.ABC):

@@ -34,6 +34,14 @@ class SearchProgress:
         self.task = self.bar.add_task(
             "networks", total=max(total, self.done), completed=self.done, front=len(self.front)
         )
+        self.steps: dict = {}  # description -> task of work before the networks (profiling, predicting)
+        ctx.status = self.step
+
+    def step(self, description: str, done: int, total: int) -> None:
+        """Progress of a step an engine takes before proposing (e.g. profiling the target's latency)."""
+        if description not in self.steps:
+            self.steps[description] = self.bar.add_task(description, total=total, front="-")
+        self.bar.update(self.steps[description], completed=done, total=total)
 
     def __enter__(self) -> SearchProgress:
         self.bar.__enter__()

@@ -18,7 +18,7 @@ import threading
 import time
 
 from adasearch.errors import Terminated, UserError
-from adasearch.search import heldout, trials
+from adasearch.search import heldout, model_engine, trials
 from adasearch.search.context import RunContext, drop_trial, prepare, record_trial, storage_url
 from adasearch.search.engine_base import Driver, Engine
 from adasearch.search.engines import ExhaustiveEngine, OptunaEngine
@@ -29,13 +29,20 @@ from adasearch.spec import RunSpec
 
 
 def choose_engine(ctx: RunContext):
-    """The spec's engine, or for `auto`: exhaustive for small spaces searched by one process with the
-    default sampler, else optuna."""
+    """The spec's engine, or for `auto`: model when one process with the default sampler searches a space
+    whose accuracy is enumerable and the spec times something; else exhaustive for small spaces searched
+    that way; else optuna."""
     spec = ctx.spec
     name = spec.search.engine
     if name == "auto":
         small = ctx.space.size() <= spec.search.exhaustive_limit
-        name = "exhaustive" if small and spec.search.workers == 1 and spec.search.sampler == "auto" else "optuna"
+        one = spec.search.workers == 1 and spec.search.sampler == "auto"
+        if one and spec.needs_latency and model_engine.unusable(ctx) is None:
+            name = "model"  # exact accuracy everywhere: only latency is unknown, and it is predicted then verified
+        else:
+            name = "exhaustive" if small and one else "optuna"
+    if name == "model":
+        return model_engine.ModelEngine(ctx)
     if name == "ray":
         from adasearch.search.ray_engine import RayEngine  # imports Ray only when asked for
 
@@ -72,7 +79,7 @@ def measure_and_record(ctx: RunContext, engine: Engine, on_trial=lambda metrics:
             ctx.measurer.prefetch([p.config for p in pending])  # shared accuracy passes for a batch
             while pending and not ctx.stop and (deadline is None or time.monotonic() < deadline):
                 proposal = pending[0]
-                measured = ctx.measurer.measure(proposal.config)
+                measured = ctx.measurer.measure(proposal.config, proposal.predicted)
                 record_trial(ctx, measured, proposal.params, proposal.trial)
                 pending.pop(0)
                 engine.tell(proposal, measured)
@@ -189,6 +196,13 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                     retime_finalists(ctx, recs)
                     final = ctx.study.user_attrs.get("final_metrics", {})
                     recs = trials.records(ctx.study, spec, final)
+                    # An engine that predicted timings may measure more when the re-timing disagrees.
+                    while not ctx.stop and isinstance(engine, Engine) and engine.retimed(recs):
+                        with SearchProgress(ctx, engine.planned(), progress) as bar:
+                            _search(ctx, engine, bar)
+                        retime_finalists(ctx, trials.records(ctx.study, spec, final))
+                        final = ctx.study.user_attrs.get("final_metrics", {})
+                        recs = trials.records(ctx.study, spec, final)
                     candidates = [r for r in recs if str(r.number) in final]
                     figures, guarantees = heldout.evaluate(ctx, front_of(recs, spec), candidates)
         except KeyboardInterrupt as e:  # outside the loop: choosing the engine, or re-timing finalists

@@ -115,10 +115,17 @@ class SearchSpace:
         """One config per (mat_dim, token_grans) combination of the space, every other knob at its first
         value: what the shared accuracy passes depend on (accuracy.structural_key), without enumerating
         the whole space."""
-        structural = [(p, v if p.split(".")[0] in STRUCTURAL else v[:1]) for p, v in self.parameters()]
-        names = [p for p, _ in structural]
+        return self.settings(STRUCTURAL)
+
+    def settings(self, knobs: tuple, limit: Optional[int] = None) -> Optional[list]:
+        """One config per combination of the values of `knobs`, every other knob at its first value;
+        None when there are more than `limit` combinations."""
+        varied = [(p, v if p.split(".")[0] in knobs else v[:1]) for p, v in self.parameters()]
+        if limit is not None and math.prod(len(v) for _, v in varied) > limit:
+            return None
+        names = [p for p, _ in varied]
         return [
-            self.config_from_params(dict(zip(names, combo))) for combo in itertools.product(*(v for _, v in structural))
+            self.config_from_params(dict(zip(names, combo))) for combo in itertools.product(*(v for _, v in varied))
         ]
 
     def suggest(self, trial) -> DeploymentConfig:

@@ -1,0 +1,314 @@
+"""A latency model of the target: the parts of a forward timed once, interleaved, predicting any config.
+
+A forward (model.forward_plan) is close to a sum of parts:
+- embedding + read at the first block's token count, on the whole batch;
+- each executed block, at its (tokens, granularities, FFN width) and the samples still running;
+- each exit check (a readout and the confidence), on the samples still running; where some samples
+  stop, the check also writes their logits and splits the batch (a "stop", timed as its own part);
+- the final readout, on the samples left;
+plus what lies outside them (validating the knobs, Python dispatch).
+
+Profiling (`profile`) times every distinct part the configs can use: ROUNDS rounds, each visiting
+every part in a new random order (seeded), one warm-up call and REPS timed calls per visit, so drift
+and bursts land on all parts alike. A part's figure is the median of its timings. Under per-sample
+exit a batch shrinks, so the parts after the first block are also timed at the active counts in
+active_sizes(B) and interpolated linearly in between.
+
+Two whole static forwards, the cheapest and the dearest config by MACs, are timed in the same rounds.
+They calibrate the sum with the line through their two points: the intercept is the cost outside the
+parts, the slope what running the parts back to back costs more (or less) than alone. Their timings'
+ratios to their own medians are the target's noise.
+
+Prediction (`predict`) for a config at batch B, on the images the timer cycles through: each image's
+exit depth (known exactly from the accuracy cache) gives, per batch, the samples running each block
+and so the batch's calibrated sum. The timer cycles its batches equally, so p50, p90 and p99 are the
+percentiles of the mixture {batch sum x noise ratio} over the batches and the noise ratios: the tail
+of a config comes from the batches that run deep and from the target's noise measured on whole
+forwards, not on parts. Throughput is B over the mixture's mean.
+
+The model is JSON (latency_model.json in the results folder), stored with the fingerprint of what it
+depends on (device and its name, torch, threads, dtype, batch size, the architecture); `usable`
+refuses one of another fingerprint, one that is corrupt, or one that lacks parts the space needs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from adasearch.metrics import P50, P90, P99, THROUGHPUT
+from adasearch.model.adaperceiver import LayerPlan, confidence
+
+VERSION = 1
+ROUNDS = 12
+REPS = 3  # timed calls of a part (or a reference forward) per visit
+NEVER = 2.0  # a confidence threshold no sample reaches: an exit check that splits off nobody
+
+
+def active_sizes(batch_size: int, exits: bool) -> list:
+    """Active batch sizes the shrinking parts are timed at: 1, 2, 4, ... and the batch size itself."""
+    if not exits:
+        return [batch_size]
+    sizes, b = {batch_size}, 1
+    while b < batch_size:
+        sizes.add(b)
+        b *= 2
+    return sorted(sizes)
+
+
+def _grans(g) -> str:
+    return "-".join(str(v) for v in g) if g else "none"
+
+
+def part_keys(plan: LayerPlan, batch_size: int) -> list:
+    """The parts a forward under `plan` runs at this batch size (at every active size if it can exit)."""
+    exits = any(t is not None for t in plan.taus[:-1])
+    sizes = active_sizes(batch_size, exits)
+    keys = [f"embed_read:n{plan.tokens[0]}:b{batch_size}"]
+    for i in range(plan.depth):
+        n = plan.tokens[i]
+        keys += [f"block:n{n}:h{plan.hidden[i]}:g{_grans(plan.grans[i])}:b{b}" for b in sizes]
+        if plan.taus[i] is not None and i < plan.depth - 1:
+            keys += [f"{kind}:n{n}:b{b}" for b in sizes for kind in ("exit", "stop")]
+    keys += [f"readout:n{plan.tokens[-1]}:b{b}" for b in sizes]
+    return keys
+
+
+@dataclass
+class LatencyModel:
+    fingerprint: dict
+    batch_size: int
+    parts: dict  # part key -> median ms
+    intercept_ms: float
+    slope: float
+    noise: list  # ratios of whole-forward timings to their medians
+    references: list = field(default_factory=list)  # [{"config", "median_ms", "sum_ms"}]
+    rounds: int = ROUNDS
+    _index: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    # ---------------------------------------------------------------- prediction
+
+    def _part(self, kind: str, n: int, b: int, extra: str = "") -> float:
+        """A part's median at active size b, interpolated between the profiled sizes."""
+        if not self._index:
+            points: dict = {}
+            for key, value in self.parts.items():
+                prefix, size = key.rsplit(":b", 1)
+                points.setdefault(prefix + ":", []).append((int(size), value))
+            self._index.update({p: tuple(zip(*sorted(v))) for p, v in points.items()})
+        prefix = f"{kind}:n{n}:{extra}"
+        if prefix not in self._index:
+            raise KeyError(f"{prefix}b{b}")
+        sizes, values = self._index[prefix]
+        return values[0] if len(sizes) == 1 else float(np.interp(b, sizes, values))
+
+    def batch_sum(self, plan: LayerPlan, exit_depths: Optional[Sequence[int]] = None) -> float:
+        """Sum of part medians for one batch whose samples stop after exit_depths (None: all run every block)."""
+        depths = np.full(self.batch_size, plan.depth) if exit_depths is None else np.asarray(exit_depths)
+        total = self.parts[f"embed_read:n{plan.tokens[0]}:b{self.batch_size}"]
+        for i in range(plan.depth):
+            active = int((depths >= i + 1).sum())
+            if active == 0:
+                return total
+            n = plan.tokens[i]
+            total += self._part("block", n, active, f"h{plan.hidden[i]}:g{_grans(plan.grans[i])}:")
+            if plan.taus[i] is not None and i < plan.depth - 1:
+                total += self._part("stop" if (depths == i + 1).any() else "exit", n, active)
+        left = int((depths >= plan.depth).sum())
+        if left:
+            total += self._part("readout", plan.tokens[-1], left)
+        return total
+
+    def predict(self, plan: LayerPlan, exit_depths: Optional[Sequence[Sequence[int]]] = None) -> dict:
+        """{p50, p90, p99 (ms per batch), throughput} of a config, from the exit depths of each timed batch."""
+        batches = [None] if exit_depths is None else list(exit_depths)
+        sums = np.array([self.intercept_ms + self.slope * self.batch_sum(plan, d) for d in batches])
+        mixture = (sums[:, None] * np.asarray(self.noise)[None, :]).ravel()
+        p50, p90, p99 = np.percentile(mixture, [50, 90, 99])
+        return {
+            P50: float(p50),
+            P90: float(p90),
+            P99: float(p99),
+            THROUGHPUT: self.batch_size * 1e3 / float(mixture.mean()),
+        }
+
+    # ---------------------------------------------------------------- storage
+
+    def to_dict(self) -> dict:
+        return {
+            "version": VERSION,
+            "fingerprint": self.fingerprint,
+            "batch_size": self.batch_size,
+            "rounds": self.rounds,
+            "calibration": {"intercept_ms": self.intercept_ms, "slope": self.slope},
+            "references": self.references,
+            "noise": self.noise,
+            "parts": self.parts,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> LatencyModel:
+        """Raises ValueError (what is wrong) for a document that is not a latency model of this version."""
+        if not isinstance(doc, dict) or doc.get("version") != VERSION:
+            raise ValueError(f"not a version-{VERSION} latency model")
+        try:
+            parts = {str(k): float(v) for k, v in doc["parts"].items()}
+            noise = [float(r) for r in doc["noise"]]
+            cal = doc["calibration"]
+            model = cls(
+                fingerprint=dict(doc["fingerprint"]),
+                batch_size=int(doc["batch_size"]),
+                parts=parts,
+                intercept_ms=float(cal["intercept_ms"]),
+                slope=float(cal["slope"]),
+                noise=noise,
+                references=list(doc.get("references", [])),
+                rounds=int(doc.get("rounds", ROUNDS)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"malformed ({type(e).__name__}: {e})") from None
+        if (
+            not noise
+            or not all(np.isfinite(list(parts.values())))
+            or not np.isfinite([model.intercept_ms, model.slope]).all()
+        ):
+            raise ValueError("malformed (no noise ratios, or a figure that is not finite)")
+        return model
+
+    def why_unusable(self, fingerprint: dict, needed: Iterable[str]) -> Optional[str]:
+        """None when this model can predict for `fingerprint` and the parts `needed`; else why not."""
+        if self.fingerprint != fingerprint:
+            changed = [
+                k
+                for k in sorted(set(fingerprint) | set(self.fingerprint))
+                if fingerprint.get(k) != self.fingerprint.get(k)
+            ]
+            what = ", ".join(f"{k} {self.fingerprint.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
+            return f"built for another target ({what})"
+        missing = [k for k in needed if k not in self.parts]
+        if missing:
+            return f"lacks {len(missing)} parts this space needs (e.g. {missing[0]})"
+        return None
+
+
+# -------------------------------------------------------------------- profiling
+
+
+def _part_fns(model, x: torch.Tensor, keys: Iterable[str]) -> dict:
+    """{key: zero-argument callable that runs that part once}, on latents read from real images."""
+    latents: dict = {}
+
+    def read(n: int) -> torch.Tensor:
+        if n not in latents:
+            latents[n] = model.read(model.embed(x), n)
+        return latents[n]
+
+    grans_of = {}
+    fns = {}
+    for key in keys:
+        kind, *fields = key.split(":")
+        f = {s[0]: s[1:] for s in fields}
+        n, b = int(f["n"]), int(f["b"])
+        if kind == "embed_read":
+            fns[key] = lambda n=n: model.read(model.embed(x), n)
+        elif kind == "block":
+            g = grans_of.setdefault(f["g"], None if f["g"] == "none" else tuple(int(v) for v in f["g"].split("-")))
+            fns[key] = lambda n=n, b=b, h=int(f["h"]), g=g: model.run_block(0, read(n)[:b], g, h)
+        elif kind == "exit":
+
+            def check(n=n, b=b):
+                lat = read(n)[:b]
+                done = confidence(model.readout(lat)) >= NEVER
+                done.any()  # the model asks this before it splits the batch
+                return lat[~done]
+
+            fns[key] = check
+        elif kind == "stop":
+
+            def stop(n=n, b=b):  # what forward_plan does when every sample of the batch stops here
+                lat = read(n)[:b]
+                step = model.readout(lat)
+                done = confidence(step) >= 0.0
+                done.any()
+                logits, active = step.new_zeros(b, step.shape[-1]), torch.arange(b, device=lat.device)
+                depth = torch.full((b,), 1, dtype=torch.long, device=lat.device)
+                logits[active[done]] = step[done]
+                depth[active[done]] = 1
+                return lat[~done], active[~done].numel()
+
+            fns[key] = stop
+        elif kind == "readout":
+            fns[key] = lambda n=n, b=b: model.readout(read(n)[:b])
+    return fns
+
+
+def profile(
+    model,
+    x: torch.Tensor,
+    plans: Sequence[LayerPlan],
+    references: Sequence[tuple],
+    *,
+    fingerprint: dict,
+    sync: Callable[[], None] = lambda: None,
+    clock: Optional[Callable[[], float]] = None,
+    rounds: int = ROUNDS,
+    seed: int = 0,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> LatencyModel:
+    """Time every part the `plans` use, and the whole forwards of `references` ([(config dict, plan)],
+    the cheapest and the dearest static config), interleaved (see the module docstring). x: one real
+    batch of the target's batch size, on the model's device and dtype."""
+    import time
+
+    clock = clock or time.perf_counter
+    batch_size = x.shape[0]
+    keys = sorted({k for plan in [*plans, *(p for _, p in references)] for k in part_keys(plan, batch_size)})
+    with torch.inference_mode():
+        fns = _part_fns(model, x, keys)
+        for i, (_, plan) in enumerate(references):
+            fns[f"forward:{i}"] = lambda plan=plan: model.forward_plan(x, plan)
+        names = list(fns)
+        samples: dict = {name: [] for name in names}
+        rng = random.Random(seed)
+        for r in range(rounds):
+            order = names[:]
+            rng.shuffle(order)
+            for name in order:
+                fn = fns[name]
+                fn()  # warm-up after a change of part
+                for _ in range(REPS):
+                    sync()
+                    t0 = clock()
+                    fn()
+                    sync()
+                    samples[name].append((clock() - t0) * 1e3)
+            if progress:
+                progress(r + 1, rounds)
+    parts = {k: float(np.median(samples[k])) for k in keys}
+    model_ = LatencyModel(fingerprint, batch_size, parts, 0.0, 1.0, [1.0], rounds=rounds)
+    refs, noise = [], []
+    for i, (config, plan) in enumerate(references):
+        times = np.array(samples[f"forward:{i}"])
+        median = float(np.median(times))
+        refs.append({"config": config, "median_ms": median, "sum_ms": model_.batch_sum(plan)})
+        noise += (times / median).tolist() if median > 0 else [1.0] * len(times)
+    model_.intercept_ms, model_.slope = calibration(refs)
+    model_.references, model_.noise = refs, sorted(noise)
+    return model_
+
+
+def calibration(refs: list) -> tuple:
+    """(intercept ms, slope) of the line through the references' (sum of parts, whole forward) points;
+    with one point, or two at the same sum, the slope is 1 and the intercept the mean residual."""
+    sums = [r["sum_ms"] for r in refs]
+    measured = [r["median_ms"] for r in refs]
+    if len(refs) >= 2 and max(sums) - min(sums) > 1e-9 * max(1.0, max(sums)):
+        lo, hi = int(np.argmin(sums)), int(np.argmax(sums))
+        slope = (measured[hi] - measured[lo]) / (sums[hi] - sums[lo])
+        return measured[lo] - slope * sums[lo], slope
+    return float(np.mean(np.subtract(measured, sums))), 1.0

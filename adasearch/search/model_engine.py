@@ -1,0 +1,158 @@
+"""engine: model, predict then verify.
+
+When the space's accuracy is enumerable with the shared anytime passes (one pass per width setting
+gives every config's exact accuracy, and MACs are closed form), only latency is unknown. This engine
+predicts it for every config of the space with the target's latency model (latency_profile.py), and
+proposes only the configs the prediction puts in play: the predicted front, its next layer, the MACs
+front and the near misses of timed constraints (finalists.candidates), at most VERIFY_LIMIT.
+
+Its trials carry the predicted timed figures (and the same in NAME_predicted columns) until the
+runner re-times them, interleaved like every engine's finalists. The runner then tells the engine the
+re-timed figures (`retimed`). If the prediction missed badly on them (more than BAD_SHARE of the
+re-timed finalists off by more than MISS at p50), the summary says so and the engine falls back to
+measuring: it proposes every config that could still be on the front if it were as much faster than
+predicted as the most over-predicted finalist was, those are re-timed, and so on for at most
+FALLBACK_ROUNDS rounds. A model that is wrong never decides silently.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from adasearch.errors import UserError
+from adasearch.metrics import P50, THROUGHPUT, TIMED_METRICS, interval_columns, predicted_column
+from adasearch.search import trials
+from adasearch.search.context import RunContext
+from adasearch.search.engine_base import Engine, Proposal
+from adasearch.search.finalists import candidates
+from adasearch.search.latency_profile import latency_model_for
+from adasearch.search.results import front_of
+
+VERIFY_LIMIT = 50  # configs proposed per round
+MISS = 0.15  # a finalist whose re-timed p50 is off its prediction by more than this fraction is a miss
+BAD_SHARE = 0.20  # more than this share of misses: the model is not trusted, and more configs are measured
+FALLBACK_ROUNDS = 3
+PREDICTED = frozenset(predicted_column(n) for n in TIMED_METRICS)
+ENUMERABLE_LIMIT = 100_000  # configs of a space this engine enumerates
+SETTINGS_LIMIT = 10_000  # (width, granularity, tokens) combinations checked for shared passes
+
+
+def unusable(ctx: RunContext) -> Optional[str]:
+    """Why engine: model cannot search this run (and what to use instead), or None when it can."""
+    spec, space = ctx.spec, ctx.space
+    if space.size() > ENUMERABLE_LIMIT:
+        return f"the space has {space.size():,} configs, more than the {ENUMERABLE_LIMIT:,} it enumerates"
+    if spec.needs_memory:
+        return "peak memory is measured per config, not predicted"
+    if spec.search.workers > 1:
+        return "it runs in one process (search.workers: 1)"
+    settings = space.settings(("mat_dim", "token_grans", "num_tokens"), limit=SETTINGS_LIMIT)
+    accuracy = ctx.measurer.evaluator.accuracy
+    if settings is None or not all(accuracy.shareable(c) for c in settings):
+        return "its accuracy is not enumerable with shared passes (token counts off the trained block boundaries)"
+    return None
+
+
+class ModelEngine(Engine):
+    name = "model"
+
+    def __init__(self, ctx: RunContext):
+        super().__init__(ctx)
+        why = unusable(ctx)
+        if why is not None:
+            raise UserError(
+                f"{ctx.spec.spec_file or 'spec'}: search.engine: model cannot search this run: {why}; "
+                f"use engine: optuna (or exhaustive for a small space)"
+            )
+        self.predicted: list = []  # TrialRecords of every config, timed figures predicted
+        self.todo: list = []  # proposals of the current round
+        self.rounds = 0
+        self.optimism = 1.0  # measured / predicted of the most over-predicted finalist (fallback)
+
+    # ---------------------------------------------------------------- prediction
+
+    def _predict_all(self) -> None:
+        ctx, evaluator = self.ctx, self.ctx.measurer.evaluator
+        unique = ctx.space.unique()
+        configs = list(unique)
+        model, note = latency_model_for(ctx, configs)
+        ctx.notes.append(note)
+        measured = evaluator.measure_accuracy_and_cost(configs)  # exact: one shared pass per width setting
+        for i, c in enumerate(configs):
+            metrics = {k: v for k, v in measured[c].metrics().items() if v is not None}
+            metrics.update(predicted_figures(evaluator.predict_latency(model, c)))
+            viol = trials.violations(ctx.spec, metrics)
+            self.predicted.append(trials.TrialRecord(-1 - i, c, unique[c], metrics, not viol, viol))
+            if i % 200 == 0:
+                ctx.status("predicting every config", i + 1, len(configs))
+        ctx.status("predicting every config", len(configs), len(configs))
+
+    def _propose(self, records: list) -> list:
+        measurer, encode = self.ctx.measurer, self.ctx.space.encode_params
+        out = []
+        for r in records[:VERIFY_LIMIT]:
+            if not measurer.reusable(trials.config_key(r.config)):
+                timed = {k: v for k, v in r.metrics.items() if k in TIMED_METRICS or k in PREDICTED}
+                out.append(Proposal(r.config, encode(r.params), predicted=timed))
+        return out
+
+    def ask(self) -> list:
+        if self.rounds == 0 and not self.predicted:
+            self._predict_all()
+            self.todo = self._propose(candidates(self.predicted, self.ctx.spec))
+        todo, self.todo = self.todo, []
+        return todo
+
+    def planned(self) -> int:
+        return min(VERIFY_LIMIT * (1 + self.rounds), self.ctx.space.size())
+
+    # ---------------------------------------------------------------- verification
+
+    def retimed(self, records: list) -> bool:
+        """Compare prediction and re-timing on the finalists; on a bad miss, propose more to measure."""
+        pairs = [
+            (r.metrics[predicted_column(P50)], r.metrics[P50])
+            for r in records
+            if r.metrics.get(predicted_column(P50)) is not None and r.metrics.get(interval_columns(P50)[0]) is not None
+        ]
+        if not pairs or not self.predicted:
+            return False
+        errors = np.array([abs(p / m - 1) for p, m in pairs])
+        misses = int((errors > MISS).sum())
+        self.ctx.notes.append(
+            f"latency model: {len(pairs) - misses} of {len(pairs)} re-timed finalists within ±{MISS:.0%} of the "
+            f"prediction at p50 (median error {np.median(errors):.1%})"
+        )
+        if misses <= BAD_SHARE * len(pairs) or self.rounds >= FALLBACK_ROUNDS:
+            if misses > BAD_SHARE * len(pairs):
+                self.ctx.notes.append(f"latency model: still missing after {self.rounds} rounds of measuring more")
+            return False
+        self.rounds += 1
+        self.optimism = max(0.5, min(self.optimism, *(m / p for p, m in pairs)))
+        self.todo = self._propose(self._in_play(records))
+        self.ctx.notes.append(
+            f"latency model: missed badly ({misses} of {len(pairs)} off by more than {MISS:.0%}): measuring the "
+            f"{len(self.todo)} configs that could be on the front if {1 - self.optimism:.0%} faster than predicted"
+        )
+        return bool(self.todo)
+
+    def _in_play(self, records: list) -> list:
+        """Unmeasured configs on the front when every prediction is scaled by the observed optimism."""
+        known = {r.config for r in records}
+        scaled = []
+        for r in self.predicted:
+            if r.config in known:
+                continue
+            metrics = dict(r.metrics)
+            for name in TIMED_METRICS & set(metrics):
+                metrics[name] = metrics[name] / self.optimism if name == THROUGHPUT else metrics[name] * self.optimism
+            viol = trials.violations(self.ctx.spec, metrics)
+            scaled.append(trials.TrialRecord(r.number, r.config, r.params, metrics, not viol, viol))
+        return [r for r in front_of(scaled + list(records), self.ctx.spec) if r.config not in known]
+
+
+def predicted_figures(figures: dict) -> dict:
+    """The timed figures of a prediction, under their own names and as NAME_predicted."""
+    return {**figures, **{predicted_column(k): v for k, v in figures.items()}}

@@ -1,0 +1,138 @@
+"""The latency model of the target (measure/latency_model.py): additivity, early exit, storage, refusal.
+
+Timing is flaky, so additivity is checked with a fake clock: one that reads the floating-point
+operations torch has run (torch.utils.flop_counter). Under it a part "takes" exactly its FLOPs, with
+no noise, so the prediction of a whole forward must equal a direct timing of it exactly when the parts
+are the forward's parts, and miss when one is left out.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from adasearch import DeploymentConfig
+from adasearch.measure.interleaved import time_interleaved
+from adasearch.measure.latency_model import LatencyModel, active_sizes, part_keys, profile
+from adasearch.metrics import P50, P90, P99, THROUGHPUT
+from adasearch.model.adaperceiver import make_plan
+from tests.helpers import random_model
+
+STATIC = [
+    DeploymentConfig(),
+    DeploymentConfig(num_tokens=4, mat_dim=16, depth=2),
+    DeploymentConfig(num_tokens=(16, 16, 8, 4), mat_dim=(32, 24, 16, 16)),  # per-layer knobs
+]
+
+
+class FlopClock:
+    """A clock that reads FLOPs run so far (as 'seconds'): timing without noise."""
+
+    def __init__(self):
+        self.mode = FlopCounterMode(display=False)
+
+    def __call__(self) -> float:
+        return float(self.mode.get_total_flops())
+
+
+def _profiled(model, x, configs, clock):
+    plans = [make_plan(model.cfg, **c.to_dict()) for c in configs]
+    refs = [(c.to_dict(), make_plan(model.cfg, **c.to_dict())) for c in (STATIC[1], STATIC[0])]
+    with clock.mode:
+        return profile(model, x, plans, refs, fingerprint={"t": 1}, clock=clock, rounds=2)
+
+
+def test_static_prediction_equals_a_direct_timing_under_a_fake_clock():
+    model = random_model().requires_grad_(False)  # the FLOP counter's module hooks trip on parameters needing grad
+    x = torch.randn(2, 3, 16, 16)
+    clock = FlopClock()
+    lm = _profiled(model, x, STATIC, clock)
+    # The two reference forwards are exactly their parts' sum: the calibration is the identity.
+    assert lm.slope == pytest.approx(1.0) and lm.intercept_ms == pytest.approx(0.0, abs=1e-6)
+    assert lm.noise == [1.0] * len(lm.noise)
+    with clock.mode:
+        fns = [lambda b, c=c: model.run(b, c) for c in STATIC]
+        timed = time_interleaved(fns, [x], sync=lambda: None, budget_s=0.0, rounds=2, clock=clock)
+    for c, direct in zip(STATIC, timed):
+        predicted = lm.predict(make_plan(model.cfg, **c.to_dict()))
+        assert predicted[P50] == pytest.approx(direct[P50], rel=1e-9), c.label()
+        assert predicted[P90] == pytest.approx(direct[P90], rel=1e-9)
+        assert predicted[THROUGHPUT] == pytest.approx(direct[THROUGHPUT], rel=1e-9)
+    # A forward is more than its blocks: leave the readout out and the prediction falls short.
+    plan = make_plan(model.cfg)
+    without = {k: v for k, v in lm.parts.items() if not k.startswith("readout:")}
+    with pytest.raises(KeyError):
+        LatencyModel(lm.fingerprint, 2, without, 0.0, 1.0, [1.0]).predict(plan)
+
+
+def test_exit_prediction_under_a_fake_clock_when_every_sample_stops_at_one_depth():
+    """tau 0 stops every sample at the first check: the whole batch runs 2 blocks and one exit check."""
+    model = random_model().requires_grad_(False)  # the FLOP counter's module hooks trip on parameters needing grad
+    x = torch.randn(4, 3, 16, 16)
+    config = DeploymentConfig(num_tokens=8, depth_tau=(None, 0.0, None, None))
+    clock = FlopClock()
+    lm = _profiled(model, x, [config], clock)
+    assert active_sizes(4, exits=True) == [1, 2, 4]
+    with clock.mode:
+        out = model.run(x, config)
+        direct = time_interleaved([lambda b: model.run(b, config)], [x], sync=lambda: None, budget_s=0.0, rounds=1,
+                                  clock=clock)[0]  # fmt: skip
+    assert out.exit_depth.tolist() == [2, 2, 2, 2]
+    plan = make_plan(model.cfg, **config.to_dict())
+    assert lm.predict(plan, [[2, 2, 2, 2]])[P50] == pytest.approx(direct[P50], rel=1e-9)
+    assert lm.predict(plan, [[2, 2, 2, 2]])[P50] < lm.predict(plan, [[4, 4, 4, 4]])[P50]
+
+
+def _hand_model(noise=(1.0,)) -> LatencyModel:
+    """Parts with hand-set times (ms): a block costs 1 + 1 per active sample, profiled at 1, 2 and 4."""
+    parts = {"embed_read:n8:b4": 10.0}
+    for b in (1, 2, 4):
+        parts[f"block:n8:h20:g2-4-8:b{b}"] = 1.0 + b
+        parts[f"exit:n8:b{b}"] = 0.5 * b
+        parts[f"stop:n8:b{b}"] = 0.5 * b + 0.125
+        parts[f"readout:n8:b{b}"] = 0.25 * b
+    return LatencyModel({"t": 1}, 4, parts, intercept_ms=1.0, slope=2.0, noise=list(noise))
+
+
+def test_early_exit_prediction_from_known_exit_depths_by_hand():
+    cfg = random_model().cfg
+    plan = make_plan(cfg, num_tokens=8, mat_dim=8, depth=3, depth_tau=0.9, token_grans=[2, 4, 8])
+    assert plan.hidden == (20, 20, 20)
+    assert set(part_keys(plan, 4)) <= set(_hand_model().parts)
+    lm = _hand_model()
+    # Exit depths 1, 2, 3, 3: blocks run on 4, 3, 2 samples; checks after blocks 1 and 2 on 4 and 3,
+    # both stopping a sample (a "stop": 0.125 more); the final readout on 2. A block at 3 samples is
+    # interpolated between the profiled 2 and 4: 4.0.
+    by_hand = 10 + (5 + 2.125) + (4 + 1.625) + (3.0) + 0.5
+    assert lm.batch_sum(plan, [1, 2, 3, 3]) == pytest.approx(by_hand)
+    # Every sample stops after block 1: one block, one check that stops them all, no final readout.
+    assert lm.batch_sum(plan, [1, 1, 1, 1]) == pytest.approx(10 + 5 + 2.125)
+    # Nobody stops early: three blocks on 4, two checks that stop nobody, the readout on 4.
+    assert lm.batch_sum(plan, [3, 3, 3, 3]) == pytest.approx(10 + 3 * 5 + 2 * 2.0 + 1.0)
+    # Two timed batches, noise ratios 0.9, 1, 1.5: percentiles of the 6-point mixture, calibrated (1 + 2 x sum).
+    lm = _hand_model(noise=(0.9, 1.0, 1.5))
+    sums = [1 + 2 * by_hand, 1 + 2 * (10 + 5 + 2.125)]
+    mixture = [s * r for s in sums for r in (0.9, 1.0, 1.5)]
+    got = lm.predict(plan, [[1, 2, 3, 3], [1, 1, 1, 1]])
+    for name, q in ((P50, 50), (P90, 90), (P99, 99)):
+        assert got[name] == pytest.approx(float(np.percentile(mixture, q)))
+    assert got[THROUGHPUT] == pytest.approx(4 * 1e3 / np.mean(mixture))
+
+
+def test_round_trip_and_refusals():
+    lm = _hand_model(noise=(0.9, 1.1))
+    doc = json.loads(json.dumps(lm.to_dict()))
+    back = LatencyModel.from_dict(doc)
+    assert back.parts == lm.parts and back.noise == lm.noise and back.slope == 2.0
+    plan = make_plan(random_model().cfg, num_tokens=8, mat_dim=8, depth=3, depth_tau=0.9, token_grans=[2, 4, 8])
+    needed = part_keys(plan, 4)
+    assert back.why_unusable({"t": 1}, needed) is None
+    why = back.why_unusable({"t": 2}, needed)
+    assert why == "built for another target (t 1 -> 2)"
+    assert "lacks 1 parts" in back.why_unusable({"t": 1}, needed + ["block:n16:h20:g2-4-8-16:b4"])
+    for broken in ({}, {**doc, "version": 99}, {**doc, "parts": {"a": "x"}}, {**doc, "noise": []},
+                   {**doc, "calibration": {"slope": float("nan"), "intercept_ms": 0}}):  # fmt: skip
+        with pytest.raises(ValueError):
+            LatencyModel.from_dict(broken)
