@@ -18,6 +18,7 @@ from adasearch.run_folder import LATENCY_MODEL, RunFolder
 from adasearch.search.context import RunContext
 
 PROFILING = "profiling latency parts"  # the progress line's description
+ENUMERABLE_LIMIT = 100_000  # configs of a space that engine: model (and a profile) enumerates
 
 
 def stored_model(folder: RunFolder, fingerprint: dict, needed: set) -> tuple:
@@ -64,8 +65,6 @@ def profile_configs(ctx: RunContext) -> list:
     """The configs whose parts a profile covers: the whole space when it can be enumerated, else a
     seeded sample of it (a run with engine optuna predicts nothing, so it needs no more)."""
     import random
-
-    from adasearch.search.model_engine import ENUMERABLE_LIMIT
 
     space = ctx.space
     if space.size() <= ENUMERABLE_LIMIT:

@@ -27,7 +27,7 @@ from adasearch.search import trials
 from adasearch.search.context import RunContext
 from adasearch.search.engine_base import Engine, Proposal
 from adasearch.search.finalists import candidates
-from adasearch.search.latency_profile import latency_model_for
+from adasearch.search.latency_profile import ENUMERABLE_LIMIT, latency_model_for
 from adasearch.search.results import front_of
 
 VERIFY_LIMIT = 50  # configs proposed per round
@@ -35,7 +35,6 @@ MISS = 0.15  # a finalist whose re-timed p50 is off its prediction by more than 
 BAD_SHARE = 0.20  # more than this share of misses: the model is not trusted, and more configs are measured
 FALLBACK_ROUNDS = 3
 PREDICTED = frozenset(predicted_column(n) for n in TIMED_METRICS)
-ENUMERABLE_LIMIT = 100_000  # configs of a space this engine enumerates
 SETTINGS_LIMIT = 10_000  # (width, granularity, tokens) combinations checked for shared passes
 
 
