@@ -39,9 +39,11 @@ class FlopClock:
 
 def _profiled(model, x, configs, clock):
     plans = [make_plan(model.cfg, **c.to_dict()) for c in configs]
-    refs = [(c.to_dict(), make_plan(model.cfg, **c.to_dict())) for c in (STATIC[1], STATIC[0])]
+    refs = [(c.to_dict(), make_plan(model.cfg, **c.to_dict()), None) for c in (STATIC[1], STATIC[0])]
+    exiting = [c for c in configs if c.depth_tau is not None]
+    refs += [(c.to_dict(), make_plan(model.cfg, **c.to_dict()), [model.run(x, c).exit_depth.tolist()]) for c in exiting]
     with clock.mode:
-        return profile(model, x, plans, refs, fingerprint={"t": 1}, clock=clock, rounds=2)
+        return profile(model, [x], plans, refs, fingerprint={"t": 1}, clock=clock, rounds=2)
 
 
 def test_static_prediction_equals_a_direct_timing_under_a_fake_clock():
@@ -49,8 +51,8 @@ def test_static_prediction_equals_a_direct_timing_under_a_fake_clock():
     x = torch.randn(2, 3, 16, 16)
     clock = FlopClock()
     lm = _profiled(model, x, STATIC, clock)
-    # The two reference forwards are exactly their parts' sum: the calibration is the identity.
-    assert lm.slope == pytest.approx(1.0) and lm.intercept_ms == pytest.approx(0.0, abs=1e-6)
+    # The reference forwards are exactly their parts' sum: the calibration is the identity.
+    assert [r for _, r in lm.curve] == pytest.approx([1.0, 1.0]) and lm.exit_factor == 1.0
     assert lm.noise == [1.0] * len(lm.noise)
     with clock.mode:
         fns = [lambda b, c=c: model.run(b, c) for c in STATIC]
@@ -64,7 +66,7 @@ def test_static_prediction_equals_a_direct_timing_under_a_fake_clock():
     plan = make_plan(model.cfg)
     without = {k: v for k, v in lm.parts.items() if not k.startswith("readout:")}
     with pytest.raises(KeyError):
-        LatencyModel(lm.fingerprint, 2, without, 0.0, 1.0, [1.0]).predict(plan)
+        LatencyModel(lm.fingerprint, 2, without, [[1.0, 1.0]], 1.0, [1.0]).predict(plan)
 
 
 def test_exit_prediction_under_a_fake_clock_when_every_sample_stops_at_one_depth():
@@ -80,12 +82,13 @@ def test_exit_prediction_under_a_fake_clock_when_every_sample_stops_at_one_depth
         direct = time_interleaved([lambda b: model.run(b, config)], [x], sync=lambda: None, budget_s=0.0, rounds=1,
                                   clock=clock)[0]  # fmt: skip
     assert out.exit_depth.tolist() == [2, 2, 2, 2]
+    assert lm.exit_factor == pytest.approx(1.0)  # the exit reference took exactly its parts, too
     plan = make_plan(model.cfg, **config.to_dict())
     assert lm.predict(plan, [[2, 2, 2, 2]])[P50] == pytest.approx(direct[P50], rel=1e-9)
     assert lm.predict(plan, [[2, 2, 2, 2]])[P50] < lm.predict(plan, [[4, 4, 4, 4]])[P50]
 
 
-def _hand_model(noise=(1.0,)) -> LatencyModel:
+def _hand_model(noise=(1.0,), curve=((0.0, 2.0), (100.0, 2.0)), exit_factor=1.0) -> LatencyModel:
     """Parts with hand-set times (ms): a block costs 1 + 1 per active sample, profiled at 1, 2 and 4."""
     parts = {"embed_read:n8:b4": 10.0}
     for b in (1, 2, 4):
@@ -93,7 +96,7 @@ def _hand_model(noise=(1.0,)) -> LatencyModel:
         parts[f"exit:n8:b{b}"] = 0.5 * b
         parts[f"stop:n8:b{b}"] = 0.5 * b + 0.125
         parts[f"readout:n8:b{b}"] = 0.25 * b
-    return LatencyModel({"t": 1}, 4, parts, intercept_ms=1.0, slope=2.0, noise=list(noise))
+    return LatencyModel({"t": 1}, 4, parts, [list(p) for p in curve], exit_factor, list(noise))
 
 
 def test_early_exit_prediction_from_known_exit_depths_by_hand():
@@ -111,9 +114,10 @@ def test_early_exit_prediction_from_known_exit_depths_by_hand():
     assert lm.batch_sum(plan, [1, 1, 1, 1]) == pytest.approx(10 + 5 + 2.125)
     # Nobody stops early: three blocks on 4, two checks that stop nobody, the readout on 4.
     assert lm.batch_sum(plan, [3, 3, 3, 3]) == pytest.approx(10 + 3 * 5 + 2 * 2.0 + 1.0)
-    # Two timed batches, noise ratios 0.9, 1, 1.5: percentiles of the 6-point mixture, calibrated (1 + 2 x sum).
-    lm = _hand_model(noise=(0.9, 1.0, 1.5))
-    sums = [1 + 2 * by_hand, 1 + 2 * (10 + 5 + 2.125)]
+    # Two timed batches, noise ratios 0.9, 1, 1.5: percentiles of the 6-point mixture, calibrated (a
+    # whole forward is 2 x its parts, 1.5 x more where it can exit).
+    lm = _hand_model(noise=(0.9, 1.0, 1.5), exit_factor=1.5)
+    sums = [1.5 * 2 * by_hand, 1.5 * 2 * (10 + 5 + 2.125)]
     mixture = [s * r for s in sums for r in (0.9, 1.0, 1.5)]
     got = lm.predict(plan, [[1, 2, 3, 3], [1, 1, 1, 1]])
     for name, q in ((P50, 50), (P90, 90), (P99, 99)):
@@ -121,11 +125,17 @@ def test_early_exit_prediction_from_known_exit_depths_by_hand():
     assert got[THROUGHPUT] == pytest.approx(4 * 1e3 / np.mean(mixture))
 
 
+def test_the_calibration_curve_interpolates_between_references_and_holds_its_ends():
+    lm = _hand_model(curve=((10.0, 1.0), (30.0, 2.0)))
+    assert lm.calibrated(20.0) == pytest.approx(20 * 1.5)
+    assert lm.calibrated(5.0) == pytest.approx(5.0) and lm.calibrated(40.0) == pytest.approx(80.0)
+
+
 def test_round_trip_and_refusals():
-    lm = _hand_model(noise=(0.9, 1.1))
+    lm = _hand_model(noise=(0.9, 1.1), exit_factor=1.25)
     doc = json.loads(json.dumps(lm.to_dict()))
     back = LatencyModel.from_dict(doc)
-    assert back.parts == lm.parts and back.noise == lm.noise and back.slope == 2.0
+    assert back.parts == lm.parts and back.noise == lm.noise and back.curve == lm.curve and back.exit_factor == 1.25
     plan = make_plan(random_model().cfg, num_tokens=8, mat_dim=8, depth=3, depth_tau=0.9, token_grans=[2, 4, 8])
     needed = part_keys(plan, 4)
     assert back.why_unusable({"t": 1}, needed) is None
@@ -133,6 +143,7 @@ def test_round_trip_and_refusals():
     assert why == "built for another target (t 1 -> 2)"
     assert "lacks 1 parts" in back.why_unusable({"t": 1}, needed + ["block:n16:h20:g2-4-8-16:b4"])
     for broken in ({}, {**doc, "version": 99}, {**doc, "parts": {"a": "x"}}, {**doc, "noise": []},
-                   {**doc, "calibration": {"slope": float("nan"), "intercept_ms": 0}}):  # fmt: skip
+                   {**doc, "calibration": {"curve": [[1.0, float("nan")]], "exit_factor": 1.0}},
+                   {**doc, "calibration": {"curve": [], "exit_factor": 1.0}}):  # fmt: skip
         with pytest.raises(ValueError):
             LatencyModel.from_dict(broken)

@@ -413,6 +413,56 @@ def test_the_driver_killed_mid_trial_resumes_with_nothing_lost(pg, tmp_path):
     assert all(after[n] == v for n, v in before.items())  # nothing stored before was lost or changed
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan may wait for a reaper that never comes)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_workers_stop_when_the_driver_is_killed_and_the_resume_leaves_nothing_waiting(pg, tmp_path):
+    url = pg.new_database("orphans")
+    spec = write_run_spec(tmp_path, limit=40, engine="optuna", sampler="random", trials=8, workers=2, storage=url,
+                          **SLOW)  # fmt: skip
+    log = tmp_path / "first-run.log"
+    gate = StartGate(pg, "orphans", processes=2)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cli(spec), stdout=out, stderr=subprocess.STDOUT)
+        workers = []
+        try:
+            assert gate.join() == 2, log.read_text()[-3000:]
+            workers = spawned_workers(proc.pid)
+            assert len(workers) == 1
+            kill_mid_trial(pg, "orphans", proc.pid, proc, after=1, log=log)  # the driver, mid-trial
+            proc.wait()
+            deadline = time.time() + 60
+            while any(_running(w) for w in workers) and time.time() < deadline:
+                time.sleep(0.2)
+            # The kernel sent the orphaned worker SIGTERM (PR_SET_PDEATHSIG): it stopped by itself.
+            assert not any(_running(w) for w in workers), "a worker outlived its run"
+        finally:
+            for pid in workers:
+                if _running(pid):
+                    os.kill(pid, signal.SIGKILL)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    done = subprocess.run(cli(spec), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = check_consistent(load(url), budget=8, workers=2)
+    # Configs re-queued for the trials the kill cut short were measured or, once the budget was met,
+    # failed: no WAITING trial lingers.
+    assert not [t.number for t in trials if t.state == WAITING]
+    # Once more, with the budget met: nothing to measure, so no worker process is started at all.
+    proc = subprocess.Popen(cli(spec), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen = []
+    while proc.poll() is None:
+        seen += spawned_workers(proc.pid)
+        time.sleep(0.05)
+    assert proc.returncode == 0 and not seen, proc.stdout.read()[-3000:]
+
+
 # ---------------------------------------------------------------- the heartbeat across machines
 
 

@@ -18,6 +18,7 @@ from adasearch.metrics import SEARCH_NAMES as metric_names
 
 ACCURACY_BATCH = 256  # accuracy does not depend on the batch size; a big batch is just faster
 LATENCY_BATCHES = 8  # distinct real batches cycled while timing, so early exits are realistic
+REFERENCE_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)  # of MACs: the static configs a latency model is calibrated on
 
 
 @dataclass(frozen=True)
@@ -204,15 +205,23 @@ class Evaluator:
 
     def profile_latency(self, configs: list, progress=None, seed: int = 0):
         """A latency model (measure/latency_model.py) of this target for every part `configs` use,
-        calibrated on the static forms of the cheapest and the dearest of them by MACs."""
+        calibrated on whole forwards of references among them: the static forms at the quantiles
+        REFERENCE_QUANTILES of their MACs, and, when some can exit, the exit configs at the median
+        and the top of theirs."""
         from adasearch.measure.latency import _synchronizer
         from adasearch.measure.latency_model import profile
 
+        def at_quantiles(candidates: list, quantiles) -> list:
+            ranked = sorted(set(candidates), key=lambda c: (self.cost.config_macs(c), c.label()))
+            return list(dict.fromkeys(ranked[round(q * (len(ranked) - 1))] for q in quantiles))
+
         plans = [self.model.plan(**c.to_dict()) for c in configs]
-        static = [replace(c, depth_tau=None) for c in configs]
-        by_macs = sorted(set(static), key=lambda c: (self.cost.config_macs(c), c.label()))
-        references = [(c.to_dict(), self.model.plan(**c.to_dict())) for c in dict.fromkeys([by_macs[0], by_macs[-1]])]
-        return profile(self.model, self.latency_batches()[0], plans, references, fingerprint=self.latency_fingerprint(),
+        static = at_quantiles([replace(c, depth_tau=None) for c in configs], REFERENCE_QUANTILES)
+        exiting = [c for c, p in zip(configs, plans) if any(t is not None for t in p.taus[:-1])]
+        references = [(c.to_dict(), self.model.plan(**c.to_dict()), None) for c in static]
+        references += [(c.to_dict(), self.model.plan(**c.to_dict()), self.timing_exit_depths(c))
+                       for c in (at_quantiles(exiting, (0.5, 1.0)) if exiting else [])]  # fmt: skip
+        return profile(self.model, self.latency_batches(), plans, references, fingerprint=self.latency_fingerprint(),
                        sync=_synchronizer(self.device), progress=progress, seed=seed)  # fmt: skip
 
     def predict_latency(self, latency_model, config: DeploymentConfig) -> dict:

@@ -14,10 +14,16 @@ and bursts land on all parts alike. A part's figure is the median of its timings
 exit a batch shrinks, so the parts after the first block are also timed at the active counts in
 active_sizes(B) and interpolated linearly in between.
 
-Two whole static forwards, the cheapest and the dearest config by MACs, are timed in the same rounds.
-They calibrate the sum with the line through their two points: the intercept is the cost outside the
-parts, the slope what running the parts back to back costs more (or less) than alone. Their timings'
-ratios to their own medians are the target's noise.
+Whole forwards of a few reference configs are timed in the same rounds, cycling through the timing
+images as the timer does: static configs at quantiles of the space's MACs, and (when the space has
+exits) a couple of exit configs. They calibrate the sum of parts: a static reference gives the ratio
+of its whole forward to its sum of parts, and a config's sum is scaled by the ratio interpolated at
+its sum (the `curve`; it takes in what lies outside the parts, and what running parts back to back
+costs more or less than running each alone). Exit configs also switch paths from image to image,
+which costs more than the parts timed each on its own path: each timing of an exit reference is
+divided by the calibrated sum of the batch it ran; the median of those ratios is the `exit_factor` of
+every config that can exit, and the ratios over it are the noise of such configs. The static
+references' timings over their own medians are the noise of static configs.
 
 Prediction (`predict`) for a config at batch B, on the images the timer cycles through: each image's
 exit depth (known exactly from the accuracy cache) gives, per batch, the samples running each block
@@ -84,10 +90,11 @@ class LatencyModel:
     fingerprint: dict
     batch_size: int
     parts: dict  # part key -> median ms
-    intercept_ms: float
-    slope: float
-    noise: list  # ratios of whole-forward timings to their medians
-    references: list = field(default_factory=list)  # [{"config", "median_ms", "sum_ms"}]
+    curve: list  # [[sum of parts ms, whole forward / sum]] of the static references, by sum
+    exit_factor: float  # measured / predicted p50 of the exit references (1.0 without any)
+    noise: list  # ratios of the static references' timings to their medians
+    references: list = field(default_factory=list)  # [{"config", "median_ms", "sum_ms", "exits"}]
+    exit_noise: list = field(default_factory=list)  # the exit references' timings / factor x batch prediction
     rounds: int = ROUNDS
     _index: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -124,11 +131,19 @@ class LatencyModel:
             total += self._part("readout", plan.tokens[-1], left)
         return total
 
+    def calibrated(self, total_ms: float) -> float:
+        """A sum of parts as a whole forward takes it: scaled by the curve's ratio at that sum."""
+        sums, ratios = zip(*self.curve)
+        return total_ms * float(np.interp(total_ms, sums, ratios))
+
     def predict(self, plan: LayerPlan, exit_depths: Optional[Sequence[Sequence[int]]] = None) -> dict:
         """{p50, p90, p99 (ms per batch), throughput} of a config, from the exit depths of each timed batch."""
         batches = [None] if exit_depths is None else list(exit_depths)
-        sums = np.array([self.intercept_ms + self.slope * self.batch_sum(plan, d) for d in batches])
-        mixture = (sums[:, None] * np.asarray(self.noise)[None, :]).ravel()
+        exits = exit_depths is not None
+        factor = self.exit_factor if exits else 1.0
+        noise = self.exit_noise if exits and self.exit_noise else self.noise
+        sums = np.array([factor * self.calibrated(self.batch_sum(plan, d)) for d in batches])
+        mixture = (sums[:, None] * np.asarray(noise)[None, :]).ravel()
         p50, p90, p99 = np.percentile(mixture, [50, 90, 99])
         return {
             P50: float(p50),
@@ -145,9 +160,10 @@ class LatencyModel:
             "fingerprint": self.fingerprint,
             "batch_size": self.batch_size,
             "rounds": self.rounds,
-            "calibration": {"intercept_ms": self.intercept_ms, "slope": self.slope},
+            "calibration": {"curve": self.curve, "exit_factor": self.exit_factor},
             "references": self.references,
             "noise": self.noise,
+            "exit_noise": self.exit_noise,
             "parts": self.parts,
         }
 
@@ -164,10 +180,11 @@ class LatencyModel:
                 fingerprint=dict(doc["fingerprint"]),
                 batch_size=int(doc["batch_size"]),
                 parts=parts,
-                intercept_ms=float(cal["intercept_ms"]),
-                slope=float(cal["slope"]),
+                curve=sorted([float(a), float(b)] for a, b in cal["curve"]),
+                exit_factor=float(cal["exit_factor"]),
                 noise=noise,
                 references=list(doc.get("references", [])),
+                exit_noise=[float(r) for r in doc.get("exit_noise", [])],
                 rounds=int(doc.get("rounds", ROUNDS)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -175,7 +192,9 @@ class LatencyModel:
         if (
             not noise
             or not all(np.isfinite(list(parts.values())))
-            or not np.isfinite([model.intercept_ms, model.slope]).all()
+            or not model.curve
+            or not np.isfinite([*np.ravel(model.curve), model.exit_factor]).all()
+            or min(r for _, r in model.curve) <= 0
         ):
             raise ValueError("malformed (no noise ratios, or a figure that is not finite)")
         return model
@@ -249,7 +268,7 @@ def _part_fns(model, x: torch.Tensor, keys: Iterable[str]) -> dict:
 
 def profile(
     model,
-    x: torch.Tensor,
+    batches: Sequence[torch.Tensor],
     plans: Sequence[LayerPlan],
     references: Sequence[tuple],
     *,
@@ -260,18 +279,29 @@ def profile(
     seed: int = 0,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> LatencyModel:
-    """Time every part the `plans` use, and the whole forwards of `references` ([(config dict, plan)],
-    the cheapest and the dearest static config), interleaved (see the module docstring). x: one real
-    batch of the target's batch size, on the model's device and dtype."""
+    """Time every part the `plans` use, and the whole forwards of `references` ([(config dict, plan,
+    exit depths per batch or None for a static config)]), interleaved (see the module docstring).
+    batches: the timing images, one batch of the target's batch size each, on the model's device and
+    dtype; parts run on the first, references cycle through all of them as the timer does."""
     import time
 
     clock = clock or time.perf_counter
+    x = batches[0]
     batch_size = x.shape[0]
-    keys = sorted({k for plan in [*plans, *(p for _, p in references)] for k in part_keys(plan, batch_size)})
+    keys = sorted({k for plan in [*plans, *(r[1] for r in references)] for k in part_keys(plan, batch_size)})
+    calls = [0] * len(references)
+
+    used: dict = {}  # reference -> the batch index of each of its calls, to pair timings with batches
+
+    def forward(i: int, plan: LayerPlan):
+        calls[i] += 1
+        used.setdefault(i, []).append(calls[i] % len(batches))
+        return model.forward_plan(batches[calls[i] % len(batches)], plan)
+
     with torch.inference_mode():
         fns = _part_fns(model, x, keys)
-        for i, (_, plan) in enumerate(references):
-            fns[f"forward:{i}"] = lambda plan=plan: model.forward_plan(x, plan)
+        for i, (_, plan, _) in enumerate(references):
+            fns[f"forward:{i}"] = lambda i=i, plan=plan: forward(i, plan)
         names = list(fns)
         samples: dict = {name: [] for name in names}
         rng = random.Random(seed)
@@ -290,25 +320,25 @@ def profile(
             if progress:
                 progress(r + 1, rounds)
     parts = {k: float(np.median(samples[k])) for k in keys}
-    model_ = LatencyModel(fingerprint, batch_size, parts, 0.0, 1.0, [1.0], rounds=rounds)
-    refs, noise = [], []
-    for i, (config, plan) in enumerate(references):
+    lm = LatencyModel(fingerprint, batch_size, parts, [[1.0, 1.0]], 1.0, [1.0], rounds=rounds)
+    refs, noise, curve, exit_ratios = [], [], {}, []
+    for i, (config, plan, exits) in enumerate(references):
         times = np.array(samples[f"forward:{i}"])
         median = float(np.median(times))
-        refs.append({"config": config, "median_ms": median, "sum_ms": model_.batch_sum(plan)})
-        noise += (times / median).tolist() if median > 0 else [1.0] * len(times)
-    model_.intercept_ms, model_.slope = calibration(refs)
-    model_.references, model_.noise = refs, sorted(noise)
-    return model_
-
-
-def calibration(refs: list) -> tuple:
-    """(intercept ms, slope) of the line through the references' (sum of parts, whole forward) points;
-    with one point, or two at the same sum, the slope is 1 and the intercept the mean residual."""
-    sums = [r["sum_ms"] for r in refs]
-    measured = [r["median_ms"] for r in refs]
-    if len(refs) >= 2 and max(sums) - min(sums) > 1e-9 * max(1.0, max(sums)):
-        lo, hi = int(np.argmin(sums)), int(np.argmax(sums))
-        slope = (measured[hi] - measured[lo]) / (sums[hi] - sums[lo])
-        return measured[lo] - slope * sums[lo], slope
-    return float(np.mean(np.subtract(measured, sums))), 1.0
+        if exits is None:
+            total = lm.batch_sum(plan)
+            curve[total] = median / total if total > 0 else 1.0
+            noise += (times / median).tolist() if median > 0 else [1.0] * len(times)
+        refs.append({"config": config, "median_ms": median, "sum_ms": lm.batch_sum(plan), "exits": exits is not None})
+    lm.curve = [[s, r] for s, r in sorted(curve.items())] or [[1.0, 1.0]]
+    lm.noise = sorted(noise) or [1.0]
+    for i, (_, plan, exits) in enumerate(references):
+        if exits is not None:  # each timing against the calibrated sum of the batch it ran (the warm-ups are not timed)
+            batch_of = [b for k, b in enumerate(used[i]) if k % (REPS + 1)]
+            predicted = [lm.calibrated(lm.batch_sum(plan, exits[b])) for b in batch_of]
+            exit_ratios += [t / p for t, p in zip(samples[f"forward:{i}"], predicted) if p > 0]
+    if exit_ratios:
+        lm.exit_factor = float(np.clip(np.median(exit_ratios), 0.5, 2.0))
+        lm.exit_noise = sorted(float(r / lm.exit_factor) for r in exit_ratios)
+    lm.references = refs
+    return lm

@@ -103,8 +103,10 @@ def profile_spec(spec, progress: bool = True, console=None) -> LatencyModel:
     console.print(table)
     spread = float(np.percentile(model.noise, 90)) if model.noise else 1.0
     console.print(
-        f"{len(model.parts)} parts for {len(configs)} configs; whole forward = {model.intercept_ms:.4g} ms + "
-        f"{model.slope:.3g} x sum of parts; p90 of the noise x{spread:.3f} of the median"
+        f"{len(model.parts)} parts for {len(configs)} configs; a whole forward is "
+        f"{min(r for _, r in model.curve):.3g}-{max(r for _, r in model.curve):.3g} x its sum of parts "
+        f"({len(model.curve)} references), x{model.exit_factor:.3g} more where it can exit; "
+        f"p90 of the noise x{spread:.3f} of the median"
     )
     console.print(f"target: {', '.join(f'{k} {v}' for k, v in model.fingerprint.items() if v is not None)}")
     console.print(f"{note}\nwritten: {RunFolder(spec.output_dir) / LATENCY_MODEL}")

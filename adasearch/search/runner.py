@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ from adasearch.search.engines import ExhaustiveEngine, OptunaEngine
 from adasearch.search.finalists import retime_finalists
 from adasearch.search.progress import SearchProgress
 from adasearch.search.results import RunSummary, front_of, print_summary, write_results
+from adasearch.search.storage import fail_leftover_retries
 from adasearch.spec import RunSpec
 
 
@@ -133,12 +135,39 @@ def _signals_deferred():
             raise Terminated() if caught[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
-def _worker(spec_dict: dict, base_dir: str, seed: int) -> None:
+def _die_with(parent: int) -> None:
+    """SIGTERM this worker when the run's process dies, even by kill -9 (which no handler sees): the
+    worker then stops as on any SIGTERM, dropping its trial in flight. Linux asks the kernel
+    (PR_SET_PDEATHSIG); elsewhere a thread watches the parent pid."""
+    import ctypes
+    import os
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        else:
+            if os.getppid() != parent:  # the run died before the request: it will never fire
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker(spec_dict: dict, base_dir: str, seed: int, parent: int) -> None:
     """One extra worker process: loads the model once, then runs the loop on the shared storage with
-    its own sampler seed. It stops quietly on Ctrl-C (the whole process group gets it) and on the
-    SIGTERM the run sends it when it stops."""
+    its own sampler seed. It stops quietly on Ctrl-C (the whole process group gets it), on the SIGTERM
+    the run sends it when it stops, and when the run's process dies."""
     try:
         with stop_on_sigterm():
+            _die_with(parent)
             spec = RunSpec(**{**spec_dict, "base_dir": base_dir}).with_overrides(seed=seed)
             ctx = prepare(spec)
             measure_and_record(ctx, choose_engine(ctx))
@@ -156,10 +185,12 @@ def _search(ctx: RunContext, engine, progress: SearchProgress) -> None:
     spec = ctx.spec
     workers = []
     try:
-        if spec.search.workers > 1:
+        # A resumed run whose budget is met already needs no worker (each would load the model for nothing).
+        if spec.search.workers > 1 and ctx.distinct_measured() < engine.planned():
             mp = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/SQLite state
             for i in range(1, spec.search.workers):
-                w = mp.Process(target=_worker, args=(spec.model_dump(), spec.base_dir, spec.search.seed + i))
+                args = (spec.model_dump(), spec.base_dir, spec.search.seed + i, os.getpid())
+                w = mp.Process(target=_worker, args=args)
                 w.start()
                 workers.append(w)
         measure_and_record(ctx, engine, on_trial)
@@ -190,6 +221,8 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
             logging.getLogger("optuna").setLevel(logging.WARNING)
             with SearchProgress(ctx, engine.planned(), progress) as bar:
                 _search(ctx, engine, bar)
+            if not ctx.stop and ctx.distinct_measured() >= engine.planned():
+                fail_leftover_retries(ctx.study)  # budget met: a re-queued config no process will pop
             if not ctx.stop:
                 recs = trials.records(ctx.study, spec)
                 if recs:

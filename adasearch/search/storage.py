@@ -207,6 +207,23 @@ def fail_stale_trials(study) -> list:
     return backend.fail_stale(study._study_id)
 
 
+def fail_leftover_retries(study) -> list:
+    """Fail the re-queued configs (WAITING retries) still waiting when a search has met its budget: no
+    process will pop them, and a WAITING trial left behind looks like work in flight. Numbers failed."""
+    from optuna.trial import TrialState
+
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    failed = []
+    for trial in waiting:
+        if RETRY_OF in trial.system_attrs:
+            try:
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except (RuntimeError, ValueError):  # popped by a process meanwhile: it is being measured
+                continue
+            failed.append(trial.number)
+    return failed
+
+
 class RetryStaleTrial:
     """Queues the config of a trial failed for a stale heartbeat again: a WAITING trial with its
     params, which the next study.ask of any process pops; not past max_retry re-queues of one config.
