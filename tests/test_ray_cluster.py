@@ -8,11 +8,13 @@ About 30 s; it needs root and `ip netns`, and says loudly why when it skips.
 """
 
 import csv
+import json
 import sys
 import warnings
 
 import optuna
 import pytest
+import yaml
 
 from tests.helpers import write_run_spec
 from tests.ray_cluster_helpers import RESOURCE, two_node_cluster, unavailable
@@ -81,3 +83,8 @@ def test_timed_trials_run_on_the_target_node_and_only_the_driver_writes(tmp_path
     assert all(t.user_attrs["metrics"].get("latency_p50_ms") is not None for t in study.trials)
     assert {t.user_attrs["measured_on"] for t in study.trials} == {cluster.worker_id}
     assert {r["measured_on"] for r in rows} == {cluster.worker_id}
+    # The finalists' longer re-timing ran on the target node too, and the accuracy passes as Ray tasks.
+    notes = yaml.safe_load((out / "run.yaml").read_text())["notes"]
+    assert f"finalists re-timed on Ray node {cluster.worker_id} (it holds {RESOURCE}, the target)" in notes, notes
+    assert any("Ray tasks" in n and "data shards" in n for n in notes), notes
+    assert json.loads((out / "pareto.json").read_text())["pareto"][0]["metrics"]["latency_p50_ms_ci_low"] > 0

@@ -85,6 +85,10 @@ class RunContext:
     stop: list = field(default_factory=list)  # non-empty: stop after the current trial
     notes: list = field(default_factory=list)  # what the summary should say (e.g. the sampler ran dry)
     status: object = lambda description, done, total: None  # progress of a step before proposals (progress.py)
+    # How finalists are re-timed: (configs, budget_s, seed) -> {config: figures}. None: the evaluator,
+    # in this process; the ray engine on a cluster re-times on a target node instead.
+    retimer: object = None
+    closers: list = field(default_factory=list)  # called when the run ends (e.g. the ray engine's Ray)
 
     def distinct_measured(self) -> int:
         """Distinct networks measured so far (the trial budget counts these, not repeats). With several

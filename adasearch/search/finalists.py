@@ -88,8 +88,8 @@ def retime_finalists(ctx: RunContext, recs: list) -> dict:
     todo = candidates(recs, ctx.spec)
     while todo:
         # Interleaved: the candidates share every moment's load instead of each getting its own window.
-        timed = evaluator.time_interleaved([r.config for r in todo], ctx.spec.search.final_latency_budget_s,
-                                           seed=ctx.spec.search.seed)  # fmt: skip
+        timer = ctx.retimer or evaluator.time_interleaved
+        timed = timer([r.config for r in todo], ctx.spec.search.final_latency_budget_s, seed=ctx.spec.search.seed)
         for r in todo:
             final[str(r.number)] = {**r.metrics, **timed[r.config]}
             retimed.add(r.number)

@@ -21,10 +21,11 @@ Without a cluster (the local Ray this engine starts), this machine is the target
 advertises search.workers units of the resource, so a spec with ray_resource runs exactly as it does
 without it (search.workers concurrent trials). Trials measured in the local Ray record its node id.
 
-Only the trials are placed: what the runner times after the search (the Pareto candidates' longer
-re-timing, finalists.py) runs in the driver process, on the driver's node, and the run's hardware
-fingerprint (run.yaml's environment) describes the driver's machine. For the front's final figures to
-be the target's, run the driver on a target node.
+On a cluster (search.ray_address) with hardware.ray_resource, the Pareto candidates' longer
+re-timing (finalists.py) runs there too: each round is one Ray task holding a unit of the resource, so
+it runs on a target node, which times the candidates interleaved and returns the figures; the summary
+names the node. The run's hardware fingerprint (run.yaml's environment) still describes the driver's
+machine.
 
 The model, data and space reach a worker on another node as absolute paths (the driver's), so the
 nodes must see them at the same paths (a shared or copied folder; `demo` and `digits` ship with
@@ -62,20 +63,31 @@ class RayEngine(Driver):
     def drive(self, record) -> None:
         ctx = self.ctx
         todo = ctx.spec.search.trials - completed(ctx.study)  # resuming: only what the storage lacks
-        if todo <= 0:
+        on_target = bool(ctx.spec.search.ray_address and ctx.spec.hardware.ray_resource)
+        if todo <= 0 and not on_target:
             return
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir=TEMP_PREFIX)  # about 17 bytes
+        started = False
+
+        def close():
+            if started:
+                import ray
+
+                ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
         try:
             started = _init_ray(ctx.spec, temp_dir)
-            try:
+            if todo > 0:
                 _tune(ctx, todo, temp_dir, record, _target(ctx.spec))
-            finally:  # also on Ctrl-C, which then reaches the runner: it keeps the finished trials
-                if started:
-                    import ray
-
-                    ray.shutdown()
-        finally:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        except BaseException:  # also Ctrl-C, which then reaches the runner: it keeps the finished trials
+            close()
+            raise
+        if on_target:  # the finalists' re-timing too runs on a target node; Ray stays up until the run ends
+            ctx.retimer = _target_retimer(ctx)
+            ctx.closers.append(close)
+        else:
+            close()
 
     def planned(self) -> int:
         return self.ctx.spec.search.trials
@@ -175,15 +187,7 @@ def _tune(ctx: RunContext, todo: int, temp_dir: str, record, target: Optional[st
     # One choice per flat parameter, in the space's encoding (lists as '2,4,8') so that they are the
     # same categorical choices as the stored trials'; config_from_params decodes them.
     param_space = {p: tune.choice(list(d.choices)) for p, d in ctx.space.distributions().items()}
-    # Absolute paths: a worker on another node of a cluster starts in another folder.
-    worker_spec = json.dumps(
-        {
-            **spec.model_dump(mode="json"),
-            "base_dir": str(Path(spec.base_dir).resolve()),
-            "output": str(spec.output_dir.resolve()),
-        },
-        sort_keys=True,
-    )
+    worker_spec = _worker_spec(spec)
     progress, stop = _driver_hooks(tune, ctx, record)
     # Accuracy first, split across the cluster by width setting and data shard (ray_accuracy.py).
     tables = distribute_passes(ctx, worker_spec, shards=spec.search.workers)
@@ -205,6 +209,16 @@ def _tune(ctx: RunContext, todo: int, temp_dir: str, record, target: Optional[st
     errors = tuner.fit().errors
     if errors:  # Tune logs a failed trial and goes on; surface it (finished trials stay in the storage)
         raise errors[0]
+
+
+def _worker_spec(spec: RunSpec) -> str:
+    """The spec as a worker loads it: JSON with absolute paths (a worker on another node of a cluster
+    starts in another folder)."""
+    return json.dumps(
+        {**spec.model_dump(mode="json"), "base_dir": str(Path(spec.base_dir).resolve()),
+         "output": str(spec.output_dir.resolve())},
+        sort_keys=True,
+    )  # fmt: skip
 
 
 def _history(ctx: RunContext):
@@ -270,6 +284,33 @@ def _driver_hooks(tune, ctx: RunContext, record) -> tuple:
 # ---------------------------------------------------------------- worker side
 
 RESULT_KEY = "adasearch"  # the reported result's field that carries the measured trial to the driver
+
+
+def _target_retimer(ctx: RunContext):
+    """ctx.retimer for a cluster: each re-timing round is a task on a node holding hardware.ray_resource."""
+    import ray
+
+    resource = ctx.spec.hardware.ray_resource
+    spec_json = _worker_spec(ctx.spec)
+    task = ray.remote(num_cpus=1, resources={resource: 1})(_retime_task)
+
+    def retime(configs: list, budget_s: float, seed: int = 0) -> dict:
+        figures, node = ray.get(task.remote(spec_json, [c.to_dict() for c in configs], budget_s, seed))
+        note = f"finalists re-timed on Ray node {node} (it holds {resource}, the target)"
+        if note not in ctx.notes:
+            ctx.notes.append(note)
+        return {DeploymentConfig.from_dict(c): f for c, f in figures}
+
+    return retime
+
+
+def _retime_task(spec_json: str, configs: list, budget_s: float, seed: int) -> tuple:
+    """On a target node: the configs timed interleaved (Evaluator.time_interleaved), and this node's id."""
+    import ray
+
+    evaluator = worker_context(spec_json).measurer.evaluator
+    timed = evaluator.time_interleaved([DeploymentConfig.from_dict(c) for c in configs], budget_s, seed=seed)
+    return [(c.to_dict(), figures) for c, figures in timed.items()], ray.get_runtime_context().get_node_id()
 
 
 def _trial(params: dict, spec_json: str, tables: dict) -> None:

@@ -240,6 +240,9 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                     figures, guarantees = heldout.evaluate(ctx, front_of(recs, spec), candidates)
         except KeyboardInterrupt as e:  # outside the loop: choosing the engine, or re-timing finalists
             ctx.stop.append("SIGTERM" if isinstance(e, Terminated) else "SIGINT")
+        finally:
+            for close in ctx.closers:
+                close()
         interrupted = bool(ctx.stop)
         with _signals_deferred():
             # Interrupted: keep the re-timed figures stored so far (this run's or earlier runs'), re-time nothing.
