@@ -96,7 +96,7 @@ def _hand_model(noise=(1.0,), curve=((0.0, 2.0), (100.0, 2.0)), exit_factor=1.0)
         parts[f"exit:n8:b{b}"] = 0.5 * b
         parts[f"stop:n8:b{b}"] = 0.5 * b + 0.125
         parts[f"readout:n8:b{b}"] = 0.25 * b
-    return LatencyModel({"t": 1}, 4, parts, [list(p) for p in curve], exit_factor, list(noise))
+    return LatencyModel({"t": 1, "batch_size": 4}, 4, parts, [list(p) for p in curve], exit_factor, list(noise))
 
 
 def test_early_exit_prediction_from_known_exit_depths_by_hand():
@@ -138,12 +138,48 @@ def test_round_trip_and_refusals():
     assert back.parts == lm.parts and back.noise == lm.noise and back.curve == lm.curve and back.exit_factor == 1.25
     plan = make_plan(random_model().cfg, num_tokens=8, mat_dim=8, depth=3, depth_tau=0.9, token_grans=[2, 4, 8])
     needed = part_keys(plan, 4)
-    assert back.why_unusable({"t": 1}, needed) is None
-    why = back.why_unusable({"t": 2}, needed)
+    same = {"t": 1, "batch_size": 4}
+    assert back.why_unusable(same, needed) is None
+    why = back.why_unusable({**same, "t": 2}, needed)
     assert why == "built for another target (t 1 -> 2)"
-    assert "lacks 1 parts" in back.why_unusable({"t": 1}, needed + ["block:n16:h20:g2-4-8-16:b4"])
+    assert "lacks 1 parts" in back.why_unusable(same, needed + ["block:n16:h20:g2-4-8-16:b4"])
     for broken in ({}, {**doc, "version": 99}, {**doc, "parts": {"a": "x"}}, {**doc, "noise": []},
                    {**doc, "calibration": {"curve": [[1.0, float("nan")]], "exit_factor": 1.0}},
                    {**doc, "calibration": {"curve": [], "exit_factor": 1.0}}):  # fmt: skip
         with pytest.raises(ValueError):
+            LatencyModel.from_dict(broken)
+
+
+def test_exit_references_pair_each_timing_with_the_batch_it_ran():
+    """Two timing batches whose samples stop at different depths: under the FLOP clock the exit factor is
+    exactly 1 only if every timing of the exit reference is divided by the prediction of its own batch."""
+    model = random_model().requires_grad_(False)
+    torch.manual_seed(3)
+    batches = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16) * 3]
+    with torch.inference_mode():
+        conf = torch.cat([model.anytime(b, num_tokens=8).confidence[0, -1] for b in batches])
+    tau = float(conf.sort().values[3])  # about half of the 8 samples stop after the first block
+    config = DeploymentConfig(num_tokens=8, depth_tau=(tau, None, None, None))
+    exits = [model.run(b, config).exit_depth.tolist() for b in batches]
+    assert exits[0] != exits[1]
+    plans = [make_plan(model.cfg, **c.to_dict()) for c in (config, STATIC[0])]
+    refs = [(STATIC[0].to_dict(), plans[1], None), (config.to_dict(), plans[0], exits)]
+    clock = FlopClock()
+    with clock.mode:
+        lm = profile(model, batches, plans, refs, fingerprint={"t": 1}, clock=clock, rounds=3)
+    assert lm.exit_factor == pytest.approx(1.0, rel=1e-9)
+    assert lm.exit_noise == pytest.approx([1.0] * len(lm.exit_noise))
+
+
+def test_a_malformed_model_is_refused_not_crashed_on():
+    doc = _hand_model().to_dict()
+    assert LatencyModel.from_dict(json.loads(json.dumps(doc))).batch_size == 4
+    for broken, why in (
+        ({**doc, "parts": {**doc["parts"], "block:n8": 1.0}}, "is not kind:n<tokens>"),
+        ({**doc, "noise": [0.0]}, "positive finite"),
+        ({**doc, "calibration": {"curve": [[1.0, 1.0]], "exit_factor": 0.0}}, "positive finite"),
+        ({**doc, "exit_noise": [float("nan")]}, "positive finite"),
+        ({**doc, "batch_size": 8}, "not its fingerprint's"),
+    ):
+        with pytest.raises(ValueError, match=why):
             LatencyModel.from_dict(broken)

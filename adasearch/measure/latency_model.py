@@ -9,8 +9,9 @@ A forward (model.forward_plan) is close to a sum of parts:
 plus what lies outside them (validating the knobs, Python dispatch).
 
 Profiling (`profile`) times every distinct part the configs can use: ROUNDS rounds, each visiting
-every part in a new random order (seeded), one warm-up call and REPS timed calls per visit, so drift
-and bursts land on all parts alike. A part's figure is the median of its timings. Under per-sample
+every part in a new random order (seeded), one warm-up call and REPS timed calls per visit (a call
+of LONG_MS or more: no warm-up after its first visit, and one timed call), so drift and bursts land on
+all parts alike. A part's figure is the median of its timings. Under per-sample
 exit a batch shrinks, so the parts after the first block are also timed at the active counts in
 active_sizes(B) and interpolated linearly in between.
 
@@ -40,6 +41,7 @@ refuses one of another fingerprint, one that is corrupt, or one that lacks parts
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -53,7 +55,9 @@ from adasearch.model.adaperceiver import LayerPlan, confidence
 VERSION = 1
 ROUNDS = 12
 REPS = 3  # timed calls of a part (or a reference forward) per visit
+LONG_MS = 50.0  # a call at least this long is timed once per visit, without a warm-up after the first round
 NEVER = 2.0  # a confidence threshold no sample reaches: an exit check that splits off nobody
+PART_KEY = re.compile(r"(embed_read|exit|stop|readout):n\d+:b\d+|block:n\d+:h\d+:g(none|\d+(-\d+)*):b\d+")
 
 
 def active_sizes(batch_size: int, exits: bool) -> list:
@@ -91,7 +95,7 @@ class LatencyModel:
     batch_size: int
     parts: dict  # part key -> median ms
     curve: list  # [[sum of parts ms, whole forward / sum]] of the static references, by sum
-    exit_factor: float  # measured / predicted p50 of the exit references (1.0 without any)
+    exit_factor: float  # median of the exit references' timings / their batch's prediction, in [0.5, 2]
     noise: list  # ratios of the static references' timings to their medians
     references: list = field(default_factory=list)  # [{"config", "median_ms", "sum_ms", "exits"}]
     exit_noise: list = field(default_factory=list)  # the exit references' timings / factor x batch prediction
@@ -189,14 +193,17 @@ class LatencyModel:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed ({type(e).__name__}: {e})") from None
-        if (
-            not noise
-            or not all(np.isfinite(list(parts.values())))
-            or not model.curve
-            or not np.isfinite([*np.ravel(model.curve), model.exit_factor]).all()
-            or min(r for _, r in model.curve) <= 0
-        ):
-            raise ValueError("malformed (no noise ratios, or a figure that is not finite)")
+        bad_key = next((k for k in parts if not PART_KEY.fullmatch(k)), None)
+        if bad_key is not None:
+            raise ValueError(f"malformed (part {bad_key!r} is not kind:n<tokens>:...:b<batch>)")
+        if model.batch_size != model.fingerprint.get("batch_size"):
+            raise ValueError(f"malformed (batch_size {model.batch_size} is not its fingerprint's)")
+        sums = [s for s, _ in model.curve]
+        figures = [*parts.values(), *noise, *model.exit_noise, *(r for _, r in model.curve), model.exit_factor]
+        if not np.isfinite([*figures, *sums]).all() or min(figures, default=1.0) <= 0 or min(sums, default=0) < 0:
+            raise ValueError("malformed (a time, ratio or factor that is not a positive finite number)")
+        if not noise or not model.curve or not parts:
+            raise ValueError("malformed (no parts, noise ratios or calibration curve)")
         return model
 
     def why_unusable(self, fingerprint: dict, needed: Iterable[str]) -> Optional[str]:
@@ -291,11 +298,8 @@ def profile(
     keys = sorted({k for plan in [*plans, *(r[1] for r in references)] for k in part_keys(plan, batch_size)})
     calls = [0] * len(references)
 
-    used: dict = {}  # reference -> the batch index of each of its calls, to pair timings with batches
-
     def forward(i: int, plan: LayerPlan):
         calls[i] += 1
-        used.setdefault(i, []).append(calls[i] % len(batches))
         return model.forward_plan(batches[calls[i] % len(batches)], plan)
 
     with torch.inference_mode():
@@ -304,19 +308,28 @@ def profile(
             fns[f"forward:{i}"] = lambda i=i, plan=plan: forward(i, plan)
         names = list(fns)
         samples: dict = {name: [] for name in names}
+        ran_on = {i: [] for i in range(len(references))}  # reference -> the batch index of each timing
+        last: dict = {}  # name -> its last timing (ms)
         rng = random.Random(seed)
         for r in range(rounds):
             order = names[:]
             rng.shuffle(order)
             for name in order:
                 fn = fns[name]
-                fn()  # warm-up after a change of part
+                if last.get(name, 0.0) < LONG_MS:
+                    fn()  # warm-up after a change of part (a call this long is warm enough by itself)
                 for _ in range(REPS):
                     sync()
                     t0 = clock()
                     fn()
                     sync()
-                    samples[name].append((clock() - t0) * 1e3)
+                    last[name] = (clock() - t0) * 1e3
+                    samples[name].append(last[name])
+                    if name.startswith("forward:"):
+                        i = int(name.split(":")[1])
+                        ran_on[i].append(calls[i] % len(batches))
+                    if last[name] >= LONG_MS:  # long calls: one per visit keeps the profile short
+                        break
             if progress:
                 progress(r + 1, rounds)
     parts = {k: float(np.median(samples[k])) for k in keys}
@@ -334,8 +347,7 @@ def profile(
     lm.noise = sorted(noise) or [1.0]
     for i, (_, plan, exits) in enumerate(references):
         if exits is not None:  # each timing against the calibrated sum of the batch it ran (the warm-ups are not timed)
-            batch_of = [b for k, b in enumerate(used[i]) if k % (REPS + 1)]
-            predicted = [lm.calibrated(lm.batch_sum(plan, exits[b])) for b in batch_of]
+            predicted = [lm.calibrated(lm.batch_sum(plan, exits[b])) for b in ran_on[i]]
             exit_ratios += [t / p for t, p in zip(samples[f"forward:{i}"], predicted) if p > 0]
     if exit_ratios:
         lm.exit_factor = float(np.clip(np.median(exit_ratios), 0.5, 2.0))

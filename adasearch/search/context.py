@@ -34,20 +34,27 @@ class Measured(NamedTuple):
     metrics: dict
     reused: bool  # True: figures of an earlier measurement of the same network
     measured_on: str = LOCAL
+    timing: str = trials.TIMED  # where its timed figures come from: trials.TIMED or trials.PREDICTED
 
 
 class Measurer:
     """Measures a config once: canonical form first, then the storage's and this process's memo."""
 
-    def __init__(self, evaluator, space: SearchSpace, spec: RunSpec, known: Optional[dict] = None):
+    def __init__(self, evaluator, space: SearchSpace, spec: RunSpec, known: Optional[dict] = None,
+                 predicted: Optional[set] = None):  # fmt: skip
         self.evaluator, self.space, self.spec = evaluator, space, spec
         self.known = dict(known or {})
+        self.predicted = set(predicted or ())  # keys whose timed figures in `known` are predictions
+        self.accept_predicted = False  # engine: model sets it: its own predictions stand for its networks
 
     def reusable(self, key: str) -> bool:
         """Stored metrics can stand for a new trial only if they hold every metric this spec uses
-        (a resumed run may have added a latency objective or constraint since they were measured)."""
+        (a resumed run may have added a latency objective or constraint since they were measured), and
+        timed figures that were predicted (engine: model) stand only for the engine that predicts."""
         m = self.known.get(key)
-        return m is not None and all(m.get(name) is not None for name in self.spec.used_metrics)
+        if m is None or any(m.get(name) is None for name in self.spec.used_metrics):
+            return False
+        return key not in self.predicted or self.accept_predicted or not self.spec.needs_latency
 
     def count(self) -> int:
         """Networks whose stored figures this run can use (not those timed on other hardware)."""
@@ -65,12 +72,18 @@ class Measurer:
         canon = self.space.canonical(config)
         key = trials.config_key(canon)
         if self.reusable(key):
-            return Measured(canon, key, self.known[key], True)
+            timing = trials.PREDICTED if key in self.predicted else trials.TIMED
+            return Measured(canon, key, self.known[key], True, timing=timing)
         m = self.evaluator.measure_accuracy_and_cost([canon])[canon]
         if self.spec.needs_latency and predicted is None:
             self.evaluator.time(m, canon, memory=self.spec.needs_memory)
         metrics = {k: v for k, v in m.metrics().items() if v is not None}
         metrics.update(predicted or {})
+        if predicted:
+            self.predicted.add(key)
+            self.known[key] = metrics
+            return Measured(canon, key, metrics, False, timing=trials.PREDICTED)
+        self.predicted.discard(key)
         self.known[key] = metrics
         return Measured(canon, key, metrics, False)
 
@@ -94,7 +107,9 @@ class RunContext:
         """Distinct networks measured so far (the trial budget counts these, not repeats). With several
         workers on one storage, other workers' trials count too, so the storage is read again."""
         if self.study is not None and self.spec.search.workers > 1:
-            self.measurer.known.update(trials.measured_keys(self.study))
+            known, predicted = trials.measured_keys(self.study)
+            self.measurer.known.update(known)
+            self.measurer.predicted |= predicted
         return self.measurer.count()
 
 
@@ -129,8 +144,10 @@ def record_trial(ctx: RunContext, measured: Measured, params: dict, trial=None) 
             if "finished" not in str(e).lower() and "fail" not in str(e).lower():
                 raise
             return record_trial(ctx, measured, dict(trial.params))
-    if not ctx.measurer.reusable(measured.key):  # new, or replacing figures timed on other hardware
+    if not ctx.measurer.reusable(measured.key) or measured.timing == trials.TIMED:  # new, or better figures
         ctx.measurer.known[measured.key] = measured.metrics
+        if measured.timing == trials.TIMED:
+            ctx.measurer.predicted.discard(measured.key)
 
 
 def drop_trial(ctx: RunContext, trial) -> None:
@@ -311,7 +328,7 @@ def prepare(spec: RunSpec, storage: bool = True, overwrite: bool = False) -> Run
         url = storage_url(spec, folder.path)
         _check_not_started_over(study, folder, url)
         notes = adopt_fingerprint(study, fingerprint, url)
-    known = trials.measured_keys(study) if study is not None else {}
-    ctx = RunContext(spec, space, study, Measurer(evaluator, space, spec, known), fingerprint=fingerprint)
+    known, predicted = trials.measured_keys(study) if study is not None else ({}, set())
+    ctx = RunContext(spec, space, study, Measurer(evaluator, space, spec, known, predicted), fingerprint=fingerprint)
     ctx.notes.extend(notes)
     return ctx

@@ -4,15 +4,16 @@ When the space's accuracy is enumerable with the shared anytime passes (one pass
 gives every config's exact accuracy, and MACs are closed form), only latency is unknown. This engine
 predicts it for every config of the space with the target's latency model (latency_profile.py), and
 proposes only the configs the prediction puts in play: the predicted front, its next layer, the MACs
-front and the near misses of timed constraints (finalists.candidates), at most VERIFY_LIMIT.
+front and the near misses of timed constraints (finalists.candidates), at most VERIFY_LIMIT (or
+search.trials, if smaller) per round.
 
 Its trials carry the predicted timed figures (and the same in NAME_predicted columns) until the
 runner re-times them, interleaved like every engine's finalists. The runner then tells the engine the
 re-timed figures (`retimed`). If the prediction missed badly on them (more than BAD_SHARE of the
 re-timed finalists off by more than MISS at p50), the summary says so and the engine falls back to
-measuring: it proposes every config that could still be on the front if it were as much faster than
-predicted as the most over-predicted finalist was, those are re-timed, and so on for at most
-FALLBACK_ROUNDS rounds. A model that is wrong never decides silently.
+measuring: it proposes the configs that could still be on the front if they were as much faster than
+predicted as the most over-predicted finalist was (at most the per-round limit), those are re-timed,
+and so on for at most FALLBACK_ROUNDS rounds per run. A model that is wrong never decides silently.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ SETTINGS_LIMIT = 10_000  # (width, granularity, tokens) combinations checked for
 def unusable(ctx: RunContext) -> Optional[str]:
     """Why engine: model cannot search this run (and what to use instead), or None when it can."""
     spec, space = ctx.spec, ctx.space
+    if not spec.needs_latency:
+        return "the spec times nothing (no latency or throughput metric), so every figure is exact already"
     if space.size() > ENUMERABLE_LIMIT:
         return f"the space has {space.size():,} configs, more than the {ENUMERABLE_LIMIT:,} it enumerates"
     if spec.needs_memory:
@@ -65,6 +68,8 @@ class ModelEngine(Engine):
                 f"{ctx.spec.spec_file or 'spec'}: search.engine: model cannot search this run: {why}; "
                 f"use engine: optuna (or exhaustive for a small space)"
             )
+        ctx.measurer.accept_predicted = True  # its own predictions stand for the networks it proposed
+        self.limit = min(VERIFY_LIMIT, ctx.spec.search.trials)  # configs proposed per round
         self.predicted: list = []  # TrialRecords of every config, timed figures predicted
         self.todo: list = []  # proposals of the current round
         self.rounds = 0
@@ -92,7 +97,7 @@ class ModelEngine(Engine):
     def _propose(self, records: list) -> list:
         measurer, encode = self.ctx.measurer, self.ctx.space.encode_params
         out = []
-        for r in records[:VERIFY_LIMIT]:
+        for r in records[: self.limit]:
             if not measurer.reusable(trials.config_key(r.config)):
                 timed = {k: v for k, v in r.metrics.items() if k in TIMED_METRICS or k in PREDICTED}
                 out.append(Proposal(r.config, encode(r.params), predicted=timed))
@@ -106,7 +111,7 @@ class ModelEngine(Engine):
         return todo
 
     def planned(self) -> int:
-        return min(VERIFY_LIMIT * (1 + self.rounds), self.ctx.space.size())
+        return min(self.limit * (1 + self.rounds), self.ctx.space.size())
 
     # ---------------------------------------------------------------- verification
 
@@ -132,10 +137,14 @@ class ModelEngine(Engine):
         self.rounds += 1
         self.optimism = max(0.5, min(self.optimism, *(m / p for p, m in pairs)))
         self.todo = self._propose(self._in_play(records))
-        self.ctx.notes.append(
-            f"latency model: missed badly ({misses} of {len(pairs)} off by more than {MISS:.0%}): measuring the "
-            f"{len(self.todo)} configs that could be on the front if {1 - self.optimism:.0%} faster than predicted"
-        )
+        missed = f"latency model: missed badly ({misses} of {len(pairs)} off by more than {MISS:.0%})"
+        if self.todo:
+            self.ctx.notes.append(
+                f"{missed}: measuring {len(self.todo)} more configs that could be on the front if "
+                f"{1 - self.optimism:.0%} faster than predicted"
+            )
+        else:
+            self.ctx.notes.append(f"{missed}; no other config could be on the front even if that much faster")
         return bool(self.todo)
 
     def _in_play(self, records: list) -> list:
@@ -150,7 +159,8 @@ class ModelEngine(Engine):
                 metrics[name] = metrics[name] / self.optimism if name == THROUGHPUT else metrics[name] * self.optimism
             viol = trials.violations(self.ctx.spec, metrics)
             scaled.append(trials.TrialRecord(r.number, r.config, r.params, metrics, not viol, viol))
-        return [r for r in front_of(scaled + list(records), self.ctx.spec) if r.config not in known]
+        original = {r.config: r for r in self.predicted}  # proposed with the model's figures, not the scaled ones
+        return [original[r.config] for r in front_of(scaled + list(records), self.ctx.spec) if r.config not in known]
 
 
 def predicted_figures(figures: dict) -> dict:

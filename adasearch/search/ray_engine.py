@@ -80,11 +80,12 @@ class RayEngine(Driver):
             started = _init_ray(ctx.spec, temp_dir)
             if todo > 0:
                 _tune(ctx, todo, temp_dir, record, _target(ctx.spec))
+            if on_target:  # the finalists' re-timing too runs on a target node; Ray stays up until the run ends
+                ctx.retimer = _target_retimer(ctx)
         except BaseException:  # also Ctrl-C, which then reaches the runner: it keeps the finished trials
             close()
             raise
-        if on_target:  # the finalists' re-timing too runs on a target node; Ray stays up until the run ends
-            ctx.retimer = _target_retimer(ctx)
+        if on_target:
             ctx.closers.append(close)
         else:
             close()
@@ -153,11 +154,17 @@ def _target(spec: RunSpec) -> Optional[str]:
     name = spec.hardware.ray_resource
     if not name or not spec.needs_latency:
         return None
+    _require_resource(spec, name)
+    return name
+
+
+def _require_resource(spec: RunSpec, name: str) -> None:
+    """A one-line UserError unless a live node of the connected Ray holds a whole unit of `name`."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if max((n.get("Resources", {}).get(name, 0) for n in nodes), default=0) >= 1:
-        return name
+        return
     have = sorted({k for n in nodes for k in n.get("Resources", {}) if not k.startswith("node:")})
     where = f"Ray at {spec.search.ray_address!r}" if spec.search.ray_address else "the running Ray"
     raise UserError(
@@ -294,8 +301,20 @@ def _target_retimer(ctx: RunContext):
     spec_json = _worker_spec(ctx.spec)
     task = ray.remote(num_cpus=1, resources={resource: 1})(_retime_task)
 
+    _require_resource(ctx.spec, resource)  # a resumed run may meet a cluster that lost its target nodes
+
     def retime(configs: list, budget_s: float, seed: int = 0) -> dict:
-        figures, node = ray.get(task.remote(spec_json, [c.to_dict() for c in configs], budget_s, seed))
+        ref = task.remote(spec_json, [c.to_dict() for c in configs], budget_s, seed)
+        # Generous: loading the model on the node, then ROUNDS visits of every config; never forever.
+        wait_s = 600 + 4 * budget_s * len(configs)
+        try:
+            figures, node = ray.get(ref, timeout=wait_s)
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            raise UserError(
+                f"{ctx.spec.spec_file or 'spec'}: hardware.ray_resource: the re-timing of {len(configs)} finalists "
+                f"on a {resource} node did not finish in {wait_s:.0f} s; the trials are kept: run again to resume"
+            )
         note = f"finalists re-timed on Ray node {node} (it holds {resource}, the target)"
         if note not in ctx.notes:
             ctx.notes.append(note)

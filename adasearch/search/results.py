@@ -105,6 +105,7 @@ def _row(r) -> dict:
         "feasible": r.feasible,
         "violations": "; ".join(f"{k} by {v:.4g}" for k, v in r.violations.items()),
         "measured_on": r.measured_on,
+        "timing": r.timing,  # timed per trial, predicted (engine: model), or re-timed as a finalist
     }
     row.update({f"knob.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in r.config.to_dict().items()})
     row.update(r.metrics)

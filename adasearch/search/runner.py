@@ -233,11 +233,14 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                     while not ctx.stop and isinstance(engine, Engine) and engine.retimed(recs):
                         with SearchProgress(ctx, engine.planned(), progress) as bar:
                             _search(ctx, engine, bar)
+                        if ctx.stop:  # Ctrl-C while measuring more: keep what is stored, re-time nothing
+                            break
                         retime_finalists(ctx, trials.records(ctx.study, spec, final))
                         final = ctx.study.user_attrs.get("final_metrics", {})
                         recs = trials.records(ctx.study, spec, final)
-                    candidates = [r for r in recs if str(r.number) in final]
-                    figures, guarantees = heldout.evaluate(ctx, front_of(recs, spec), candidates)
+                    if not ctx.stop:
+                        candidates = [r for r in recs if str(r.number) in final]
+                        figures, guarantees = heldout.evaluate(ctx, front_of(recs, spec), candidates)
         except KeyboardInterrupt as e:  # outside the loop: choosing the engine, or re-timing finalists
             ctx.stop.append("SIGTERM" if isinstance(e, Terminated) else "SIGINT")
         finally:

@@ -17,6 +17,8 @@ from adasearch.config import DeploymentConfig
 from adasearch.metrics import HARDWARE_METRICS, relative_miss
 from adasearch.spec import RunSpec
 
+TIMED, PREDICTED, RETIMED = "timed", "predicted", "re-timed"  # where a trial's timed figures come from
+
 
 @dataclass
 class TrialRecord:
@@ -27,6 +29,7 @@ class TrialRecord:
     feasible: bool
     violations: dict  # metric -> amount outside its bound (> 0)
     measured_on: str = "local"  # "local", or the Ray node id that measured it
+    timing: str = TIMED  # TIMED (per trial), PREDICTED (engine: model, not re-timed yet) or RETIMED
 
 
 def constraint_values(spec: RunSpec, metrics: dict) -> dict:
@@ -83,6 +86,7 @@ def attach(trial, measured, hardware: Optional[str]) -> None:
     trial.set_user_attr("key", measured.key)
     trial.set_user_attr("metrics", measured.metrics)
     trial.set_user_attr("measured_on", measured.measured_on)
+    trial.set_user_attr("timing", measured.timing)
     if hardware is not None:
         trial.set_user_attr("hardware", hardware)
 
@@ -118,7 +122,8 @@ def records(study, spec: RunSpec, final: Optional[dict] = None) -> list:
             final_by_key.setdefault(t.user_attrs.get("key", t.number), final[str(t.number)])
     for t in trials:
         metrics = stored_metrics(t, hardware)
-        metrics.update(final_by_key.get(t.user_attrs.get("key", t.number), {}))
+        retimed = final_by_key.get(t.user_attrs.get("key", t.number))
+        metrics.update(retimed or {})
         if any(metrics.get(o.metric) is None for o in spec.objectives):
             continue
         viol = violations(spec, metrics)
@@ -131,24 +136,28 @@ def records(study, spec: RunSpec, final: Optional[dict] = None) -> list:
                 not viol,
                 viol,
                 t.user_attrs.get("measured_on", "local"),
+                RETIMED if retimed else t.user_attrs.get("timing", TIMED),
             )
         )
     return out
 
 
-def measured_keys(study) -> dict:
-    """canonical key -> metrics of trials already in the storage (for resumption and dedup); of
-    several trials of one network, the one with the most figures (a re-measurement on new hardware)."""
+def measured_keys(study) -> tuple:
+    """({canonical key: metrics}, {keys whose timed figures are predictions}) of the trials already in
+    the storage (for resumption and dedup). Of several trials of one network: a timed one before a
+    predicted one, then the one with the most figures (a re-measurement on new hardware)."""
     from optuna.trial import TrialState
 
     hardware = current_hardware(study)
     out: dict = {}
+    rank: dict = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if "key" in t.user_attrs and "metrics" in t.user_attrs:
-            metrics = stored_metrics(t, hardware)
-            if len(metrics) >= len(out.get(t.user_attrs["key"], {})):
-                out[t.user_attrs["key"]] = metrics
-    return out
+            key, metrics = t.user_attrs["key"], stored_metrics(t, hardware)
+            this = (t.user_attrs.get("timing", TIMED) == TIMED, len(metrics))
+            if key not in rank or this >= rank[key]:
+                out[key], rank[key] = metrics, this
+    return out, {key for key, (timed, _) in rank.items() if not timed}
 
 
 def config_key(config: DeploymentConfig) -> str:
