@@ -225,7 +225,7 @@ def test_a_storage_that_fails_mid_run_is_one_line_and_keeps_what_was_stored(tmp_
 
     def read_only_after_a_while(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 12:  # 4 user attrs per trial: 3 trials get through
+        if calls["n"] > 15:  # 5 user attrs per trial: 3 trials get through
             raise OperationalError(
                 "UPDATE trial_user_attributes", {}, sqlite3.OperationalError("attempt to write a readonly database")
             )
