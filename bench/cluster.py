@@ -179,9 +179,10 @@ def main():
         notes=[
             "This machine has 2 CPU cores: both cluster nodes (network namespaces joined by a veth pair, 1 CPU "
             "each) and the driver share them, so this is a correctness and overhead figure, not a speed-up.",
-            "Wall time is the whole `adasearch run` (start-up, starting or joining Ray, the search, re-timing the "
-            "Pareto candidates in the driver with final_latency_budget_s 0.2, the held-out report, writing the "
-            "folder); each run starts with an empty accuracy cache. A local run starts its Ray inside that time; "
+            "Wall time is the whole `adasearch run` (start-up, starting or joining Ray, the accuracy passes as Ray "
+            "tasks, the search, re-timing the Pareto candidates with final_latency_budget_s 0.2 (on the target "
+            "node in the timed cluster row, in the driver otherwise), the held-out report, writing the folder); "
+            "each run starts with an empty accuracy cache. A local run starts its Ray inside that time; "
             "a cluster run joins nodes already started (their start-up, namespaces included, is the last column). "
             "trials/s (search): trials recorded between the first and the last recorded one, per second: the "
             "search's pace without start-up and the end. A trial that repeats a network measured before "
