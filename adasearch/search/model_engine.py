@@ -128,7 +128,7 @@ class ModelEngine(Engine):
         misses = int((errors > MISS).sum())
         self.ctx.notes.append(
             f"latency model: {len(pairs) - misses} of {len(pairs)} re-timed finalists within ±{MISS:.0%} of the "
-            f"prediction at p50 (median error {np.median(errors):.1%})"
+            f"prediction at p50 (median |error| {np.median(errors):.1%})"
         )
         if misses <= BAD_SHARE * len(pairs) or self.rounds >= FALLBACK_ROUNDS:
             if misses > BAD_SHARE * len(pairs):
