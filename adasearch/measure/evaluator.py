@@ -224,6 +224,23 @@ class Evaluator:
         return profile(self.model, self.latency_batches(), plans, references, fingerprint=self.latency_fingerprint(),
                        sync=_synchronizer(self.device), progress=progress, seed=seed)  # fmt: skip
 
+    def reanchor_latency(self, latency_model, figures: dict):
+        """latency_model calibrated again on new timings of its references ({config: figures}, timed
+        interleaved with the finalists; measure/latency_model.py's `reanchored`)."""
+        from adasearch.metrics import P50
+
+        static, exiting = [], []
+        for ref in latency_model.references:
+            config = DeploymentConfig.from_dict(ref["config"])
+            if config not in figures:
+                continue
+            plan, p50 = self.model.plan(**config.to_dict()), figures[config][P50]
+            if ref.get("exits"):
+                exiting.append((plan, self.timing_exit_depths(config), p50))
+            else:
+                static.append((plan, p50))
+        return latency_model.reanchored(static, exiting)
+
     def predict_latency(self, latency_model, config: DeploymentConfig) -> dict:
         """The timed figures of config predicted by latency_model, on the images the timer would use."""
         plan = self.model.plan(**config.to_dict())

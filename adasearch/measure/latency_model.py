@@ -43,7 +43,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -155,6 +155,20 @@ class LatencyModel:
             P99: float(p99),
             THROUGHPUT: self.batch_size * 1e3 / float(mixture.mean()),
         }
+
+    def reanchored(self, static: list, exiting: list) -> LatencyModel:
+        """This model with its calibration re-taken from new timings of its references: static is
+        [(plan, measured p50)], exiting [(plan, exit depths per batch, measured p50)]. The parts stay;
+        the curve and the exit factor follow the machine at the moment of those timings."""
+        curve = {}
+        for plan, p50 in static:
+            total = self.batch_sum(plan)
+            if total > 0 and p50 > 0:
+                curve[total] = p50 / total
+        out = replace(self, curve=[[s, r] for s, r in sorted(curve.items())] or self.curve, exit_factor=1.0)
+        factors = [p50 / out.predict(plan, exits)[P50] for plan, exits, p50 in exiting if p50 > 0]
+        out.exit_factor = float(np.clip(np.median(factors), 0.5, 2.0)) if factors else self.exit_factor
+        return out
 
     # ---------------------------------------------------------------- storage
 

@@ -102,6 +102,10 @@ class RunContext:
     # in this process; the ray engine on a cluster re-times on a target node instead.
     retimer: object = None
     closers: list = field(default_factory=list)  # called when the run ends (e.g. the ray engine's Ray)
+    # engine: model: its latency model's reference configs, re-timed with the finalists, and
+    # reanchor({reference: figures}) -> (config -> its predicted columns, calibrated on those figures).
+    anchors: list = field(default_factory=list)
+    reanchor: object = None
 
     def distinct_measured(self) -> int:
         """Distinct networks measured so far (the trial budget counts these, not repeats). With several

@@ -88,10 +88,14 @@ def retime_finalists(ctx: RunContext, recs: list) -> dict:
     todo = candidates(recs, ctx.spec)
     while todo:
         # Interleaved: the candidates share every moment's load instead of each getting its own window.
+        # The latency model's reference configs (engine: model) share the rounds too: they re-take its
+        # calibration at this moment, and the finalists' predictions are made again with it.
         timer = ctx.retimer or evaluator.time_interleaved
-        timed = timer([r.config for r in todo], ctx.spec.search.final_latency_budget_s, seed=ctx.spec.search.seed)
+        configs = [r.config for r in todo] + list(ctx.anchors)
+        timed = timer(configs, ctx.spec.search.final_latency_budget_s, seed=ctx.spec.search.seed)
+        predict = ctx.reanchor({a: timed[a] for a in ctx.anchors}) if ctx.anchors else None
         for r in todo:
-            final[str(r.number)] = {**r.metrics, **timed[r.config]}
+            final[str(r.number)] = {**r.metrics, **timed[r.config], **(predict(r.config) if predict else {})}
             retimed.add(r.number)
         ctx.study.set_user_attr("final_metrics", final)  # an interrupted round of re-timing keeps what it did
         todo = [r for r in front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec) if r.number not in retimed]

@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 
+from adasearch.config import DeploymentConfig
 from adasearch.errors import UserError
 from adasearch.metrics import P50, THROUGHPUT, TIMED_METRICS, interval_columns, predicted_column
 from adasearch.search import trials
@@ -35,6 +36,7 @@ VERIFY_LIMIT = 50  # configs proposed per round
 MISS = 0.15  # a finalist whose re-timed p50 is off its prediction by more than this fraction is a miss
 BAD_SHARE = 0.20  # more than this share of misses: the model is not trusted, and more configs are measured
 FALLBACK_ROUNDS = 3
+ROUNDS_ATTR = "model_fallback_rounds"  # the study's count of fallback rounds so far
 PREDICTED = frozenset(predicted_column(n) for n in TIMED_METRICS)
 SETTINGS_LIMIT = 10_000  # (width, granularity, tokens) combinations checked for shared passes
 
@@ -72,8 +74,10 @@ class ModelEngine(Engine):
         self.limit = min(VERIFY_LIMIT, ctx.spec.search.trials)  # configs proposed per round
         self.predicted: list = []  # TrialRecords of every config, timed figures predicted
         self.todo: list = []  # proposals of the current round
-        self.rounds = 0
+        # Fallback rounds are counted per study, so that resuming does not start the count again.
+        self.rounds = int(ctx.study.user_attrs.get(ROUNDS_ATTR, 0)) if ctx.study is not None else 0
         self.optimism = 1.0  # measured / predicted of the most over-predicted finalist (fallback)
+        self.anchored = None  # the latency model calibrated at the last re-timing
 
     # ---------------------------------------------------------------- prediction
 
@@ -85,6 +89,10 @@ class ModelEngine(Engine):
         # Profiled after the accuracy passes: the re-timing it is compared with also runs after them.
         model, note = latency_model_for(ctx, configs)
         ctx.notes.append(note)
+        # The references are re-timed with the finalists: the predictions shown beside the re-timed
+        # figures use the calibration of that moment (the choice of candidates used the profile's).
+        ctx.anchors = list(dict.fromkeys(DeploymentConfig.from_dict(r["config"]) for r in model.references))
+        ctx.reanchor = lambda figures: self._reanchored(model, figures)
         for i, c in enumerate(configs):
             metrics = {k: v for k, v in measured[c].metrics().items() if v is not None}
             metrics.update(predicted_figures(evaluator.predict_latency(model, c)))
@@ -93,6 +101,11 @@ class ModelEngine(Engine):
             if i % 200 == 0:
                 ctx.status("predicting every config", i + 1, len(configs))
         ctx.status("predicting every config", len(configs), len(configs))
+
+    def _reanchored(self, model, figures: dict):
+        evaluator = self.ctx.measurer.evaluator
+        anchored = self.anchored = evaluator.reanchor_latency(model, figures)
+        return lambda config: {predicted_column(k): v for k, v in evaluator.predict_latency(anchored, config).items()}
 
     def _propose(self, records: list) -> list:
         measurer, encode = self.ctx.measurer, self.ctx.space.encode_params
@@ -104,7 +117,7 @@ class ModelEngine(Engine):
         return out
 
     def ask(self) -> list:
-        if self.rounds == 0 and not self.predicted:
+        if not self.predicted:
             self._predict_all()
             self.todo = self._propose(candidates(self.predicted, self.ctx.spec))
         todo, self.todo = self.todo, []
@@ -135,6 +148,7 @@ class ModelEngine(Engine):
                 self.ctx.notes.append(f"latency model: still missing after {self.rounds} rounds of measuring more")
             return False
         self.rounds += 1
+        self.ctx.study.set_user_attr(ROUNDS_ATTR, self.rounds)
         self.optimism = max(0.5, min(self.optimism, *(m / p for p, m in pairs)))
         self.todo = self._propose(self._in_play(records))
         missed = f"latency model: missed badly ({misses} of {len(pairs)} off by more than {MISS:.0%})"
@@ -155,6 +169,8 @@ class ModelEngine(Engine):
             if r.config in known:
                 continue
             metrics = dict(r.metrics)
+            if self.anchored is not None:  # the calibration the finalists were judged by
+                metrics.update(self.ctx.measurer.evaluator.predict_latency(self.anchored, r.config))
             for name in TIMED_METRICS & set(metrics):
                 metrics[name] = metrics[name] / self.optimism if name == THROUGHPUT else metrics[name] * self.optimism
             viol = trials.violations(self.ctx.spec, metrics)
