@@ -9,11 +9,10 @@ A forward (model.forward_plan) is close to a sum of parts:
 plus what lies outside them (validating the knobs, Python dispatch).
 
 Profiling (`profile`) times every distinct part the configs can use: ROUNDS rounds, each visiting
-every part in a new random order (seeded), one warm-up call and REPS timed calls per visit (a call
-of LONG_MS or more: no warm-up after its first visit, and one timed call), so drift and bursts land on
-all parts alike. A part's figure is the median of its timings. Under per-sample
-exit a batch shrinks, so the parts after the first block are also timed at the active counts in
-active_sizes(B) and interpolated linearly in between.
+every part in a new random order (seeded), one warm-up call and REPS timed calls per visit (one, for
+a call of LONG_MS or more), so drift and bursts land on all parts alike. A part's figure is the
+median of its timings. Under per-sample exit a batch shrinks, so the parts after the first block are
+also timed at the active counts in active_sizes(B) and interpolated linearly in between.
 
 Whole forwards of a few reference configs are timed in the same rounds, cycling through the timing
 images as the timer does: static configs at quantiles of the space's MACs, and (when the space has
@@ -55,7 +54,7 @@ from adasearch.model.adaperceiver import LayerPlan, confidence
 VERSION = 1
 ROUNDS = 12
 REPS = 3  # timed calls of a part (or a reference forward) per visit
-LONG_MS = 50.0  # a call at least this long is timed once per visit, without a warm-up after the first round
+LONG_MS = 50.0  # a call at least this long is timed once per visit (after its warm-up)
 NEVER = 2.0  # a confidence threshold no sample reaches: an exit check that splits off nobody
 PART_KEY = re.compile(r"(embed_read|exit|stop|readout):n\d+:b\d+|block:n\d+:h\d+:g(none|\d+(-\d+)*):b\d+")
 
@@ -323,26 +322,24 @@ def profile(
         names = list(fns)
         samples: dict = {name: [] for name in names}
         ran_on = {i: [] for i in range(len(references))}  # reference -> the batch index of each timing
-        last: dict = {}  # name -> its last timing (ms)
         rng = random.Random(seed)
         for r in range(rounds):
             order = names[:]
             rng.shuffle(order)
             for name in order:
                 fn = fns[name]
-                if last.get(name, 0.0) < LONG_MS:
-                    fn()  # warm-up after a change of part (a call this long is warm enough by itself)
+                fn()  # warm-up after a change of part, as the timer does
                 for _ in range(REPS):
                     sync()
                     t0 = clock()
                     fn()
                     sync()
-                    last[name] = (clock() - t0) * 1e3
-                    samples[name].append(last[name])
+                    ms = (clock() - t0) * 1e3
+                    samples[name].append(ms)
                     if name.startswith("forward:"):
                         i = int(name.split(":")[1])
                         ran_on[i].append(calls[i] % len(batches))
-                    if last[name] >= LONG_MS:  # long calls: one per visit keeps the profile short
+                    if ms >= LONG_MS:  # long calls: one per visit keeps the profile short
                         break
             if progress:
                 progress(r + 1, rounds)
