@@ -11,15 +11,18 @@ package's import graph has no cycle (a test parses it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import signal
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 from adasearch.config import DeploymentConfig
-from adasearch.errors import UserError
+from adasearch.errors import Terminated, UserError
 from adasearch.run_folder import STUDY_DB, RunFolder
 from adasearch.search import trials
 from adasearch.search.space import SearchSpace
@@ -117,11 +120,39 @@ class RunContext:
         return self.measurer.count()
 
 
+@contextlib.contextmanager
+def signals_deferred():
+    """Work that a Ctrl-C or SIGTERM must not cut in half (a storage write, the clean-up after a first
+    signal): signals wait until it is done, then take effect. Only the main thread can install handlers;
+    elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list = []
+    handlers = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        if caught:
+            raise Terminated() if caught[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
 def record_trial(ctx: RunContext, measured: Measured, params: dict, trial=None) -> None:
     """Store one measured config as a completed trial of the run's study: the only writer of trials.
 
     params: the flat parameters in the space's encoding (what Optuna samples and trials.csv shows).
-    trial: a live trial from study.ask() (told here), or None for a new frozen trial (added here)."""
+    trial: a live trial from study.ask() (told here), or None for a new frozen trial (added here).
+    A Ctrl-C or SIGTERM waits until it is done: a storage write cut in half can leave the session unable
+    to mark the trial failed, and the trial RUNNING for good."""
+    with signals_deferred():
+        _record(ctx, measured, params, trial)
+
+
+def _record(ctx: RunContext, measured: Measured, params: dict, trial=None) -> None:
     import optuna
 
     values = trials.objective_values(ctx.spec, measured.metrics)
@@ -147,7 +178,7 @@ def record_trial(ctx: RunContext, measured: Measured, params: dict, trial=None) 
             # the measurement is still good, so it is stored as a trial of its own.
             if "finished" not in str(e).lower() and "fail" not in str(e).lower():
                 raise
-            return record_trial(ctx, measured, dict(trial.params))
+            return _record(ctx, measured, dict(trial.params))
     if not ctx.measurer.reusable(measured.key) or measured.timing == trials.TIMED:  # new, or better figures
         ctx.measurer.known[measured.key] = measured.metrics
         if measured.timing == trials.TIMED:

@@ -45,6 +45,10 @@ class Engine(abc.ABC):
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
 
+    def start(self) -> None:  # noqa: B027 (an optional hook)
+        """Long work before the first proposal, which a Ctrl-C may interrupt (``ask`` runs with signals
+        deferred, so that a live trial it created always reaches the runner)."""
+
     @abc.abstractmethod
     def ask(self) -> list:
         """-> list[Proposal]; [] when done."""

@@ -116,6 +116,11 @@ class ModelEngine(Engine):
                 out.append(Proposal(r.config, encode(r.params), predicted=timed))
         return out
 
+    def start(self) -> None:
+        if not self.predicted:
+            self._predict_all()
+            self.todo = self._propose(candidates(self.predicted, self.ctx.spec))
+
     def ask(self) -> list:
         if not self.predicted:
             self._predict_all()

@@ -20,7 +20,7 @@ import time
 
 from adasearch.errors import Terminated, UserError
 from adasearch.search import heldout, model_engine, trials
-from adasearch.search.context import RunContext, drop_trial, prepare, record_trial, storage_url
+from adasearch.search.context import RunContext, drop_trial, prepare, record_trial, signals_deferred, storage_url
 from adasearch.search.engine_base import Driver, Engine
 from adasearch.search.engines import ExhaustiveEngine, OptunaEngine
 from adasearch.search.finalists import retime_finalists
@@ -74,8 +74,10 @@ def measure_and_record(ctx: RunContext, engine: Engine, on_trial=lambda metrics:
     deadline = None if timeout is None else time.monotonic() + timeout
     pending: list = []
     try:
+        engine.start()
         while not ctx.stop and (deadline is None or time.monotonic() < deadline):
-            pending = engine.ask()
+            with signals_deferred():  # a live trial from ask must reach `pending` (dropped below) before a signal acts
+                pending = engine.ask()
             if not pending:
                 return
             ctx.measurer.prefetch([p.config for p in pending])  # shared accuracy passes for a batch
@@ -91,7 +93,7 @@ def measure_and_record(ctx: RunContext, engine: Engine, on_trial=lambda metrics:
     except (SQLAlchemyError, OSError, StorageInternalError) as e:
         raise _storage_failure(ctx, e)
     finally:
-        with _signals_deferred():
+        with signals_deferred():
             for proposal in pending:
                 if proposal.trial is not None:
                     drop_trial(ctx, proposal.trial)
@@ -114,25 +116,6 @@ def stop_on_sigterm():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Clean-up that a second Ctrl-C or SIGTERM must not cut short: signals wait until it is done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list = []
-    handlers = {
-        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        if caught:
-            raise Terminated() if caught[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _die_with(parent: int) -> None:
@@ -195,7 +178,7 @@ def _search(ctx: RunContext, engine, progress: SearchProgress) -> None:
                 workers.append(w)
         measure_and_record(ctx, engine, on_trial)
     finally:
-        with _signals_deferred():
+        with signals_deferred():
             for w in workers:
                 if ctx.stop:  # the run stops: so do its workers (each finishes or drops its trial)
                     w.terminate()
@@ -247,7 +230,7 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
             for close in ctx.closers:
                 close()
         interrupted = bool(ctx.stop)
-        with _signals_deferred():
+        with signals_deferred():
             # Interrupted: keep the re-timed figures stored so far (this run's or earlier runs'), re-time nothing.
             final = dict(ctx.study.user_attrs.get("final_metrics", {}))
             recs = trials.records(ctx.study, spec, final)
