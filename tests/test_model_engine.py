@@ -117,14 +117,16 @@ def test_a_stored_model_is_rebuilt_with_a_reason_when_it_does_not_fit(tmp_path, 
 
 
 def test_a_wrong_model_is_caught_by_the_re_timing_and_more_is_measured(tmp_path, cache):
-    """A stored model of this very target whose blocks at full width are said to cost 40x too little:
+    """A stored model of this very target whose blocks at full width are said to cost 40x too little (and
+    the narrowest 5x too much):
     the re-timing disagrees, the summary says so, and the engine measures more instead of trusting it."""
     spec = write_run_spec(tmp_path, DEMO, name="m", objectives=["accuracy", P50], limit=120)
     _run(spec)
     path = tmp_path / "out" / "latency_model.json"
     doc = json.loads(path.read_text())
     for key in doc["parts"]:
-        doc["parts"][key] *= 0.025 if key.startswith("block:") and ":h64:" in key else 1.0
+        if key.startswith("block:"):  # full width 40x too cheap, the narrowest 5x too dear: no rescaling fixes that
+            doc["parts"][key] *= 0.025 if ":h64:" in key else 5.0 if ":h16:" in key else 1.0
     assert any(":h64:" in k for k in doc["parts"])  # the demo's full FFN width (hidden 64)
     path.write_text(json.dumps(doc))
     output = _run(spec, "--overwrite")

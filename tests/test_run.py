@@ -121,7 +121,8 @@ def test_configs_that_join_the_front_after_re_timing_are_re_timed_too(tmp_path, 
         return out
 
     monkeypatch.setattr(Evaluator, "time_interleaved", slow_first_round)
-    r = invoke(write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms")))
+    # exhaustive: every network is a trial, most of them never candidates (engine: model proposes only those)
+    r = invoke(write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), engine="exhaustive"))
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
     final = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}").user_attrs["final_metrics"]
