@@ -15,6 +15,7 @@ point (accuracy 0, 1.1 x the slowest p50 of both fronts).
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -77,9 +78,12 @@ def search(folder: Path, model_dir: Path, data: Path, engine: str) -> dict:
     trials = pd.read_csv(out / "trials.csv")
     front = json.loads((out / "pareto.json").read_text())["pareto"]
     retimed = int(trials[interval_columns(P50)[0]].notna().sum())
+    notes = " ".join(yaml.safe_load((out / "run.yaml").read_text())["notes"])
+    profiled = re.search(r"profiled \d+ parts in ([\d.]+) s", notes)
     # engine: model times nothing per trial (it predicts); optuna times each distinct network once (not repeats)
     per_trial = 0 if engine == "model" else int(trials["config"].nunique())
-    return {"engine": engine, "wall": wall, "per_trial": per_trial, "retimed": retimed, "front": front}
+    return {"engine": engine, "wall": wall, "per_trial": per_trial, "retimed": retimed, "front": front,
+            "profile": f"{float(profiled.group(1)):.0f}" if profiled else "-"}  # fmt: skip
 
 
 def main():
@@ -93,7 +97,8 @@ def main():
     for r in results:
         points = [[row["metrics"][QUALITY], row["metrics"][P50]] for row in r["front"]]
         hv = hypervolume(points, ["maximize", "minimize"], reference)
-        rows.append([r["engine"], f"{r['wall']:.0f}", r["per_trial"], r["retimed"], r["per_trial"] + r["retimed"],
+        timed = r["per_trial"] + r["retimed"]
+        rows.append([r["engine"], f"{r['wall']:.0f}", r["profile"], r["per_trial"], r["retimed"], timed,
                      len(r["front"]), f"{hv:.2f}"])  # fmt: skip
     save_table(
         "search_cost",

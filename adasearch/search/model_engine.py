@@ -38,7 +38,6 @@ BAD_SHARE = 0.20  # more than this share of misses: the model is not trusted, an
 FALLBACK_ROUNDS = 3
 ROUNDS_ATTR = "model_fallback_rounds"  # the study's count of fallback rounds so far
 PREDICTED = frozenset(predicted_column(n) for n in TIMED_METRICS)
-SETTINGS_LIMIT = 10_000  # (width, granularity, tokens) combinations checked for shared passes
 
 
 def unusable(ctx: RunContext) -> Optional[str]:
@@ -52,7 +51,7 @@ def unusable(ctx: RunContext) -> Optional[str]:
         return "peak memory is measured per config, not predicted"
     if spec.search.workers > 1:
         return "it runs in one process (search.workers: 1)"
-    settings = space.settings(("mat_dim", "token_grans", "num_tokens"), limit=SETTINGS_LIMIT)
+    settings = space.pass_settings()
     accuracy = ctx.measurer.evaluator.accuracy
     if settings is None or not all(accuracy.shareable(c) for c in settings):
         return "its accuracy is not enumerable with shared passes (token counts off the trained block boundaries)"

@@ -54,7 +54,7 @@ def distribute_passes(ctx: RunContext, spec_json: str, shards: int) -> dict:
     engine = ctx.measurer.evaluator.accuracy
     # Token counts vary too, so that a width setting whose first count is off the block boundaries still
     # finds a config that can share its pass; too many combinations: widths and granularities alone.
-    settings = ctx.space.settings(("mat_dim", "token_grans", "num_tokens"), limit=10_000) or ctx.space.width_settings()
+    settings = ctx.space.pass_settings() or ctx.space.width_settings()
     todo = engine.missing_tables(settings)
     shards = max(1, min(shards, len(engine.data)))
     task = ray.remote(num_cpus=1)(_shard_pass)

@@ -34,6 +34,7 @@ GRANULARITIES = ("global", "per_stage", "per_layer")
 # Inside the package, so a regular (non-editable) install has them too; the checkout's top-level
 # search_spaces/ is a link to this folder.
 STRUCTURAL = ("mat_dim", "token_grans")  # the knobs one anytime pass is specific to
+SETTINGS_LIMIT = 10_000  # combinations pass_settings enumerates
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
@@ -116,6 +117,12 @@ class SearchSpace:
         value: what the shared accuracy passes depend on (accuracy.structural_key), without enumerating
         the whole space."""
         return self.settings(STRUCTURAL)
+
+    def pass_settings(self) -> Optional[list]:
+        """One config per (mat_dim, token_grans, num_tokens) combination: enough to tell whether every
+        config can share an anytime pass, and to find a config that can for each width setting; None
+        when there are more than SETTINGS_LIMIT combinations."""
+        return self.settings((*STRUCTURAL, "num_tokens"), limit=SETTINGS_LIMIT)
 
     def settings(self, knobs: tuple, limit: Optional[int] = None) -> Optional[list]:
         """One config per combination of the values of `knobs`, every other knob at its first value;
