@@ -106,6 +106,7 @@ def main():
         [
             "engine",
             "wall s",
+            "of it profiling s",
             "configs timed per trial",
             "finalists re-timed",
             "timings in all",

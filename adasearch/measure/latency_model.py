@@ -345,16 +345,15 @@ def profile(
                 progress(r + 1, rounds)
     parts = {k: float(np.median(samples[k])) for k in keys}
     lm = LatencyModel(fingerprint, batch_size, parts, [[1.0, 1.0]], 1.0, [1.0], rounds=rounds)
-    refs, noise, curve, exit_ratios = [], [], {}, []
+    refs, noise, static, exit_ratios = [], [], [], []
     for i, (config, plan, exits) in enumerate(references):
         times = np.array(samples[f"forward:{i}"])
         median = float(np.median(times))
         if exits is None:
-            total = lm.batch_sum(plan)
-            curve[total] = median / total if total > 0 else 1.0
+            static.append((plan, median))
             noise += (times / median).tolist() if median > 0 else [1.0] * len(times)
         refs.append({"config": config, "median_ms": median, "sum_ms": lm.batch_sum(plan), "exits": exits is not None})
-    lm.curve = [[s, r] for s, r in sorted(curve.items())] or [[1.0, 1.0]]
+    lm = lm.reanchored(static, [])  # the curve, from the static references
     lm.noise = sorted(noise) or [1.0]
     for i, (_, plan, exits) in enumerate(references):
         if exits is not None:  # each timing against the calibrated sum of the batch it ran (the warm-ups are not timed)
