@@ -14,7 +14,7 @@ torch.set_grad_enabled(False)
 def test_rope_rotates_interleaved_pairs():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 8)
-    ours = apply_rope(x, rope_table(5, 8, 10000.0, 256))
+    ours = apply_rope(x, *rope_table(5, 8, 10000.0, 256))
     assert torch.allclose(ours, naive_reference.rope(x), atol=1e-5)
     # The rotate-half convention pairs (x[i], x[i + Dh/2]) instead; it must be told apart.
     t = torch.arange(5.0)[:, None] * 10000.0 ** (-torch.arange(0, 8, 2) / 8)
@@ -24,9 +24,17 @@ def test_rope_rotates_interleaved_pairs():
 
 
 def test_rope_interpolates_positions_beyond_max():
-    plain = rope_table(8, 4, 10000.0, max_tokens=8)
-    stretched = rope_table(16, 4, 10000.0, max_tokens=8)  # 16/8 = 2: every frequency halved
-    assert torch.allclose(stretched[2].angle(), plain[1].angle(), atol=1e-6)
+    plain_cos, plain_sin = rope_table(8, 4, 10000.0, max_tokens=8)
+    cos, sin = rope_table(16, 4, 10000.0, max_tokens=8)  # 16/8 = 2: every frequency halved
+    assert torch.allclose(cos[2], plain_cos[1], atol=1e-6) and torch.allclose(sin[2], plain_sin[1], atol=1e-6)
+
+
+def test_rope_tables_are_slices_of_the_largest():
+    # Why the model builds one table and slices it: table(n) equals table(max)[:n] to the bit.
+    big_cos, big_sin = rope_table(256, 64, 10000.0, 256)
+    for n in (1, 7, 32, 255):
+        cos, sin = rope_table(n, 64, 10000.0, 256)
+        assert torch.equal(cos, big_cos[:n]) and torch.equal(sin, big_sin[:n])
 
 
 def test_block_mask_follows_the_block_rule():

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from adasearch.metrics import P50, P90, P99, THROUGHPUT
-from adasearch.model.adaperceiver import LayerPlan, confidence
+from adasearch.model.adaperceiver import LayerPlan
 
 VERSION = 1
 ROUNDS = 12
@@ -260,11 +260,10 @@ def _part_fns(model, x: torch.Tensor, keys: Iterable[str]) -> dict:
             fns[key] = lambda n=n, b=b, h=int(f["h"]), g=g: model.run_block(0, read(n)[:b], g, h)
         elif kind == "exit":
 
-            def check(n=n, b=b):
+            def check(n=n, b=b):  # an exit check where nobody stops: readout, confidence, the count
                 lat = read(n)[:b]
-                done = confidence(model.readout(lat)) >= NEVER
-                done.any()  # the model asks this before it splits the batch
-                return lat[~done]
+                model.exit_split(model.readout(lat), NEVER)
+                return lat
 
             fns[key] = check
         elif kind == "stop":
@@ -272,13 +271,12 @@ def _part_fns(model, x: torch.Tensor, keys: Iterable[str]) -> dict:
             def stop(n=n, b=b):  # what forward_plan does when every sample of the batch stops here
                 lat = read(n)[:b]
                 step = model.readout(lat)
-                done = confidence(step) >= 0.0
-                done.any()
+                _, going, leaving = model.exit_split(step, 0.0)
                 logits, active = step.new_zeros(b, step.shape[-1]), torch.arange(b, device=lat.device)
                 depth = torch.full((b,), 1, dtype=torch.long, device=lat.device)
-                logits[active[done]] = step[done]
-                depth[active[done]] = 1
-                return lat[~done], active[~done].numel()
+                logits[active[leaving]] = step[leaving]
+                depth[active[leaving]] = 1
+                return lat[going]
 
             fns[key] = stop
         elif kind == "readout":

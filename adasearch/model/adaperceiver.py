@@ -32,6 +32,7 @@ from adasearch.checks import is_int, is_number
 from adasearch.errors import InputError, KnobError
 
 LN_EPS = 1e-6
+MAX_TABLES = 256  # masks and RoPE tables a model keeps (see AdaPerceiver._table)
 
 
 @dataclass
@@ -129,23 +130,31 @@ class LayerPlan:
 # ----------------------------------------------------------------------------- RoPE and the block mask
 
 
-def rope_table(num_tokens: int, head_dim: int, theta: float, max_tokens: int, device=None) -> torch.Tensor:
-    """Complex table (N, Dh/2) of rotations; positions are linearly interpolated beyond max_tokens."""
+def rope_table(num_tokens: int, head_dim: int, theta: float, max_tokens: int, device=None) -> tuple:
+    """(cos, sin) tables (N, Dh) in float32, laid out for `apply_rope`: pair i's angle at 2i and 2i+1, and
+    sin signed (-sin at 2i, +sin at 2i+1). Positions are linearly interpolated beyond max_tokens.
+
+    Real tables rather than a complex one: inductor fuses them and the ONNX exporters accept them.
+    For N <= max_tokens, table(N) is table(max_tokens)[:N] exactly, so the model builds the largest
+    once and slices it."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     if num_tokens > max_tokens:
         inv_freq = inv_freq / (num_tokens / max_tokens)
     t = torch.arange(num_tokens, device=device, dtype=torch.float32)
     angles = torch.outer(t, inv_freq)
-    return torch.polar(torch.ones_like(angles), angles)
+    cos, sin = angles.cos(), angles.sin()
+    return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) as complex numbers (Llama convention, not rotate-half).
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) by pair i's angle (Llama convention, not rotate-half):
+    (a, b) -> (a cos - b sin, b cos + a sin), written as x * cos + (x with each pair swapped) * signed sin.
 
-    x: (B, H, N, Dh); table: (N, Dh/2). Computed in float32, returned in x's dtype.
+    x: (B, H, N, Dh); cos, sin: (N, Dh) from rope_table. Computed in float32, returned in x's dtype.
     """
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(xc * table).flatten(-2).to(x.dtype)
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (xf * cos + swapped * sin).to(x.dtype)
 
 
 def effective_grans(grans: Optional[Sequence[int]], num_tokens: int) -> tuple:
@@ -196,9 +205,9 @@ class Attention(nn.Module):
         b, n, d = x.shape
         return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
 
-    def keys_values(self, source: torch.Tensor, k_rope: Optional[torch.Tensor] = None):
+    def keys_values(self, source: torch.Tensor, k_rope: Optional[tuple] = None):
         k, v = self.split_heads(self.k(source)), self.split_heads(self.v(source))
-        return (apply_rope(k, k_rope) if k_rope is not None else k), v
+        return (apply_rope(k, *k_rope) if k_rope is not None else k), v
 
     def attend(self, q, k, v, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         # scale defaults to 1/sqrt(Dh); a boolean mask marks the entries that may attend.
@@ -209,7 +218,7 @@ class Attention(nn.Module):
     def forward(self, sink, source, q_rope=None, k_rope=None, mask=None) -> torch.Tensor:
         q = self.split_heads(self.q(sink))
         if q_rope is not None:
-            q = apply_rope(q, q_rope)
+            q = apply_rope(q, *q_rope)
         k, v = self.keys_values(source, k_rope)
         return self.attend(q, k, v, mask)
 
@@ -354,6 +363,7 @@ class AdaPerceiver(nn.Module):
         self.write_head = CrossAttentionHead(cfg)
         self.output_adapter = OutputAdapter(cfg)
         self.init_weights()
+        self._build_tables()
 
     def init_weights(self):
         # std 1/sqrt(fan_in) keeps activations O(1) at any width; ViT's fixed 0.02 starves small models.
@@ -371,27 +381,64 @@ class AdaPerceiver(nn.Module):
         """Validate the knobs and expand each to one value per executed block."""
         return make_plan(self.cfg, num_tokens, mat_dim, depth, depth_tau, token_grans)
 
+    # ------------------------------------------------------------------ tables
+
+    def _apply(self, fn, recurse=True):
+        # .to(), .cuda(), .half(): the tables follow the model to its device and stay float32.
+        out = super()._apply(fn, recurse)
+        self._build_tables()
+        return out
+
+    def _build_tables(self):
+        """The RoPE table of max_latent_tokens positions, on the model's device in float32. Masks (and
+        RoPE tables beyond max_latent_tokens) are built on first use and kept. Plain attributes, not
+        buffers: they are not in the checkpoint, and .to(bfloat16) must not round them. A forward only
+        slices and looks up, so it copies no host data and compiles and captures."""
+        c = self.cfg
+        device = self.process_latents.token.device
+        self._rope_max = rope_table(c.max_latent_tokens, c.head_dim, c.rope_theta, c.max_latent_tokens, device)
+        self._tables = {}  # ("mask", grans) | ("prefix", prefixes, n) | ("rope", n) -> tensor(s)
+
+    def _table(self, key: tuple, build):
+        table = self._tables.get(key)
+        if table is None:
+            if len(self._tables) >= MAX_TABLES:  # per-layer spaces can ask for many shapes; memory stays bounded
+                self._tables.clear()
+            table = self._tables[key] = build()
+        return table
+
+    def rope(self, n: int) -> tuple:
+        """(cos, sin) for n latent positions: a slice of the table built once (or, beyond max_latent_tokens,
+        an interpolated table built once per n)."""
+        c = self.cfg
+        if n <= c.max_latent_tokens:
+            cos, sin = self._rope_max
+            return cos[:n], sin[:n]
+        device = self.process_latents.token.device
+        return self._table(("rope", n), lambda: rope_table(n, c.head_dim, c.rope_theta, c.max_latent_tokens, device))
+
+    def mask(self, grans: Sequence[int]) -> Optional[torch.Tensor]:
+        """The block mask of these effective granularities (None: one block, or an unmasked model)."""
+        if not self.cfg.masked or len(grans) == 1:
+            return None
+        grans = tuple(grans)
+        return self._table(("mask", grans), lambda: block_mask(grans, self.process_latents.token.device))
+
     # ------------------------------------------------------------------ stages
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self.cfg, x)
         return self.patch_embed(x.to(self.patch_embed.pos_embed.dtype))
 
-    def _rope(self, n: int, device) -> torch.Tensor:
-        c = self.cfg
-        return rope_table(n, c.head_dim, c.rope_theta, c.max_latent_tokens, device)
-
     def read(self, patches: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """All latents start as one learned vector; RoPE on the queries is what makes them differ."""
         b = patches.shape[0]
         latents = self.process_latents.token.expand(b, num_tokens, -1)
-        return latents + self.read_head(latents, patches, q_rope=self._rope(num_tokens, patches.device))
+        return latents + self.read_head(latents, patches, q_rope=self.rope(num_tokens))
 
     def run_block(self, i: int, latents, grans, hidden=None, hidden_mask=None) -> torch.Tensor:
-        n = latents.shape[1]
-        mask = block_mask(grans, latents.device) if self.cfg.masked else None
         hidden = None if hidden == self.cfg.ffn_hidden else hidden
-        return self.blocks[i](latents, self._rope(n, latents.device), mask, hidden, hidden_mask)
+        return self.blocks[i](latents, self.rope(latents.shape[1]), self.mask(grans), hidden, hidden_mask)
 
     def readout(self, latents: torch.Tensor, prefixes: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Write + head for every prefix of the latents at once: (B, G, C), or (B, C) when prefixes is None.
@@ -402,13 +449,28 @@ class AdaPerceiver(nn.Module):
         wh = self.write_head
         out_q = self.output_latents.token  # (1, D)
         q = wh.cattn.split_heads(wh.cattn.q(wh.snk_norm(out_q))[None])  # (1, H, 1, Dh)
-        k, v = wh.cattn.keys_values(wh.src_norm(latents), k_rope=self._rope(n, latents.device))
+        k, v = wh.cattn.keys_values(wh.src_norm(latents), k_rope=self.rope(n))
         g = 1 if prefixes is None else len(prefixes)
         q = q.expand(latents.shape[0], -1, g, -1)
-        mask = None if prefixes is None else prefix_mask(prefixes, n, latents.device)
+        mask = None
+        if prefixes is not None:
+            key = ("prefix", tuple(prefixes), n)
+            mask = self._table(key, lambda: prefix_mask(prefixes, n, latents.device))
         out = out_q + wh.cattn.attend(q, k, v, mask)  # (B, G, D)
         logits = self.output_adapter(out)
         return logits[:, 0] if prefixes is None else logits
+
+    def exit_split(self, step: torch.Tensor, tau: float) -> tuple:
+        """(how many samples stop, indices of the samples going on, of those stopping) after an exit check
+        whose readout is `step`. The count is the check's one host sync; a stable sort splits the batch
+        without another (boolean indexing would sync again), keeping the samples' order."""
+        done = confidence(step) >= tau
+        stopped = int(done.sum())
+        if stopped == 0:
+            return 0, None, None
+        order = torch.argsort(done.to(torch.uint8), stable=True)
+        going = len(order) - stopped
+        return stopped, order[:going], order[going:]
 
     # ------------------------------------------------------------------ forwards
 
@@ -421,25 +483,31 @@ class AdaPerceiver(nn.Module):
         return self.forward(x, **config.to_dict())
 
     def forward_plan(self, x, plan: LayerPlan) -> ClassificationOutput:
+        """A static plan (no exit threshold before the last block) runs with no host sync and no table
+        building once its tables are warm: it compiles with no graph break and captures in a CUDA graph.
+        With per-sample exit, each exit check syncs once (how many samples stop); blocks between checks
+        stay sync-free."""
         latents = self.read(self.embed(x), plan.tokens[0])
         b = latents.shape[0]
-        logits = None
+        logits = active = None
         exit_depth = torch.full((b,), plan.depth, dtype=torch.long, device=latents.device)
-        active = torch.arange(b, device=latents.device)  # original indices of the samples still running
         for i in range(plan.depth):
             latents = self.run_block(i, latents[:, : plan.tokens[i]], plan.grans[i], plan.hidden[i])
             tau = plan.taus[i]
             if tau is None or i == plan.depth - 1:
                 continue
             step = self.readout(latents)
-            done = confidence(step) >= tau
-            if done.any():
-                logits = step.new_zeros(b, step.shape[-1]) if logits is None else logits
-                logits[active[done]] = step[done]
-                exit_depth[active[done]] = i + 1
-                latents, active = latents[~done], active[~done]
-                if active.numel() == 0:
-                    return ClassificationOutput(logits, exit_depth)
+            stopped, going, leaving = self.exit_split(step, tau)
+            if not stopped:
+                continue
+            if logits is None:  # the first stop: from here on, `active` maps rows to the batch's samples
+                logits = step.new_zeros(b, step.shape[-1])
+                active = torch.arange(b, device=latents.device)
+            logits[active[leaving]] = step[leaving]
+            exit_depth[active[leaving]] = i + 1
+            if going.numel() == 0:
+                return ClassificationOutput(logits, exit_depth)
+            latents, active = latents[going], active[going]
         final = self.readout(latents)
         if logits is None:
             return ClassificationOutput(final, exit_depth)
