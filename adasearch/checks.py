@@ -10,6 +10,7 @@ import math
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # hardware.dtype, --dtype; torch dtypes of the same names
 ENGINES = ("auto", "exhaustive", "model", "optuna", "ray")  # search.engine, --engine
+RUNTIMES = ("eager", "cudagraph", "compile", "onnxruntime")  # hardware.runtime, --runtime (adasearch/runtimes.py)
 SAMPLERS = ("auto", "nsga2", "tpe", "gp", "random", "bruteforce")  # search.sampler, --sampler
 
 

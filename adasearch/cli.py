@@ -223,10 +223,21 @@ def report(run_folder, fmt):
     required=True,
     help="Which Pareto config, e.g. 'max accuracy where latency_p90_ms <= 10 and gflops <= 2'.",
 )
-@click.option("--output", "-o", default=None, type=click.Path(), help="Write to this file (default: stdout).")
-@click.option("--as-kwargs", is_flag=True, help="The reference forward kwargs as JSON instead of the deployment YAML.")
-def export(run_folder, expr, output, as_kwargs):
-    """Pick one config of RUN's Pareto front and write it as a deployment YAML (or reference kwargs).
+@click.option(
+    "--output", "-o", default=None, type=click.Path(), help="Write to this file (default: stdout); a folder for onnx."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "kwargs", "onnx"]),
+    default="yaml",
+    show_default=True,
+    help="yaml: the deployment YAML; kwargs: the reference forward kwargs as JSON; onnx: an ONNX file checked "
+    "against eager on the run's held-out images, with its deployment YAML beside it (default folder RUN/exports).",
+)
+@click.option("--as-kwargs", is_flag=True, help="Same as --format kwargs.")
+def export(run_folder, expr, output, fmt, as_kwargs):
+    """Pick one config of RUN's Pareto front and write it as a deployment YAML, reference kwargs or ONNX.
 
     --pick: max|min METRIC [where METRIC OP NUMBER [and ...]], OP one of <= < >= > == !=.
     """
@@ -240,10 +251,20 @@ def export(run_folder, expr, output, as_kwargs):
     folder = RunFolder(run_folder)
     pareto = folder.read_pareto()
     row = pick(pareto["pareto"], expr)
-    if as_kwargs:
+    run = folder.read_run()
+    deployment = deployment_doc(row, run, pareto.get("macs_convention"))
+    if fmt == "onnx":
+        from adasearch.export_onnx import export_config
+        from adasearch.model.loading import load_model
+
+        out_dir = folder.exports_dir() if output is None else RunFolder(output).path
+        onnx_path, yaml_path = export_config(load_model(deployment["model"]), row, run, out_dir, deployment)
+        click.echo(f"{row['name'].removesuffix('.yaml')} -> {onnx_path} (checked against eager), {yaml_path}")
+        return
+    if as_kwargs or fmt == "kwargs":
         text = json.dumps(DeploymentConfig.from_dict(row["config"]).reference_kwargs(), indent=2) + "\n"
     else:
-        text = yaml.safe_dump(deployment_doc(row, folder.read_run(), pareto.get("macs_convention")), sort_keys=False)
+        text = yaml.safe_dump(deployment, sort_keys=False)
     if output is None:
         click.echo(text, nl=False)
         return

@@ -68,6 +68,11 @@ TEST_ACCURACY, DROP, DISAGREEMENT = HELDOUT_NAMES
 CERTIFIABLE = (DROP, DISAGREEMENT)
 TEST_SAMPLES = "test_samples"  # a count beside the held-out figures, not a metric
 SIGNIFICANT = "drop_significant"  # a flag beside them: the drop is significant (exact McNemar, 5 %)
+# Beside them under a runtime other than eager: the largest logit difference from eager on the held-out images
+# checked, and whether it is beyond RUNTIME_ATOL for the dtype (fp32: reordered sums give ~1e-5 on the demo;
+# half precision rounds each op, so runtimes that fuse differently move logits by far more).
+RUNTIME_DIFF, RUNTIME_FLAG = "runtime_logit_diff", "runtime_numerics_flag"
+RUNTIME_ATOL = {"float32": 1e-3, "bfloat16": 0.25, "float16": 0.05}
 MAXIMIZE = frozenset(n for n, m in REGISTRY.items() if m.direction == "maximize")
 TIMED_METRICS = frozenset(n for n, m in REGISTRY.items() if m.kind == TIMED)
 MEMORY_METRICS = frozenset(n for n, m in REGISTRY.items() if m.kind == MEMORY)

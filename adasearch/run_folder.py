@@ -8,6 +8,7 @@
     latency_model.json  the target's part timings (engine: model, `adasearch profile`), reused by fingerprint
     deployments/    one YAML per Pareto config, named by its figures
     report.html, report.md, report_files/, report_*.csv|json   written by `adasearch report`
+    exports/        <name>.onnx + <name>.yaml, written by `adasearch export --format onnx`
 
 run, report, export and serve all come through here. Every problem with a file (missing, corrupt,
 foreign, unwritable) is a one-line UserError naming that file. Files are written atomically (a temp
@@ -33,6 +34,7 @@ from adasearch.yaml_io import parse_yaml
 
 RUN, TRIALS, PARETO_CSV, PARETO_JSON, DEPLOYMENTS = "run.yaml", "trials.csv", "pareto.csv", "pareto.json", "deployments"
 STUDY_DB = "study.db"  # the default storage (written by Optuna)
+EXPORTS = "exports"  # `adasearch export --format onnx`: <name>.onnx and its deployment YAML
 LATENCY_MODEL = "latency_model.json"  # the target's latency model (measure/latency_model.py), with its fingerprint
 REPORT = ("report.html", "report.md", "report_files", "report_pareto.csv", "report_pareto.json", "report_trials.csv",
           "report_trials.json")  # fmt: skip
@@ -109,7 +111,9 @@ class RunFolder:
     def clear(self, keep_storage: bool) -> None:
         """Remove a run's files (results, report, and the default storage unless keep_storage), for --overwrite.
         Files adasearch did not write stay."""
-        names = [RUN, TRIALS, PARETO_CSV, PARETO_JSON, DEPLOYMENTS, *REPORT] + ([] if keep_storage else [STUDY_DB])
+        names = [RUN, TRIALS, PARETO_CSV, PARETO_JSON, DEPLOYMENTS, EXPORTS, *REPORT] + (
+            [] if keep_storage else [STUDY_DB]
+        )
         for name in names:
             path = self.path / name
             try:
@@ -162,6 +166,10 @@ class RunFolder:
             return json.loads(path.read_text()), None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             return None, f"{path}: unreadable ({type(e).__name__})"
+
+    def exports_dir(self) -> Path:
+        """Where `export --format onnx` writes by default (kept apart from deployments/, which each run rewrites)."""
+        return self.check().path / EXPORTS
 
     def write_deployments(self, docs: dict) -> None:
         """deployments/<name> for each (name -> document); the folder holds exactly these afterwards

@@ -12,7 +12,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from adasearch import metrics
-from adasearch.checks import DTYPE_NAMES, ENGINES, SAMPLERS
+from adasearch.checks import DTYPE_NAMES, ENGINES, RUNTIMES, SAMPLERS
 from adasearch.errors import UserError
 from adasearch.metrics import DEFAULT_OBJECTIVES, HARDWARE_METRICS, MAXIMIZE, MEMORY_METRIC
 from adasearch.yaml_io import read_yaml
@@ -38,6 +38,8 @@ class HardwareSpec(_Strict):
     threads: Optional[StrictInt] = Field(default=None, ge=1)
     batch_size: StrictInt = Field(default=1, ge=1)
     dtype: Literal[DTYPE_NAMES] = "float32"
+    # How every timed forward runs (adasearch/runtimes.py): what the figures belong to, and what serving runs.
+    runtime: Literal[RUNTIMES] = "eager"
     # A Ray custom resource that marks the target nodes (e.g. target_cpu): on the ray engine, every trial
     # that times latency or memory runs only on a node that has it. Where to measure, not how: the
     # measuring code (measure.evaluator.Hardware) never takes it.

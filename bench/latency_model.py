@@ -3,6 +3,7 @@
 python bench/latency_model.py            # demo (batch 1 and 8) and the released IN-1K size
 python bench/latency_model.py --quick    # demo only
 python bench/latency_model.py --device cuda --dtype bfloat16 --batch-sizes 1 32 --name latency_model_cuda
+python bench/latency_model.py --runtime onnxruntime --name latency_model_onnxruntime   # any hardware.runtime
 
 Cases:
 - demo, batch 1: every config of the demo run's front (engine: model on examples/demo-cpu.yaml's
@@ -42,11 +43,13 @@ def compare(evaluator, configs: list, budget_s: float, rounds: int = 8) -> tuple
     from adasearch.measure.interleaved import time_interleaved
     from adasearch.measure.latency import _synchronizer
 
+    if evaluator.runtime.static_only:  # e.g. onnxruntime: exit configs cannot run there
+        configs = [c for c in configs if c.depth_tau is None]
     evaluator.accuracy.measure(configs)  # the state a run profiles in: after its accuracy passes
     model = evaluator.profile_latency(configs)
     anchors = [DeploymentConfig.from_dict(r["config"]) for r in model.references]
     timed_configs = list(dict.fromkeys(configs + anchors))
-    fns = [lambda x, c=c: evaluator.model.run(x, c) for c in timed_configs]
+    fns = [evaluator.runner(c) for c in timed_configs]  # under the spec's runtime, built before the rounds
     timed = time_interleaved(fns, evaluator.latency_batches(), sync=_synchronizer(evaluator.device),
                              budget_s=budget_s, rounds=rounds)  # fmt: skip
     measured = dict(zip(timed_configs, timed))
@@ -68,19 +71,24 @@ def row(case: str, n: int, errors: tuple) -> list:
     return out
 
 
-def demo_cases(device: str, dtype: str, batch_sizes: list) -> list:
+def demo_cases(device: str, dtype: str, batch_sizes: list, runtime: str) -> list:
     rows = []
     rng = random.Random(0)
     for b in batch_sizes:
-        ev = build_evaluator("demo", "digits", Hardware(device=device, threads=2, batch_size=b, dtype=dtype))
+        hardware = Hardware(device=device, threads=2, batch_size=b, dtype=dtype, runtime=runtime)
+        ev = build_evaluator("demo", "digits", hardware)
         space = SearchSpace.load("demo", ev.model.cfg)
         unique = list(space.unique())
+        if ev.runtime.static_only:
+            unique = [c for c in unique if c.depth_tau is None]
         if b == 1:
             front = _demo_front(ev, unique)
             configs = list(dict.fromkeys(front + rng.sample(unique, 50)))
             case = f"demo, batch 1: {len(front)} front configs + 50 random"
         else:
             exiting = [c for c in unique if c.depth_tau is not None and (c.depth or 6) > 1]
+            if not exiting:
+                continue
             configs = rng.sample(exiting, 40)
             case = f"demo, batch {b}, per-sample exit: 40 random exit configs"
         rows.append(row(case, len(configs), compare(ev, configs, budget_s=0.3)))
@@ -97,12 +105,12 @@ def _demo_front(ev, unique: list) -> list:
     return [unique[i] for i in pareto_front(points, ["maximize", "minimize"])]
 
 
-def in1k_case(device: str, dtype: str, batch_size: int) -> list:
+def in1k_case(device: str, dtype: str, batch_size: int, runtime: str) -> list:
     torch.manual_seed(0)
     model = AdaPerceiver(AdaPerceiverConfig(**IN1K)).eval()
     x = torch.randn(16 * batch_size, 3, 224, 224)
     data = TensorSource("synthetic", "synthetic", x, torch.zeros(len(x), dtype=torch.long))
-    ev = Evaluator(model, data, Hardware(device=device, threads=2, batch_size=batch_size, dtype=dtype))
+    ev = Evaluator(model, data, Hardware(device=device, threads=2, batch_size=batch_size, dtype=dtype, runtime=runtime))
     rng = random.Random(0)
     configs = list(
         dict.fromkeys(
@@ -124,14 +132,15 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--runtime", default="eager", help="hardware.runtime: eager, compile, onnxruntime, cudagraph")
     parser.add_argument("--name", default="latency_model")
     args = parser.parse_args()
-    rows = demo_cases(args.device, args.dtype, args.batch_sizes)
+    rows = demo_cases(args.device, args.dtype, args.batch_sizes, args.runtime)
     if not args.quick:
-        rows.append(in1k_case(args.device, args.dtype, args.batch_sizes[0]))
+        rows.append(in1k_case(args.device, args.dtype, args.batch_sizes[0], args.runtime))
     save_table(
         args.name,
-        f"Latency model: predicted against measured (interleaved), {args.device}, {args.dtype}",
+        f"Latency model: predicted against measured (interleaved), {args.device}, {args.dtype}, runtime {args.runtime}",
         [
             "case",
             "configs",

@@ -11,7 +11,7 @@ from adasearch.errors import UserError
 from adasearch.measure.accuracy import AccuracyEngine
 from adasearch.measure.closed_form_macs import MACS_CONVENTION, CostModel
 from adasearch.measure.environment import environment, resolve_device, resolve_dtype, set_threads
-from adasearch.measure.latency import time_config
+from adasearch.measure.latency import _synchronizer, time_forward
 from adasearch.measure.memory import peak_memory_mb
 from adasearch.metrics import MEMORY_METRIC
 from adasearch.metrics import SEARCH_NAMES as metric_names
@@ -27,6 +27,11 @@ class Hardware:
     threads: Optional[int] = None
     batch_size: int = 1
     dtype: str = "float32"
+    runtime: str = "eager"  # adasearch/runtimes.py: how every timed forward runs
+
+
+# What part timings and timed figures depend on: the target. A run's and a latency model's fingerprints use it.
+TARGET_KEYS = ("device", "device_name", "torch", "cuda", "threads", "batch_size", "dtype", "runtime")
 
 
 @dataclass
@@ -86,6 +91,9 @@ class Evaluator:
         set_threads(hardware.threads)
         self.dtype = resolve_dtype(hardware.dtype)
         self.model = model.to(self.device, self.dtype).eval()
+        from adasearch.runtimes import make_runtime
+
+        self.runtime = make_runtime(hardware.runtime, self.model, self.device, hardware.threads)
         self.data = data
         self.latency_budget_s = latency_budget_s
         self.accuracy = AccuracyEngine(
@@ -127,6 +135,7 @@ class Evaluator:
             **environment(self.hardware.device, self.hardware.threads),
             "dtype": self.hardware.dtype,
             "batch_size": self.hardware.batch_size,
+            "runtime": self.hardware.runtime,
         }
 
     def measure_accuracy_and_cost(self, configs: Iterable[DeploymentConfig]) -> dict:
@@ -152,12 +161,11 @@ class Evaluator:
         self, measurement: Measurement, config: DeploymentConfig, budget_s: Optional[float] = None, memory: bool = True
     ) -> Measurement:
         """Fill in latency and throughput, timed on this hardware, and peak memory unless memory=False."""
-        lat = time_config(
-            self.model,
-            config,
-            self.latency_batches(),
+        batches = self.latency_batches()
+        lat = time_forward(
+            self.runner(config),
+            batches,
             device=self.device,
-            dtype=self.dtype,
             budget_s=self.latency_budget_s if budget_s is None else budget_s,
         )
         measurement.latency_p50_ms, measurement.latency_p90_ms = lat.p50_ms, lat.p90_ms
@@ -172,17 +180,20 @@ class Evaluator:
         """{config: metrics} for `configs` timed round-robin in shuffled rounds (measure/interleaved.py),
         budget_s of timing each, with 95 % bootstrap intervals of every timed figure, and peak memory."""
         from adasearch.measure.interleaved import time_interleaved
-        from adasearch.measure.latency import _synchronizer
 
         configs = list(dict.fromkeys(configs))
         batches = self.latency_batches()
-        fns = [lambda x, c=c: self.model.run(x, c) for c in configs]
+        fns = [self.runner(c) for c in configs]  # built (compiled, captured, exported) before any round
         timed = time_interleaved(fns, batches, sync=_synchronizer(self.device), budget_s=budget_s, seed=seed)
         out = {}
         for c, figures in zip(configs, timed):
             mem = peak_memory_mb(self.model, c, batches[0], self.device)
             out[c] = {**figures, MEMORY_METRIC: mem["peak_mb"]}
         return out
+
+    def runner(self, config: DeploymentConfig):
+        """x -> logits of config on a latency batch, as the spec's runtime runs it (built on first use)."""
+        return self.runtime.forward(self.model.plan(**config.to_dict()), self.latency_batches()[0])
 
     def timing_exit_depths(self, config: DeploymentConfig) -> list:
         """Per latency batch (the images `time` cycles through), each image's exit depth under config."""
@@ -199,7 +210,7 @@ class Evaluator:
         env = self.environment()
         arch = json.dumps(self.model.cfg.to_dict(), sort_keys=True, default=str)
         return {
-            **{k: env.get(k) for k in ("device", "device_name", "torch", "cuda", "threads", "batch_size", "dtype")},
+            **{k: env.get(k) for k in TARGET_KEYS},
             "architecture": hashlib.sha256(arch.encode()).hexdigest()[:16],
         }
 
@@ -208,7 +219,6 @@ class Evaluator:
         calibrated on whole forwards of references among them: the static forms at the quantiles
         REFERENCE_QUANTILES of their MACs, and, when some can exit, the exit configs at the median
         and the top of theirs."""
-        from adasearch.measure.latency import _synchronizer
         from adasearch.measure.latency_model import profile
 
         def at_quantiles(candidates: list, quantiles) -> list:
@@ -222,7 +232,7 @@ class Evaluator:
         references += [(c.to_dict(), self.model.plan(**c.to_dict()), self.timing_exit_depths(c))
                        for c in (at_quantiles(exiting, (0.5, 1.0)) if exiting else [])]  # fmt: skip
         return profile(self.model, self.latency_batches(), plans, references, fingerprint=self.latency_fingerprint(),
-                       sync=_synchronizer(self.device), progress=progress, seed=seed)  # fmt: skip
+                       sync=_synchronizer(self.device), progress=progress, seed=seed, runtime=self.runtime)  # fmt: skip
 
     def reanchor_latency(self, latency_model, figures: dict):
         """latency_model calibrated again on new timings of its references ({config: figures}, timed

@@ -238,13 +238,14 @@ class LatencyModel:
 # -------------------------------------------------------------------- profiling
 
 
-def _part_fns(model, x: torch.Tensor, keys: Iterable[str]) -> dict:
-    """{key: zero-argument callable that runs that part once}, on latents read from real images."""
+def _part_fns(model, parts, x: torch.Tensor, keys: Iterable[str]) -> dict:
+    """{key: zero-argument callable that runs that part once as `parts` (the runtime's) run it}, on latents
+    read from real images."""
     latents: dict = {}
 
     def read(n: int) -> torch.Tensor:
         if n not in latents:
-            latents[n] = model.read(model.embed(x), n)
+            latents[n] = model.read(model.embed(x), n).clone()  # its own memory: a runtime's output is reused
         return latents[n]
 
     grans_of = {}
@@ -254,15 +255,15 @@ def _part_fns(model, x: torch.Tensor, keys: Iterable[str]) -> dict:
         f = {s[0]: s[1:] for s in fields}
         n, b = int(f["n"]), int(f["b"])
         if kind == "embed_read":
-            fns[key] = lambda n=n: model.read(model.embed(x), n)
+            fns[key] = lambda n=n: parts.embed_read(x, n)
         elif kind == "block":
             g = grans_of.setdefault(f["g"], None if f["g"] == "none" else tuple(int(v) for v in f["g"].split("-")))
-            fns[key] = lambda n=n, b=b, h=int(f["h"]), g=g: model.run_block(0, read(n)[:b], g, h)
+            fns[key] = lambda n=n, b=b, h=int(f["h"]), g=g: parts.run_block(0, read(n)[:b], g, h)
         elif kind == "exit":
 
             def check(n=n, b=b):  # an exit check where nobody stops: readout, confidence, the count
                 lat = read(n)[:b]
-                model.exit_split(model.readout(lat), NEVER)
+                model.exit_split(parts.readout(lat), NEVER)
                 return lat
 
             fns[key] = check
@@ -270,7 +271,7 @@ def _part_fns(model, x: torch.Tensor, keys: Iterable[str]) -> dict:
 
             def stop(n=n, b=b):  # what forward_plan does when every sample of the batch stops here
                 lat = read(n)[:b]
-                step = model.readout(lat)
+                step = parts.readout(lat)
                 _, going, leaving = model.exit_split(step, 0.0)
                 logits, active = step.new_zeros(b, step.shape[-1]), torch.arange(b, device=lat.device)
                 depth = torch.full((b,), 1, dtype=torch.long, device=lat.device)
@@ -280,7 +281,7 @@ def _part_fns(model, x: torch.Tensor, keys: Iterable[str]) -> dict:
 
             fns[key] = stop
         elif kind == "readout":
-            fns[key] = lambda n=n, b=b: model.readout(read(n)[:b])
+            fns[key] = lambda n=n, b=b: parts.readout(read(n)[:b])
     return fns
 
 
@@ -296,11 +297,13 @@ def profile(
     rounds: int = ROUNDS,
     seed: int = 0,
     progress: Optional[Callable[[int, int], None]] = None,
+    runtime=None,
 ) -> LatencyModel:
     """Time every part the `plans` use, and the whole forwards of `references` ([(config dict, plan,
     exit depths per batch or None for a static config)]), interleaved (see the module docstring).
     batches: the timing images, one batch of the target's batch size each, on the model's device and
-    dtype; parts run on the first, references cycle through all of them as the timer does."""
+    dtype; parts run on the first, references cycle through all of them as the timer does. runtime
+    (adasearch/runtimes.py; default eager) runs the parts and the references as the target does."""
     import time
 
     clock = clock or time.perf_counter
@@ -308,15 +311,22 @@ def profile(
     batch_size = x.shape[0]
     keys = sorted({k for plan in [*plans, *(r[1] for r in references)] for k in part_keys(plan, batch_size)})
     calls = [0] * len(references)
+    if runtime is None:
+        from adasearch.runtimes import EagerRuntime
 
-    def forward(i: int, plan: LayerPlan):
+        runtime = EagerRuntime(model, x.device)
+    whole = [runtime.forward(plan, x) for _, plan, _ in references]  # built before any round
+
+    def forward(i: int):
         calls[i] += 1
-        return model.forward_plan(batches[calls[i] % len(batches)], plan)
+        return whole[i](batches[calls[i] % len(batches)])
 
     with torch.inference_mode():
-        fns = _part_fns(model, x, keys)
-        for i, (_, plan, _) in enumerate(references):
-            fns[f"forward:{i}"] = lambda i=i, plan=plan: forward(i, plan)
+        fns = _part_fns(model, runtime.parts(), x, keys)
+        for fn in fns.values():  # a part's first call builds it where the runtime is lazy: not in a round
+            fn()
+        for i in range(len(references)):
+            fns[f"forward:{i}"] = lambda i=i: forward(i)
         names = list(fns)
         samples: dict = {name: [] for name in names}
         ran_on = {i: [] for i in range(len(references))}  # reference -> the batch index of each timing

@@ -430,6 +430,9 @@ class AdaPerceiver(nn.Module):
         check_input(self.cfg, x)
         return self.patch_embed(x.to(self.patch_embed.pos_embed.dtype))
 
+    def embed_read(self, x: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        return self.read(self.embed(x), num_tokens)
+
     def read(self, patches: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """All latents start as one learned vector; RoPE on the queries is what makes them differ."""
         b = patches.shape[0]
@@ -482,21 +485,25 @@ class AdaPerceiver(nn.Module):
         """Forward under a DeploymentConfig (adasearch.config)."""
         return self.forward(x, **config.to_dict())
 
-    def forward_plan(self, x, plan: LayerPlan) -> ClassificationOutput:
+    def forward_plan(self, x, plan: LayerPlan, parts=None) -> ClassificationOutput:
         """A static plan (no exit threshold before the last block) runs with no host sync and no table
         building once its tables are warm: it compiles with no graph break and captures in a CUDA graph.
         With per-sample exit, each exit check syncs once (how many samples stop); blocks between checks
-        stay sync-free."""
-        latents = self.read(self.embed(x), plan.tokens[0])
+        stay sync-free.
+
+        parts: what runs embed_read, run_block and readout (default: this model, eagerly); a runtime passes
+        its compiled or captured parts (adasearch/runtimes.py), and the exit checks stay here."""
+        parts = self if parts is None else parts
+        latents = parts.embed_read(x, plan.tokens[0])
         b = latents.shape[0]
         logits = active = None
         exit_depth = torch.full((b,), plan.depth, dtype=torch.long, device=latents.device)
         for i in range(plan.depth):
-            latents = self.run_block(i, latents[:, : plan.tokens[i]], plan.grans[i], plan.hidden[i])
+            latents = parts.run_block(i, latents[:, : plan.tokens[i]], plan.grans[i], plan.hidden[i])
             tau = plan.taus[i]
             if tau is None or i == plan.depth - 1:
                 continue
-            step = self.readout(latents)
+            step = parts.readout(latents)
             stopped, going, leaving = self.exit_split(step, tau)
             if not stopped:
                 continue
@@ -508,7 +515,7 @@ class AdaPerceiver(nn.Module):
             if going.numel() == 0:
                 return ClassificationOutput(logits, exit_depth)
             latents, active = latents[going], active[going]
-        final = self.readout(latents)
+        final = parts.readout(latents)
         if logits is None:
             return ClassificationOutput(final, exit_depth)
         logits[active] = final

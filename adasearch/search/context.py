@@ -23,6 +23,7 @@ from typing import NamedTuple, Optional
 
 from adasearch.config import DeploymentConfig
 from adasearch.errors import Terminated, UserError
+from adasearch.measure.evaluator import TARGET_KEYS
 from adasearch.run_folder import STUDY_DB, RunFolder
 from adasearch.search import trials
 from adasearch.search.space import SearchSpace
@@ -269,7 +270,7 @@ def run_fingerprint(evaluator, space: SearchSpace, spec: RunSpec) -> dict:
     limit and seed of a subsample too), the space and the dtype. Timed figures also: the hardware
     (device, its name, torch, threads, batch size, dtype)."""
     env = evaluator.environment()
-    hardware = {k: env.get(k) for k in ("device", "device_name", "torch", "cuda", "threads", "batch_size", "dtype")}
+    hardware = {k: env.get(k) for k in TARGET_KEYS}
     return {
         "weights": evaluator.accuracy.model_fingerprint(),
         "data": _digest([evaluator.data.name, evaluator.data.fingerprint()]),
@@ -334,11 +335,17 @@ def prepare(spec: RunSpec, storage: bool = True, overwrite: bool = False) -> Run
     another or an earlier run; otherwise such a folder is refused in one line."""
     from adasearch.measure.environment import resolve_device
     from adasearch.measure.evaluator import Hardware, build_evaluator
+    from adasearch.runtimes import RUNTIME_CLASSES, check_runtime
 
+    where = spec.spec_file or "spec"
     try:
-        resolve_device(spec.hardware.device)  # this machine's devices: before any loading
+        device = resolve_device(spec.hardware.device)  # this machine's devices: before any loading
     except UserError as e:
-        raise UserError(f"{spec.spec_file or 'spec'}: hardware.device: {e}")
+        raise UserError(f"{where}: hardware.device: {e}")
+    try:
+        check_runtime(spec.hardware.runtime, device)
+    except UserError as e:
+        raise UserError(f"{where}: hardware.runtime: {e}")
     builtin = spec.data.source == "digits" or spec.data.source.startswith("digits:")
     evaluator = build_evaluator(
         spec.model if spec.model == "demo" else spec.resolve(spec.model),
@@ -351,6 +358,13 @@ def prepare(spec: RunSpec, storage: bool = True, overwrite: bool = False) -> Run
         holdout=spec.data.holdout,
     )
     space = SearchSpace.load(spec.search.space, evaluator.model.cfg, Path(spec.base_dir))
+    taus = [v for v in space.knobs["depth_tau"].values if v is not None] if "depth_tau" in space.knobs else []
+    if taus and RUNTIME_CLASSES[spec.hardware.runtime].static_only and spec.needs_latency:
+        raise UserError(
+            f"{where}: hardware.runtime: {spec.hardware.runtime} runs static configs only, but space "
+            f"{space.name!r} has depth_tau values {taus}; allowed: a space without depth_tau, or runtime eager, "
+            f"compile or cudagraph"
+        )
     fingerprint = run_fingerprint(evaluator, space, spec)
     study, notes = None, []
     if storage:

@@ -28,6 +28,7 @@ from adasearch.search.trials import config_key
 from adasearch.stats import clopper_pearson, fixed_sequence, hb_p_value, mcnemar_p, paired_difference
 
 SIGNIFICANCE = 0.05
+RUNTIME_CHECK_BATCHES = 8  # batches on which a runtime's logits are compared with eager's
 METHOD = "Learn-then-Test: Hoeffding-Bentkus p-values, fixed-sequence testing along the front (Pareto Testing)"
 
 
@@ -72,6 +73,36 @@ def outcomes(engine, configs: list) -> tuple[dict, Outcome]:
     return {c: outcome(c) for c in configs}, outcome(full)
 
 
+def runtime_outcomes(evaluator, configs: list) -> tuple[dict, Outcome, dict]:
+    """outcomes() as the spec's runtime computes them: every held-out image through the runtime's forward
+    at the timing batch size (the last batch padded), and {config: {RUNTIME_DIFF, RUNTIME_FLAG}}: the largest
+    logit difference from eager (same model and dtype) on the first batches, flagged beyond RUNTIME_ATOL."""
+    data = evaluator.heldout
+    labels = data.labels()
+    b = evaluator.hardware.batch_size
+    batches = [x.to(evaluator.device, evaluator.dtype) for x, _ in data.batches(b)]
+    atol = metrics.RUNTIME_ATOL[evaluator.hardware.dtype]
+    full = DeploymentConfig()
+    preds, numerics = {}, {}
+    with torch.inference_mode():
+        for c in dict.fromkeys([*configs, full]):
+            plan = evaluator.model.plan(**c.to_dict())
+            fn = evaluator.runtime.forward(plan, evaluator.latency_batches()[0])  # as timed: no new build
+            out, diff = [], 0.0
+            for i, x in enumerate(batches):
+                n = len(x)
+                padded = x if n == b else torch.cat([x, x[-1:].expand(b - n, *x.shape[1:])])
+                logits = fn(padded)[:n].float()
+                if i < RUNTIME_CHECK_BATCHES:
+                    eager = evaluator.model.forward_plan(x, plan).logits.float()
+                    diff = max(diff, float((logits.to(eager.device) - eager).abs().max()))
+                out.append(logits.argmax(-1).cpu())
+            preds[c] = torch.cat(out)
+            numerics[c] = {metrics.RUNTIME_DIFF: diff, metrics.RUNTIME_FLAG: diff > atol}
+    by_config = {c: Outcome(preds[c] == labels, preds[c]) for c in configs}
+    return by_config, Outcome(preds[full] == labels, preds[full]), numerics
+
+
 def certify(front: list, figures: dict, metric: str, delta: float, confidence: float) -> dict:
     """{config key: guarantee} for the configs of `front`, (config key, MACs) pairs, that Pareto Testing
     certifies. `figures` maps config keys to compare()'s output."""
@@ -90,8 +121,12 @@ def evaluate(ctx, front: list, candidates: list) -> tuple[dict, dict]:
     if evaluator.heldout is None:
         return {}, {}
     configs = list(dict.fromkeys(r.config for r in [*front, *candidates]))
-    by_config, full = outcomes(evaluator.heldout_accuracy(), configs)
-    figures = {config_key(c): compare(o, full) for c, o in by_config.items()}
+    if evaluator.runtime.name == "eager":
+        by_config, full = outcomes(evaluator.heldout_accuracy(), configs)
+        numerics = {}
+    else:  # what ships computes the predictions: its numerics, not eager's, make the held-out figures
+        by_config, full, numerics = runtime_outcomes(evaluator, configs)
+    figures = {config_key(c): {**compare(o, full), **numerics.get(c, {})} for c, o in by_config.items()}
     guarantees = {}
     for metric, bound in ctx.spec.certified.items():
         items = [(config_key(r.config), r.metrics[metrics.COMPUTE]) for r in front]

@@ -19,6 +19,7 @@ import threading
 import time
 
 from adasearch.errors import Terminated, UserError
+from adasearch.metrics import RUNTIME_ATOL, RUNTIME_FLAG
 from adasearch.search import heldout, model_engine, trials
 from adasearch.search.context import RunContext, drop_trial, prepare, record_trial, signals_deferred, storage_url
 from adasearch.search.engine_base import Driver, Engine
@@ -188,6 +189,24 @@ def _search(ctx: RunContext, engine, progress: SearchProgress) -> None:
                     w.join()
 
 
+def runtime_notes(evaluator, figures: dict) -> list:
+    """Summary lines for a runtime other than eager: what building cost, and finalists whose logits left eager's."""
+    runtime = evaluator.runtime
+    if runtime.name == "eager":
+        return []
+    stats = runtime.stats()
+    extra = "".join(f", {stats[k]} {k.replace('_', ' ')}" for k in ("whole_compiles", "part_compiles") if k in stats)
+    notes = [f"runtime {runtime.name}: {stats['builds']} forwards built in {stats['build_s']:.1f} s{extra}"]
+    flagged = [k for k, f in figures.items() if f.get(RUNTIME_FLAG)]
+    if flagged:
+        atol = RUNTIME_ATOL[evaluator.hardware.dtype]
+        notes.append(
+            f"{len(flagged)} of {len(figures)} finalists' logits leave eager's by more than {atol:g} under "
+            f"{runtime.name} (column {RUNTIME_FLAG}); their held-out figures are the runtime's"
+        )
+    return notes
+
+
 def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = False) -> RunSummary:
     """Search, finish and write the results folder. overwrite: replace another or an earlier run's
     results in spec.output_dir (otherwise refused)."""
@@ -230,6 +249,7 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
             for close in ctx.closers:
                 close()
         interrupted = bool(ctx.stop)
+        ctx.notes.extend(runtime_notes(ctx.measurer.evaluator, figures))
         with signals_deferred():
             # Interrupted: keep the re-timed figures stored so far (this run's or earlier runs'), re-time nothing.
             final = dict(ctx.study.user_attrs.get("final_metrics", {}))

@@ -1,0 +1,140 @@
+"""Runtimes (hardware.runtime): each runs the configs as eager does, builds once, and refuses what it cannot run.
+
+CUDA graphs need a GPU: bench/gpu_check.py covers them on a machine that has one.
+"""
+
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from adasearch import load_model
+from adasearch.cli import main
+from adasearch.errors import UserError
+from adasearch.run_folder import RunFolder
+from adasearch.runtimes import check_runtime, make_runtime
+from tests.helpers import one_line_error, write_run_spec
+
+torch.set_grad_enabled(False)
+CPU = torch.device("cpu")
+STATIC = [{"num_tokens": 8, "depth": 4}, {"num_tokens": 12, "mat_dim": 16, "depth": 3, "token_grans": [4, 12]}]
+EXITING = {"num_tokens": 8, "depth": 5, "depth_tau": 0.6}
+STATIC_SPACE = {"num_tokens": [4, 16], "depth": [2, 4], "mat_dim": [16, 32]}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo").eval()
+
+
+@pytest.fixture(scope="module")
+def batch(demo):
+    torch.manual_seed(0)
+    return torch.rand(6, demo.cfg.in_channels, demo.cfg.img_size, demo.cfg.img_size)
+
+
+@pytest.mark.parametrize("name", ["eager", "compile", "onnxruntime"])
+def test_a_runtime_gives_eagers_logits_and_builds_once(demo, batch, name):
+    runtime = make_runtime(name, demo, CPU, threads=1)
+    for knobs in STATIC:
+        plan = demo.plan(**knobs)
+        fn = runtime.forward(plan, batch)
+        assert torch.allclose(fn(batch), demo.forward_plan(batch, plan).logits, atol=1e-4)
+        assert runtime.forward(plan, batch) is fn  # kept: a second ask builds nothing
+    assert runtime.stats()["builds"] == len(STATIC)
+    if name == "compile":
+        assert runtime.stats()["whole_compiles"] == len(STATIC)
+
+
+def test_compile_runs_an_exit_config_on_compiled_parts(demo, batch):
+    runtime = make_runtime("compile", demo, CPU, threads=1)
+    plan = demo.plan(**EXITING)
+    eager = demo.forward_plan(batch, plan)
+    assert len(set(eager.exit_depth.tolist())) > 1, "the batch should split for this test to mean anything"
+    out = runtime.forward(plan, batch)(batch)
+    assert torch.allclose(out, eager.logits, atol=1e-4)
+    stats = runtime.stats()
+    assert stats["whole_compiles"] == 0 and stats["part_compiles"] >= 3  # embed+read, blocks, readouts
+
+
+def test_a_latency_model_times_the_runtimes_parts(demo, batch):
+    from adasearch.measure.latency_model import profile
+
+    runtime = make_runtime("onnxruntime", demo, CPU, threads=1)
+    plans = [demo.plan(**k) for k in STATIC]
+    refs = [({}, plans[0], None), ({}, plans[1], None)]
+    lm = profile(demo, [batch], plans, refs, fingerprint={"batch_size": 6, "runtime": "onnxruntime"}, rounds=2,
+                 runtime=runtime)  # fmt: skip
+    assert runtime.stats()["builds"] == 2  # the two reference forwards, exported once each
+    assert len(runtime.parts()._runs) >= 5  # embed+read x2, blocks, readouts: each exported and timed
+    assert all(v > 0 for v in lm.parts.values())
+
+
+def test_wrong_combinations_are_refused_in_one_line(demo, monkeypatch):
+    with pytest.raises(UserError, match="cudagraph needs a CUDA device"):
+        check_runtime("cudagraph", CPU)
+    with pytest.raises(UserError, match="runs static configs only"):
+        make_runtime("onnxruntime", demo, CPU).forward(demo.plan(**EXITING), torch.zeros(1, 1, 8, 8))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the [onnx] extra were not installed
+    with pytest.raises(UserError, match=r"needs the \[onnx\] extra"):
+        check_runtime("onnxruntime", CPU)
+
+
+@pytest.mark.parametrize(
+    "runtime,space,needle",
+    [
+        ("cudagraph", STATIC_SPACE, "hardware.runtime: cudagraph needs a CUDA device"),
+        ("onnxruntime", {**STATIC_SPACE, "depth_tau": [None, 0.9]}, "runs static configs only"),
+    ],
+)
+def test_a_spec_the_runtime_cannot_run_is_refused(tmp_path, runtime, space, needle):
+    spec = write_run_spec(tmp_path, space, objectives=("accuracy", "latency_p50_ms"), hardware={"runtime": runtime})
+    one_line_error(CliRunner().invoke(main, ["run", str(spec), "--no-progress"]), needle, "spec.yaml")
+    assert not (tmp_path / "out" / "run.yaml").exists()
+
+
+@pytest.fixture(scope="module")
+def ort_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ort")
+    spec = write_run_spec(
+        folder,
+        STATIC_SPACE,
+        objectives=("accuracy", "latency_p50_ms"),
+        hardware={"runtime": "onnxruntime", "threads": 1},
+    )
+    result = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return folder / "out"
+
+
+def test_an_onnxruntime_run_names_its_runtime(ort_run):
+    folder = RunFolder(ort_run)
+    run = folder.read_run()
+    assert run["spec"]["hardware"]["runtime"] == "onnxruntime"
+    assert run["environment"]["runtime"] == "onnxruntime"
+    front = folder.read_pareto()["pareto"]
+    assert front and all(r["metrics"]["latency_p50_ms"] > 0 for r in front)
+
+
+def test_export_writes_an_onnx_file_equal_to_eager(ort_run, demo, batch):
+    out = ort_run / "exported"
+    result = CliRunner().invoke(
+        main, ["export", str(ort_run), "--pick", "max accuracy", "--format", "onnx", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    (onnx_file,) = out.glob("*.onnx")
+    doc = yaml.safe_load(onnx_file.with_suffix(".yaml").read_text())
+    import hashlib
+
+    assert doc["onnx"]["sha256"] == hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    assert doc["onnx"]["verified"]["same_top1"] and doc["onnx"]["verified"]["max_abs_diff"] <= 1e-4
+    # Independently of the export's own check: ONNX Runtime's logits equal eager's on new images.
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    from adasearch import DeploymentConfig
+
+    eager = demo.run(batch, DeploymentConfig.from_dict(doc["config"])).logits.numpy()
+    assert np.abs(session.run(None, {"x": batch.numpy()})[0] - eager).max() <= 1e-4
