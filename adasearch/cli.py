@@ -12,7 +12,7 @@ import warnings
 import click
 
 from adasearch.checks import ENGINES, SAMPLERS
-from adasearch.cli_options import device_option, dtype_option, threads_option
+from adasearch.cli_options import device_option, dtype_option, runtime_option, threads_option
 from adasearch.errors import Terminated, UserError
 
 MAX_ERROR = 600  # characters of an error line: a value quoted from a hostile file must not flood the terminal
@@ -105,6 +105,7 @@ def _config_from_flags(config_file, tokens, width, depth, threshold):
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="Batch size for latency.")
 @threads_option("torch's")
 @dtype_option("float32")
+@runtime_option("eager")
 @click.option(
     "--budget",
     type=click.FloatRange(min=0, min_open=True, max=3600),
@@ -128,6 +129,7 @@ def measure(
     batch_size,
     threads,
     dtype,
+    runtime,
     budget,
     cache_dir,
     as_json,
@@ -137,7 +139,7 @@ def measure(
     from adasearch.measure.report_table import print_measurement
 
     config = _config_from_flags(config_file, tokens, width, depth, threshold)
-    hw = Hardware(device=device, threads=threads, batch_size=batch_size, dtype=dtype)
+    hw = Hardware(device=device, threads=threads, batch_size=batch_size, dtype=dtype, runtime=runtime)
     evaluator = build_evaluator(
         model, data_spec, hw, limit=limit, data_key="--data", cache_dir=cache_dir, latency_budget_s=budget
     )

@@ -1,5 +1,5 @@
 """Click options that several commands share, defined once (as pip-tools' scripts/options.py does),
-so `--device`, `--dtype` and `--threads` accept the same values everywhere.
+so `--device`, `--dtype`, `--runtime` and `--threads` accept the same values everywhere.
 
 Each is a function of its default, since `measure` has concrete defaults where `serve` defaults to
 what the run measured."""
@@ -10,7 +10,7 @@ from typing import Optional
 
 import click
 
-from adasearch.checks import DTYPE_NAMES
+from adasearch.checks import DTYPE_NAMES, RUNTIMES
 
 DEVICES_HELP = "cpu, cuda, cuda:N, mps or auto"
 
@@ -41,4 +41,15 @@ def dtype_option(default: Optional[str], when_none: str = ""):
 def threads_option(help_default: str):
     return click.option(
         "--threads", type=click.IntRange(1), default=None, help=f"CPU threads (default: {help_default})."
+    )
+
+
+def runtime_option(default: Optional[str], when_none: str = ""):
+    return click.option(
+        "--runtime",
+        type=click.Choice(RUNTIMES),
+        default=default,
+        show_default=default is not None,
+        help=f"How forwards run: eager, cudagraph (CUDA), compile (torch.compile) or onnxruntime ([onnx] extra)"
+        f"{_default(default, when_none)}.",
     )

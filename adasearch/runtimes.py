@@ -96,12 +96,12 @@ class Runtime(ABC):
             return fn
         if self.static_only and exits(plan):
             raise UserError(f"runtime {self.name} runs static configs only; this config has exit thresholds")
-        start = time.perf_counter()
+        start, before = time.perf_counter(), self.build_seconds
         with torch.inference_mode():
             fn = self._build(plan, example)
             fn(example)  # the first call builds (compiles, captures) where it is lazy
         self.builds += 1
-        self.build_seconds += time.perf_counter() - start
+        self.build_seconds = before + time.perf_counter() - start  # parts built meanwhile are inside it
         self._forwards[key] = fn
         if len(self._forwards) > MAX_FORWARDS:
             self._forwards.popitem(last=False)

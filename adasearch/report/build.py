@@ -129,6 +129,7 @@ def _metadata(data: RunData) -> list:
             f"{env.get('device_name', env.get('device'))} ({hw.get('device')}), "
             f"{env.get('threads')} threads, batch {hw.get('batch_size')}, {hw.get('dtype')}",
         ),
+        ("runtime", f"{hw.get('runtime', 'eager')}: every latency figure is a forward under this runtime"),
         ("versions", f"adasearch {data.run.get('adasearch')}, torch {env.get('torch')}, python {env.get('python')}"),
         (
             "search",

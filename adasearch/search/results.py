@@ -98,7 +98,7 @@ def closest(recs: list, spec, n: int = 5) -> list:
     return sorted(recs, key=lambda r: trials.relative_violation(spec, r))[:n]
 
 
-def _row(r) -> dict:
+def _row(r, runtime: str) -> dict:
     row = {
         "trial": r.number,
         "config": r.config.label(),
@@ -106,6 +106,7 @@ def _row(r) -> dict:
         "violations": "; ".join(f"{k} by {v:.4g}" for k, v in r.violations.items()),
         "measured_on": r.measured_on,
         "timing": r.timing,  # timed per trial, predicted (engine: model), or re-timed as a finalist
+        "runtime": runtime,  # what the timed figures were measured under (hardware.runtime)
     }
     row.update({f"knob.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in r.config.to_dict().items()})
     row.update(r.metrics)
@@ -160,8 +161,8 @@ def write_results(ctx, summary: RunSummary) -> None:
         "spec": {**recorded_spec(spec.to_yaml_dict()), "model": _model_ref(spec)},  # storage password masked
     }
     folder.write_run(run_doc)
-    folder.write_trials([_row(r) for r in summary.records])
-    folder.write_front([_row(r) for r in front])
+    folder.write_trials([_row(r, spec.hardware.runtime) for r in summary.records])
+    folder.write_front([_row(r, spec.hardware.runtime) for r in front])
     pareto = [
         {"trial": r.number, "name": deployment_name(r, spec), "config": r.config.to_dict(), "metrics": r.metrics}
         for r in front
