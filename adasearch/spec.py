@@ -11,7 +11,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from adasearch import metrics
+from adasearch import checks, metrics
 from adasearch.checks import DTYPE_NAMES, ENGINES, SAMPLERS
 from adasearch.errors import UserError
 from adasearch.metrics import DEFAULT_OBJECTIVES, HARDWARE_METRICS, MAXIMIZE, MEMORY_METRIC
@@ -22,7 +22,8 @@ CERTIFIABLE = metrics.CERTIFIABLE
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every text bounded: what a spec says is written back into run.yaml, which must stay readable.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=checks.MAX_TEXT)
 
 
 class DataSpec(_Strict):
@@ -35,7 +36,7 @@ class DataSpec(_Strict):
 
 class HardwareSpec(_Strict):
     device: str = "cpu"
-    threads: Optional[StrictInt] = Field(default=None, ge=1)
+    threads: Optional[StrictInt] = Field(default=None, ge=1, le=checks.MAX_THREADS)
     batch_size: StrictInt = Field(default=1, ge=1)
     dtype: Literal[DTYPE_NAMES] = "float32"
     # A Ray custom resource that marks the target nodes (e.g. target_cpu): on the ray engine, every trial
@@ -98,19 +99,20 @@ class SearchSpec(_Strict):
     space: str = "demo"
     engine: Literal[ENGINES] = "auto"
     sampler: Literal[SAMPLERS] = "auto"
-    trials: StrictInt = Field(default=100, ge=1)
+    trials: StrictInt = Field(default=100, ge=1, le=checks.MAX_TRIALS)
     timeout: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
     seed: StrictInt = Field(default=0, ge=0, lt=2**31)  # samplers take 0..2**32-1; workers add their index
     workers: StrictInt = Field(default=1, ge=1)
     storage: Optional[str] = None
     ray_address: Optional[str] = None
-    exhaustive_limit: int = Field(default=5000, ge=1)  # auto picks exhaustive at or below this size
+    # auto picks exhaustive at or below this size
+    exhaustive_limit: int = Field(default=5000, ge=1, le=checks.ENUMERABLE_LIMIT)
     latency_budget_s: float = Field(default=0.05, gt=0, allow_inf_nan=False)  # timing per trial
     final_latency_budget_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)  # re-timing of each Pareto candidate
 
 
 class RunSpec(_Strict):
-    name: Optional[str] = None
+    name: Optional[str] = Field(default=None, max_length=checks.MAX_NAME)
     model: str = "demo"
     data: DataSpec = DataSpec()
     hardware: HardwareSpec = HardwareSpec()

@@ -13,12 +13,12 @@ from typing import Optional
 
 import numpy as np
 
+from adasearch.checks import ENUMERABLE_LIMIT
 from adasearch.measure.latency_model import LatencyModel, part_keys
 from adasearch.run_folder import LATENCY_MODEL, RunFolder
 from adasearch.search.context import RunContext
 
 PROFILING = "profiling latency parts"  # the progress line's description
-ENUMERABLE_LIMIT = 100_000  # configs of a space that engine: model (and a profile) enumerates
 
 
 def stored_model(folder: RunFolder, fingerprint: dict, needed: set) -> tuple:
