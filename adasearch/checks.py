@@ -20,6 +20,7 @@ MAX_TRIALS = 100_000
 # Configs of a space that is enumerated (engine: exhaustive and model, a profile): each is built, made
 # canonical and held in memory, about 10 s and 100 MB per 100k; past this, sample (engine: optuna).
 ENUMERABLE_LIMIT = 100_000
+MAX_QUIET_WAIT_S = 3600.0  # search.quiet_wait, --quiet-wait: a machine busy for longer is busy; the run says so
 MAX_TEXT = 4096  # characters of any text in a run spec: PATH_MAX on Linux; a path, URL or name needs no more
 # name: it names the default results folder (255 bytes per file name on most file systems) and the
 # Optuna study (512 characters in its schema), and it is written into run.yaml and every deployment file.

@@ -11,7 +11,7 @@ import warnings
 
 import click
 
-from adasearch.checks import ENGINES, MAX_TRIALS, SAMPLERS
+from adasearch.checks import ENGINES, MAX_QUIET_WAIT_S, MAX_TRIALS, SAMPLERS
 from adasearch.cli_options import device_option, dtype_option, threads_option
 from adasearch.errors import Terminated, UserError
 
@@ -160,6 +160,13 @@ def measure(
 @click.option("--workers", type=click.IntRange(1), default=None, help="Parallel worker processes on one storage.")
 @click.option("--storage", default=None, help="Optuna storage URL (default: sqlite in the results folder).")
 @click.option("--ray-address", default=None, help="Join an existing Ray cluster (default: start a local one).")
+@click.option(
+    "--quiet-wait",
+    type=click.FloatRange(0, MAX_QUIET_WAIT_S),
+    default=None,
+    callback=_finite,
+    help="Seconds, in all, to pause timing while other processes keep the machine busy (default 0).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
     "--overwrite",

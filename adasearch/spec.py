@@ -22,11 +22,17 @@ CERTIFIABLE = metrics.CERTIFIABLE
 
 
 class _Strict(BaseModel):
-    # Every text bounded: what a spec says is written back into run.yaml, which must stay readable.
-    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=checks.MAX_TEXT)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataSpec(_Strict):
+class _Bounded(_Strict):
+    """Every text bounded: what a spec says is written back into run.yaml, which must stay readable.
+    (Metric names need no bound: only the registry's are accepted.)"""
+
+    model_config = ConfigDict(str_max_length=checks.MAX_TEXT)
+
+
+class DataSpec(_Bounded):
     source: str = "digits"
     limit: Optional[StrictInt] = Field(default=None, ge=1)  # strict: YAML `true` is not 1
     seed: StrictInt = Field(default=0, ge=0, lt=2**31)
@@ -34,7 +40,7 @@ class DataSpec(_Strict):
     holdout: float = Field(default=0.5, ge=0, le=0.9, allow_inf_nan=False)
 
 
-class HardwareSpec(_Strict):
+class HardwareSpec(_Bounded):
     device: str = "cpu"
     threads: Optional[StrictInt] = Field(default=None, ge=1, le=checks.MAX_THREADS)
     batch_size: StrictInt = Field(default=1, ge=1)
@@ -95,7 +101,7 @@ class Objective(_Strict):
         return v
 
 
-class SearchSpec(_Strict):
+class SearchSpec(_Bounded):
     space: str = "demo"
     engine: Literal[ENGINES] = "auto"
     sampler: Literal[SAMPLERS] = "auto"
@@ -109,9 +115,11 @@ class SearchSpec(_Strict):
     exhaustive_limit: int = Field(default=5000, ge=1, le=checks.ENUMERABLE_LIMIT)
     latency_budget_s: float = Field(default=0.05, gt=0, allow_inf_nan=False)  # timing per trial
     final_latency_budget_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)  # re-timing of each Pareto candidate
+    # Seconds a run may pause its timing, in all, while other processes keep the machine busy (measure/contention.py)
+    quiet_wait: float = Field(default=0.0, ge=0, le=checks.MAX_QUIET_WAIT_S, allow_inf_nan=False)
 
 
-class RunSpec(_Strict):
+class RunSpec(_Bounded):
     name: Optional[str] = Field(default=None, max_length=checks.MAX_NAME)
     model: str = "demo"
     data: DataSpec = DataSpec()

@@ -11,6 +11,7 @@ import pandas as pd
 
 from adasearch import metrics
 from adasearch.errors import UserError
+from adasearch.measure.contention import report_line
 from adasearch.run_folder import PARETO_CSV, PARETO_JSON, RUN, TRIALS, RunFolder
 
 KNOB_COLUMNS = ["knob.num_tokens", "knob.token_grans", "knob.mat_dim", "knob.depth", "knob.depth_tau"]
@@ -149,6 +150,7 @@ def _metadata(data: RunData) -> list:
             )
             or "none",
         ),
+        ("timing", report_line(env.get("contention"))),
         ("MACs", data.run.get("macs_convention", "")),
     ]
 

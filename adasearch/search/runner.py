@@ -19,6 +19,7 @@ import threading
 import time
 
 from adasearch.errors import Terminated, UserError
+from adasearch.measure.contention import ContentionMonitor, summary_lines
 from adasearch.run_folder import STUDY_DB, RunFolder
 from adasearch.search import heldout, model_engine, trials
 from adasearch.search.context import RunContext, drop_trial, prepare, record_trial, signals_deferred, storage_url
@@ -208,6 +209,8 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
     console = console or Console(stderr=True)
     with stop_on_sigterm(), RunFolder(spec.output_dir).locked():  # one run at a time writes a folder
         ctx = prepare(spec, overwrite=overwrite)
+        monitor = ContentionMonitor(spec.search.quiet_wait)
+        monitor.watch(ctx.measurer.evaluator)  # every timing window of this process: how busy the machine was
         engine_name, first_new = spec.search.engine, len(ctx.study.trials)  # trial numbers from here are this run's
         figures, guarantees = {}, {}
         try:
@@ -261,9 +264,12 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                 notes=list(ctx.notes),
                 guarantees=guarantees,
                 heldout_samples=len(ctx.measurer.evaluator.heldout or ()),
+                contention=monitor.summary(),
             )
             write_results(ctx, summary)
             print_summary(summary, spec, console)
+            for line in summary_lines(summary.contention, summary.front, summary.records):
+                console.print(line, highlight=False, soft_wrap=True)
             if interrupted:
                 console.print(
                     f"stopped by {summary.stopped_by}: {len(recs)} finished trials are kept in {spec.output_dir}; "
