@@ -1,13 +1,11 @@
 """Timing that knows the machine is busy (measure/contention.py): other processes' CPU share, the load
 average and the references' drift are recorded in run.yaml and the report, and a busy machine is said.
 
-CPU burners are real processes, detached from the test's process tree (a double fork), so they count as
-"other processes" to a monitor in this process too; each is bounded in time and killed by its PID.
+CPU burners are real processes, detached from the test's process tree (helpers.cpu_burners), so they count
+as "other processes" to a monitor in this process too; each is bounded in time and killed by its PID.
 """
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,27 +17,11 @@ import yaml
 
 from adasearch.measure.contention import BUSY_SHARE, ContentionMonitor, report_line, summary_lines, warning
 from adasearch.run_folder import RUN
+from tests.helpers import cpu_burners as burners
 from tests.helpers import write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"num_tokens": [1, 32], "depth": [1, 6]}
-BURN_S = 120  # a burner stops by itself after this, should the test die before killing it
-BURN = f"import time\nend = time.monotonic() + {BURN_S}\nwhile time.monotonic() < end:\n    pass\n"
-
-
-@contextlib.contextmanager
-def burners(n: int):
-    """n CPU-burning processes outside this process tree; killed by PID on exit."""
-    pids = []
-    try:
-        for _ in range(n):
-            shell = f"{sys.executable} -c '{BURN}' >/dev/null 2>&1 & echo $!"
-            pids.append(int(subprocess.run(["sh", "-c", shell], capture_output=True, text=True, check=True).stdout))
-        yield pids
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def busy_count() -> int:

@@ -23,7 +23,7 @@ from adasearch.errors import UserError
 from adasearch.measure.latency_model import LatencyModel
 from adasearch.run_folder import LOCK, PARETO_JSON, RUN, TRIALS
 from adasearch.search.space import SearchSpace
-from tests.helpers import one_line_error, write_run_spec
+from tests.helpers import one_line_error, run_once, write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"num_tokens": [1, 32], "depth": [1, 6]}  # 4 networks
@@ -39,13 +39,7 @@ def run(spec, *flags):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    root = tmp_path_factory.mktemp("finished")
-    spec = write_run_spec(root, TINY, limit=40)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ADASEARCH_CACHE", str(root / "cache"))
-        r = run(spec)
-    assert r.exit_code == 0, r.output
-    return root / "out"
+    return run_once(tmp_path_factory.mktemp("finished"), TINY, limit=40)
 
 
 # ---------------------------------------------------------------- an empty front

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from adasearch.cli import main
 from adasearch.errors import UserError
 from adasearch.run_folder import RunFolder, write_atomic
-from tests.helpers import one_line_error, write_run_spec
+from tests.helpers import one_line_error, run_once, write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"num_tokens": [1, 32], "depth": [1, 6]}
@@ -26,13 +26,7 @@ SPACE = {"num_tokens": [1, 32], "depth": [1, 6]}
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("folder")
-    spec = write_run_spec(root, SPACE, limit=40)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ADASEARCH_CACHE", str(root / "cache"))
-        r = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
-    assert r.exit_code == 0, r.output
-    return root / "out"
+    return run_once(tmp_path_factory.mktemp("folder"), SPACE, limit=40)
 
 
 @pytest.fixture
