@@ -109,6 +109,7 @@ def test_visits_and_their_dispersion_by_hand():
     with monitor.window(), monitor._visits(model):
         for config in (1, 1, 2, 2, 2, 1, 2):  # visits: 1, 2, 1, 2
             model.run(np.ones(4), config)
+        time.sleep(0.2)  # a window of several clock ticks: one shorter than a tick may count no CPU time at all
     assert "run" not in vars(model)  # the wrapper is gone
     assert [len(monitor.visits[c]) for c in (1, 2)] == [2, 2]
     monitor.visits = {"a": [1.0, 2.0, 3.0], "b": [2.0, 2.0, 2.0], "c": [4.0]}  # c: one visit, no spread

@@ -18,6 +18,9 @@ trial's timing, the latency profile, the interleaved re-timing of the finalists)
 - inflation: per config, its median visit over its quietest visit, minus 1; the median over configs.
   About how much the timed figures are above what the quietest moments of the same run gave.
 
+Only the run's own process is watched: its descendants (search.workers' extra processes) count as its own
+CPU, not others', and their timing windows and Ray nodes' are not watched.
+
 With quiet_wait_s, a window that follows a busy one first waits, in steps of QUIET_STEP_S, until the
 machine is quiet (others under BUSY_SHARE) or the wait budget of the whole run is spent.
 """
