@@ -14,7 +14,7 @@ from typing import Optional
 from adasearch import metrics
 from adasearch.config import DeploymentConfig
 from adasearch.errors import UserError
-from adasearch.run_folder import RunFolder, deployment_doc
+from adasearch.run_folder import PARETO_JSON, RunFolder, deployment_doc
 from adasearch.search.heldout import certify, compare, outcomes
 from adasearch.search.trials import config_key
 
@@ -29,10 +29,13 @@ def certify_run(run: str, data_source: str, metric: str, delta: float, confidenc
 
     if metric not in metrics.CERTIFIABLE:
         raise UserError(f"certify: {metric!r} cannot be certified; allowed: {', '.join(metrics.CERTIFIABLE)}")
+    for flag, value in (("--confidence", confidence), (f"--{metric.replace('_', '-')}", delta)):
+        if not 0 < value < 1:  # NaN fails this too
+            raise UserError(f"certify: {flag} {value}: allowed: a number strictly between 0 and 1")
     folder = RunFolder(run)
     pareto, run_doc = folder.read_pareto(), folder.read_run()
     if not pareto["pareto"]:
-        raise UserError(f"{folder / 'pareto.json'}: the front is empty: nothing to certify")
+        raise UserError(f"{folder / PARETO_JSON}: the front is empty: nothing to certify")
     model = Deployment.load(Path(run)).model  # on the run's device and dtype
     cfg = model.cfg
     data = load_data(data_source, limit=limit, img_size=cfg.img_size, channels=cfg.in_channels)

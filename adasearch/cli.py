@@ -11,7 +11,7 @@ import warnings
 
 import click
 
-from adasearch.checks import ENGINES, SAMPLERS
+from adasearch.checks import ENGINES, MAX_QUIET_WAIT_S, MAX_TRIALS, SAMPLERS
 from adasearch.cli_options import device_option, dtype_option, runtime_option, threads_option
 from adasearch.errors import Terminated, UserError
 
@@ -67,10 +67,10 @@ def inspect(model, as_json):
         print_description(info)
 
 
-def _finite(param, value):
-    """click's FloatRange lets NaN through (every comparison with it is False)."""
+def _finite(ctx, param, value):
+    """click's FloatRange lets NaN through (every comparison with it is False): a callback of every float flag."""
     if value is not None and value != value:
-        raise click.BadParameter(f"{value} is not a number of seconds", param=param)
+        raise click.BadParameter(f"{value} is not a number", param=param)
     return value
 
 
@@ -111,7 +111,7 @@ def _config_from_flags(config_file, tokens, width, depth, threshold):
     type=click.FloatRange(min=0, min_open=True, max=3600),
     default=1.0,
     show_default=True,
-    callback=lambda ctx, param, v: _finite(param, v),
+    callback=_finite,
     help="Seconds of latency timing.",
 )
 @click.option("--cache-dir", type=click.Path(), default=None, help="Accuracy cache (default ~/.cache/adasearch).")
@@ -157,11 +157,18 @@ def measure(
 @click.option("--output", "-o", default=None, help="Results folder (overrides `output`).")
 @click.option("--engine", type=click.Choice(ENGINES), default=None)
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None)
-@click.option("--trials", type=click.IntRange(1), default=None, help="Trial budget (optuna/ray).")
+@click.option("--trials", type=click.IntRange(1, MAX_TRIALS), default=None, help="Trial budget (optuna/ray).")
 @click.option("--timeout", type=float, default=None, help="Seconds before the search stops.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Parallel worker processes on one storage.")
 @click.option("--storage", default=None, help="Optuna storage URL (default: sqlite in the results folder).")
 @click.option("--ray-address", default=None, help="Join an existing Ray cluster (default: start a local one).")
+@click.option(
+    "--quiet-wait",
+    type=click.FloatRange(0, MAX_QUIET_WAIT_S),
+    default=None,
+    callback=_finite,
+    help="Seconds, in all, to pause timing while other processes keep the machine busy (default 0).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
     "--overwrite",
@@ -281,12 +288,14 @@ def export(run_folder, expr, output, fmt, as_kwargs):
     "--accuracy-drop",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=None,
+    callback=_finite,
     help="Certify top-1 drop vs the full config <= this (needs labels).",
 )
 @click.option(
     "--disagreement",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=None,
+    callback=_finite,
     help="Certify the fraction of answers that differ from the full config's <= this (no labels).",
 )
 @click.option(
@@ -294,6 +303,7 @@ def export(run_folder, expr, output, fmt, as_kwargs):
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.9,
     show_default=True,
+    callback=_finite,
     help="Probability that the bound holds (1 - epsilon).",
 )
 @click.option("--limit", type=click.IntRange(1), default=None, help="A deterministic subsample of the data.")

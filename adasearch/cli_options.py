@@ -10,7 +10,7 @@ from typing import Optional
 
 import click
 
-from adasearch.checks import DTYPE_NAMES, RUNTIMES
+from adasearch.checks import DTYPE_NAMES, MAX_THREADS, RUNTIMES
 
 DEVICES_HELP = "cpu, cuda, cuda:N, mps or auto"
 
@@ -40,7 +40,7 @@ def dtype_option(default: Optional[str], when_none: str = ""):
 
 def threads_option(help_default: str):
     return click.option(
-        "--threads", type=click.IntRange(1), default=None, help=f"CPU threads (default: {help_default})."
+        "--threads", type=click.IntRange(1, MAX_THREADS), default=None, help=f"CPU threads (default: {help_default})."
     )
 
 

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from adasearch.checks import is_number
 from adasearch.errors import UserError
 from adasearch.metrics import relative_miss, tie_break
 
@@ -42,14 +43,14 @@ class Condition:
     value: float
 
     def holds(self, v: Optional[float]) -> bool:
-        return v is not None and OPS[self.op](v, self.value)
+        return is_number(v) and OPS[self.op](v, self.value)
 
     def violation(self, v: Optional[float]) -> float:
         """How far v misses, relative to the bound; 0 when it holds."""
         if self.holds(v):
             return 0.0
-        if v is None:
-            return math.inf  # not measured in this run: further than any number
+        if not is_number(v):
+            return math.inf  # not measured in this run (or not a number): further than any number
         if self.op == "!=":
             return 1.0  # equal to the excluded value: no distance to speak of, but a miss
         return relative_miss(v - self.value, self.value)
@@ -153,7 +154,7 @@ def pick(rows: list, expr: str) -> dict:
 
     def qualifies(r: dict) -> bool:
         m = _metrics(r)
-        return m.get(p.metric) is not None and all(c.holds(m.get(c.metric)) for c in p.conditions)
+        return is_number(m.get(p.metric)) and all(c.holds(m.get(c.metric)) for c in p.conditions)
 
     qualifying = [r for r in rows if qualifies(r)]
     if not qualifying:
@@ -175,10 +176,14 @@ def _misses(m: dict, p: Pick) -> list:
         v = m.get(c.metric)
         if v is None:
             out.append(f"{c.metric} not measured")
+        elif not is_number(v):
+            out.append(f"{c.metric} is {v!r}, not a number")
         elif not c.holds(v):
             out.append(f"{c.metric}={v:.4g} (needs {c.op} {c.value:g})")
     if m.get(p.metric) is None:
         out.append(f"{p.metric} not measured")
+    elif not is_number(m[p.metric]):
+        out.append(f"{p.metric} is {m[p.metric]!r}, not a number")
     return out
 
 

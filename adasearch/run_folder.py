@@ -9,6 +9,7 @@
     deployments/    one YAML per Pareto config, named by its figures
     report.html, report.md, report_files/, report_*.csv|json   written by `adasearch report`
     exports/        <name>.onnx + <name>.yaml, written by `adasearch export --format onnx`
+    .lock           held (flock) by the run writing the folder, for its whole life
 
 run, report, export and serve all come through here. Every problem with a file (missing, corrupt,
 foreign, unwritable) is a one-line UserError naming that file. Files are written atomically (a temp
@@ -20,6 +21,8 @@ results folders without the search stack.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -38,6 +41,7 @@ EXPORTS = "exports"  # `adasearch export --format onnx`: <name>.onnx and its dep
 LATENCY_MODEL = "latency_model.json"  # the target's latency model (measure/latency_model.py), with its fingerprint
 REPORT = ("report.html", "report.md", "report_files", "report_pareto.csv", "report_pareto.json", "report_trials.csv",
           "report_trials.json")  # fmt: skip
+LOCK = ".lock"  # flock'ed by the run that writes the folder; the kernel releases it when that process ends
 TABLE_COLUMNS = ("trial", "config", "feasible")  # every trials.csv / pareto.csv has at least these
 
 
@@ -83,15 +87,41 @@ class RunFolder:
 
     def create(self) -> RunFolder:
         """Make the folder (and parents) and check that it can be written; a one-line error if not."""
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"{self.path}: output exists and is not a folder; choose another --output")
-        try:
+        try:  # exists() too raises, on a name over the file system's limit
+            if self.path.exists() and not self.path.is_dir():
+                raise UserError(f"{self.path}: output exists and is not a folder; choose another --output")
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"{self.path}: cannot create the results folder ({e.strerror or _first_line(e)})")
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise UserError(f"{self.path}: the results folder is not writable; choose another --output")
         return self
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the folder for one run: an exclusive flock on its .lock file while the block runs. Another
+        run on the same folder (another process, whatever its spec) is refused in one line instead of mixing
+        its results with this one's. The kernel drops the lock when this process ends, even by kill -9, so
+        a crashed run never leaves the folder locked. Workers of this run do not lock: they write the study."""
+        path = self.create().path / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"{path}: cannot open the results folder's lock ({e.strerror or _first_line(e)})")
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                raise UserError(
+                    f"{self.path}: another adasearch run (pid {holder}) is writing into this folder; wait for it "
+                    f"to finish, or use another --output"
+                )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message of a run refused meanwhile
+            yield self
+        finally:
+            os.close(fd)  # closing the only descriptor releases the flock
 
     def claim(self, run_name: str) -> None:
         """A results folder belongs to one run: refuse (one line) to write `run_name`'s results into a
@@ -271,6 +301,16 @@ class RunFolder:
                 raise UserError(f"{path}: column 'feasible' holds values other than True/False")
             table["feasible"] = flags == "true"
         return table
+
+    def holds_trials(self) -> bool:
+        """Whether trials.csv lists at least one trial (an unreadable one counts: results all the same)."""
+        path = self.path / TRIALS
+        if not path.is_file():
+            return False
+        try:
+            return len(path.read_text().strip().splitlines()) > 1  # rows under the header
+        except (OSError, UnicodeDecodeError):
+            return True
 
     def read_trials(self):
         return self.read_table(TRIALS)

@@ -11,7 +11,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from adasearch import metrics
+from adasearch import checks, metrics
 from adasearch.checks import DTYPE_NAMES, ENGINES, RUNTIMES, SAMPLERS
 from adasearch.errors import UserError
 from adasearch.metrics import DEFAULT_OBJECTIVES, HARDWARE_METRICS, MAXIMIZE, MEMORY_METRIC
@@ -25,7 +25,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataSpec(_Strict):
+class _Bounded(_Strict):
+    """Every text bounded: what a spec says is written back into run.yaml, which must stay readable.
+    (Metric names need no bound: only the registry's are accepted.)"""
+
+    model_config = ConfigDict(str_max_length=checks.MAX_TEXT)
+
+
+class DataSpec(_Bounded):
     source: str = "digits"
     limit: Optional[StrictInt] = Field(default=None, ge=1)  # strict: YAML `true` is not 1
     seed: StrictInt = Field(default=0, ge=0, lt=2**31)
@@ -33,9 +40,9 @@ class DataSpec(_Strict):
     holdout: float = Field(default=0.5, ge=0, le=0.9, allow_inf_nan=False)
 
 
-class HardwareSpec(_Strict):
+class HardwareSpec(_Bounded):
     device: str = "cpu"
-    threads: Optional[StrictInt] = Field(default=None, ge=1)
+    threads: Optional[StrictInt] = Field(default=None, ge=1, le=checks.MAX_THREADS)
     batch_size: StrictInt = Field(default=1, ge=1)
     dtype: Literal[DTYPE_NAMES] = "float32"
     # How every timed forward runs (adasearch/runtimes.py): what the figures belong to, and what serving runs.
@@ -96,23 +103,26 @@ class Objective(_Strict):
         return v
 
 
-class SearchSpec(_Strict):
+class SearchSpec(_Bounded):
     space: str = "demo"
     engine: Literal[ENGINES] = "auto"
     sampler: Literal[SAMPLERS] = "auto"
-    trials: StrictInt = Field(default=100, ge=1)
+    trials: StrictInt = Field(default=100, ge=1, le=checks.MAX_TRIALS)
     timeout: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
     seed: StrictInt = Field(default=0, ge=0, lt=2**31)  # samplers take 0..2**32-1; workers add their index
     workers: StrictInt = Field(default=1, ge=1)
     storage: Optional[str] = None
     ray_address: Optional[str] = None
-    exhaustive_limit: int = Field(default=5000, ge=1)  # auto picks exhaustive at or below this size
+    # auto picks exhaustive at or below this size
+    exhaustive_limit: int = Field(default=5000, ge=1, le=checks.ENUMERABLE_LIMIT)
     latency_budget_s: float = Field(default=0.05, gt=0, allow_inf_nan=False)  # timing per trial
     final_latency_budget_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)  # re-timing of each Pareto candidate
+    # Seconds a run may pause its timing, in all, while other processes keep the machine busy (measure/contention.py)
+    quiet_wait: float = Field(default=0.0, ge=0, le=checks.MAX_QUIET_WAIT_S, allow_inf_nan=False)
 
 
-class RunSpec(_Strict):
-    name: Optional[str] = None
+class RunSpec(_Bounded):
+    name: Optional[str] = Field(default=None, max_length=checks.MAX_NAME)
     model: str = "demo"
     data: DataSpec = DataSpec()
     hardware: HardwareSpec = HardwareSpec()

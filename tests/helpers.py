@@ -4,7 +4,11 @@ Test modules import from here (never from one another); conftest.py turns some i
 """
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -105,3 +109,35 @@ def one_line_error(result, *needles) -> str:
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
+
+
+def run_once(root: Path, space: dict, **spec) -> Path:
+    """A finished demo run in root/out (its own accuracy cache), for a module's tests to read; returns root/out."""
+    import pytest
+    from click.testing import CliRunner
+
+    from adasearch.cli import main
+
+    path = write_run_spec(root, space, **spec)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADASEARCH_CACHE", str(root / "cache"))
+        r = CliRunner().invoke(main, ["run", str(path), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return root / "out"
+
+
+@contextlib.contextmanager
+def cpu_burners(n: int, seconds: int = 120):
+    """n CPU-burning processes outside this process tree (a double fork: to a monitor in this process they
+    are other processes), each ending by itself after `seconds`; killed by PID on exit."""
+    burn = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+    pids = []
+    try:
+        for _ in range(n):
+            shell = f"{sys.executable} -c '{burn}' >/dev/null 2>&1 & echo $!"
+            pids.append(int(subprocess.run(["sh", "-c", shell], capture_output=True, text=True, check=True).stdout))
+        yield pids
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from adasearch.cli import main
 from adasearch.errors import UserError
 from adasearch.run_folder import RunFolder, write_atomic
-from tests.helpers import one_line_error, write_run_spec
+from tests.helpers import one_line_error, run_once, write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"num_tokens": [1, 32], "depth": [1, 6]}
@@ -26,13 +26,7 @@ SPACE = {"num_tokens": [1, 32], "depth": [1, 6]}
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("folder")
-    spec = write_run_spec(root, SPACE, limit=40)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ADASEARCH_CACHE", str(root / "cache"))
-        r = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
-    assert r.exit_code == 0, r.output
-    return root / "out"
+    return run_once(tmp_path_factory.mktemp("folder"), SPACE, limit=40)
 
 
 @pytest.fixture
@@ -141,3 +135,34 @@ def test_a_read_only_output_folder_stops_a_run_before_it_starts(tmp_path):
     out = read_only(tmp_path / "out", "run", str(spec), "--no-progress")
     assert_one_line(out, str(tmp_path / "out"), "not writable")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_only_run_folder_names_the_results_files():
+    """RunFolder owns the results folder: no other module has a results file's name as a string constant
+    (docstrings aside), so a rename happens in one place and messages take paths from it."""
+    import ast
+    import re
+
+    from adasearch import run_folder
+
+    names = (run_folder.RUN, run_folder.TRIALS, run_folder.PARETO_CSV, run_folder.PARETO_JSON, run_folder.LATENCY_MODEL)
+    pattern = re.compile("|".join(re.escape(n) for n in names))
+    package = ROOT / "adasearch"
+    found = []
+    for path in package.rglob("*.py"):
+        if path.name == "run_folder.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if pattern.search(node.value):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value[:60]!r}")
+    assert not found, found

@@ -56,6 +56,7 @@ ROUNDS = 12
 REPS = 3  # timed calls of a part (or a reference forward) per visit
 LONG_MS = 50.0  # a call at least this long is timed once per visit (after its warm-up)
 NEVER = 2.0  # a confidence threshold no sample reaches: an exit check that splits off nobody
+MAX_FIGURE = 3.6e6  # ms in an hour: no part or forward takes longer, and no ratio or factor comes near it
 PART_KEY = re.compile(r"(embed_read|exit|stop|readout):n\d+:b\d+|block:n\d+:h\d+:g(none|\d+(-\d+)*):b\d+")
 
 
@@ -215,6 +216,8 @@ class LatencyModel:
         figures = [*parts.values(), *noise, *model.exit_noise, *(r for _, r in model.curve), model.exit_factor]
         if not np.isfinite([*figures, *sums]).all() or min(figures, default=1.0) <= 0 or min(sums, default=0) < 0:
             raise ValueError("malformed (a time, ratio or factor that is not a positive finite number)")
+        if max([*figures, *sums]) > MAX_FIGURE:
+            raise ValueError(f"malformed (a time, ratio or factor over {MAX_FIGURE:g})")
         if not noise or not model.curve or not parts:
             raise ValueError("malformed (no parts, noise ratios or calibration curve)")
         return model

@@ -11,7 +11,8 @@ import pandas as pd
 
 from adasearch import metrics
 from adasearch.errors import UserError
-from adasearch.run_folder import RUN, TRIALS, RunFolder
+from adasearch.measure.contention import report_line
+from adasearch.run_folder import PARETO_CSV, PARETO_JSON, RUN, TRIALS, RunFolder
 
 KNOB_COLUMNS = ["knob.num_tokens", "knob.token_grans", "knob.mat_dim", "knob.depth", "knob.depth_tau"]
 
@@ -37,7 +38,10 @@ def load_run(path) -> RunData:
         isinstance(o, dict) and o.get("metric") in trials.columns for o in objectives
     ):
         raise UserError(f"{folder / RUN}: spec.objectives do not name columns of {TRIALS}")
-    return RunData(folder, run, pareto, trials, folder.read_front())
+    front = folder.read_front()
+    if front.empty:  # an empty pareto.csv has no metric columns; the plots and tables read the trials' columns
+        front = trials.iloc[0:0]
+    return RunData(folder, run, pareto, trials, front)
 
 
 def _defaults(data: RunData) -> dict:
@@ -147,6 +151,7 @@ def _metadata(data: RunData) -> list:
             )
             or "none",
         ),
+        ("timing", report_line(env.get("contention"))),
         ("MACs", data.run.get("macs_convention", "")),
     ]
 
@@ -177,7 +182,7 @@ def write_report(folder) -> list:
     table = (
         pareto.to_html(index=False, escape=True, na_rep="", float_format=lambda v: _fmt(v))
         if len(pareto)
-        else "<p><b>No config satisfies the constraints.</b> See trials.csv for the closest ones.</p>"
+        else f"<p><b>No config satisfies the constraints.</b> See {TRIALS} for the closest ones.</p>"
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>
@@ -188,7 +193,7 @@ def write_report(folder) -> list:
 <h2>Pareto-optimal configs ({len(pareto)})</h2><div style="overflow-x:auto">{table}</div>
 <h2>Hypervolume over trials</h2><p>{hv_note}</p>{img("hypervolume")}
 <h2>Knob effects</h2>{img("knobs")}
-<p style="color:#777">Files: trials.csv (every trial), pareto.csv / pareto.json, deployments/*.yaml (import with
+<p style="color:#777">Files: {TRIALS} (every trial), {PARETO_CSV} / {PARETO_JSON}, deployments/*.yaml (import with
 <code>adasearch.serving.Deployment.load</code>).</p></body></html>"""
     out = data.folder
     paths = [out.write_text("report.html", page)]

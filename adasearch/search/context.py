@@ -293,7 +293,10 @@ def adopt_fingerprint(study, fingerprint: dict, url: str) -> list:
     if recorded is None:  # a new study (or one from before fingerprints: it is taken as this run's)
         study.set_user_attr("fingerprint", fingerprint)
         return []
-    changed = [what for key, what in SAME_RUN.items() if recorded.get(key) != fingerprint[key]]
+    changed = [key for key in SAME_RUN if recorded.get(key) != fingerprint[key]]
+    if "dtype" in changed and "weights" in changed:  # the weights are hashed as cast: a dtype change alone changes it
+        changed.remove("weights")
+    changed = [SAME_RUN[key] for key in changed]
     if changed:
         raise UserError(
             f"storage {url!r} holds a run measured with other {', '.join(changed)}; resuming would mix their "
@@ -314,14 +317,7 @@ def adopt_fingerprint(study, fingerprint: dict, url: str) -> list:
 def _check_not_started_over(study, folder: RunFolder, url: str) -> None:
     """An empty storage next to a folder holding results means the storage was lost or replaced (a
     0-byte study.db, another storage URL): starting over would silently replace those results."""
-    trials_csv = folder / "trials.csv"
-    if study.trials or not trials_csv.is_file():
-        return
-    try:
-        rows = len(trials_csv.read_text().strip().splitlines()) - 1  # under the header
-    except (OSError, UnicodeDecodeError):
-        rows = 1  # unreadable results are results all the same
-    if rows < 1:
+    if study.trials or not folder.holds_trials():
         return
     raise UserError(
         f"{folder}: holds results, but storage {url!r} has no trials of this run (empty, replaced or lost); "

@@ -22,6 +22,8 @@ from __future__ import annotations
 import random
 from typing import Optional
 
+from adasearch.checks import ENUMERABLE_LIMIT
+from adasearch.errors import UserError
 from adasearch.search.context import Measured, RunContext
 from adasearch.search.engine_base import Engine, Proposal
 from adasearch.search.trials import config_key
@@ -36,6 +38,11 @@ class ExhaustiveEngine(Engine):
 
     def __init__(self, ctx: RunContext):
         super().__init__(ctx)
+        if ctx.space.size() > ENUMERABLE_LIMIT:  # before enumerating: a space of 1e20 would never finish
+            raise UserError(
+                f"{ctx.spec.spec_file or 'spec'}: search.engine: exhaustive cannot search this run: the space has "
+                f"{ctx.space.size():,} configs, more than the {ENUMERABLE_LIMIT:,} it enumerates; use engine: optuna"
+            )
         self._unique = ctx.space.unique()  # canonical config -> params of its first occurrence
         self._asked = False
 

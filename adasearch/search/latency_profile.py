@@ -13,12 +13,12 @@ from typing import Optional
 
 import numpy as np
 
+from adasearch.checks import ENUMERABLE_LIMIT
 from adasearch.measure.latency_model import LatencyModel, part_keys
 from adasearch.run_folder import LATENCY_MODEL, RunFolder
 from adasearch.search.context import RunContext
 
 PROFILING = "profiling latency parts"  # the progress line's description
-ENUMERABLE_LIMIT = 100_000  # configs of a space that engine: model (and a profile) enumerates
 
 
 def stored_model(folder: RunFolder, fingerprint: dict, needed: set) -> tuple:
@@ -85,11 +85,14 @@ def profile_spec(spec, progress: bool = True, console=None) -> LatencyModel:
     from rich.progress import Progress
     from rich.table import Table
 
+    from adasearch.measure.contention import ContentionMonitor, summary_lines
     from adasearch.search.context import prepare
 
     console = console or Console()
     ctx = prepare(spec, storage=False)
     RunFolder(spec.output_dir).create().claim(spec.run_name)
+    monitor = ContentionMonitor()
+    monitor.watch(ctx.measurer.evaluator)
     configs = profile_configs(ctx)
     with Progress(disable=not progress, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(PROFILING, total=None)
@@ -110,4 +113,6 @@ def profile_spec(spec, progress: bool = True, console=None) -> LatencyModel:
     )
     console.print(f"target: {', '.join(f'{k} {v}' for k, v in model.fingerprint.items() if v is not None)}")
     console.print(f"{note}\nwritten: {RunFolder(spec.output_dir) / LATENCY_MODEL}")
+    for line in summary_lines(monitor.summary(), [], []):
+        console.print(line, highlight=False, soft_wrap=True)
     return model

@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 
+from adasearch.checks import ENUMERABLE_LIMIT
 from adasearch.config import DeploymentConfig
 from adasearch.errors import UserError
 from adasearch.metrics import P50, THROUGHPUT, TIMED_METRICS, interval_columns, predicted_column
@@ -29,7 +30,7 @@ from adasearch.search import trials
 from adasearch.search.context import RunContext
 from adasearch.search.engine_base import Engine, Proposal
 from adasearch.search.finalists import candidates
-from adasearch.search.latency_profile import ENUMERABLE_LIMIT, latency_model_for
+from adasearch.search.latency_profile import latency_model_for
 from adasearch.search.results import front_of
 
 VERIFY_LIMIT = 50  # configs proposed per round

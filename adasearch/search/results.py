@@ -33,6 +33,7 @@ class RunSummary:
     notes: list = field(default_factory=list)
     guarantees: dict = field(default_factory=dict)  # config key -> certified guarantee
     heldout_samples: int = 0  # images in the held-out part (0: the figures are in-sample)
+    contention: Optional[dict] = None  # how busy the machine was while timing (measure/contention.py)
 
     @property
     def optimism(self) -> Optional[float]:
@@ -151,7 +152,7 @@ def write_results(ctx, summary: RunSummary) -> None:
             "certified": len(summary.guarantees),
         },
         "macs_convention": MACS_CONVENTION,
-        "environment": env,
+        "environment": {**env, "contention": summary.contention} if summary.contention else env,
         "model_config": {
             k: getattr(ctx.space.cfg, k)
             for k in ("embed_dim", "depth", "max_latent_tokens", "mask_token_grans", "mat_dims", "num_classes")

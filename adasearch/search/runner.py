@@ -19,7 +19,9 @@ import threading
 import time
 
 from adasearch.errors import Terminated, UserError
+from adasearch.measure.contention import ContentionMonitor, summary_lines
 from adasearch.metrics import RUNTIME_ATOL, RUNTIME_FLAG
+from adasearch.run_folder import STUDY_DB, RunFolder
 from adasearch.search import heldout, model_engine, trials
 from adasearch.search.context import RunContext, drop_trial, prepare, record_trial, signals_deferred, storage_url
 from adasearch.search.engine_base import Driver, Engine
@@ -55,11 +57,22 @@ def choose_engine(ctx: RunContext):
 
 def _storage_failure(ctx: RunContext, error: Exception) -> UserError:
     """A storage that stopped accepting writes mid-run (a read-only or full disk, a lost database):
-    one line, and what is kept."""
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    one line, with the database's own reason (Optuna wraps it in "invalid data ... e.g. exceeding max
+    length", which misleads on a full disk), and what is kept: nothing, when the default storage's file
+    is gone (the results folder was deleted)."""
+    from optuna.exceptions import StorageInternalError
+
+    cause = error.__cause__ if isinstance(error, StorageInternalError) and error.__cause__ else error
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+    url = storage_url(ctx.spec, ctx.spec.output_dir)
+    if not ctx.spec.search.storage and not (ctx.spec.output_dir / STUDY_DB).is_file():
+        return UserError(
+            f"storage {url}: cannot record a trial ({first}); the storage file is gone (the results folder was "
+            f"deleted during the run): its trials are lost; run the same command again to start over"
+        )
     return UserError(
-        f"storage {storage_url(ctx.spec, ctx.spec.output_dir)}: cannot record a trial ({first}); the trials "
-        f"stored before are kept: fix the storage and run the same command again to resume"
+        f"storage {url}: cannot record a trial ({first}); the trials stored before are kept: fix the storage and "
+        f"run the same command again to resume"
     )
 
 
@@ -213,8 +226,10 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    with stop_on_sigterm():
+    with stop_on_sigterm(), RunFolder(spec.output_dir).locked():  # one run at a time writes a folder
         ctx = prepare(spec, overwrite=overwrite)
+        monitor = ContentionMonitor(spec.search.quiet_wait)
+        monitor.watch(ctx.measurer.evaluator)  # every timing window of this process: how busy the machine was
         engine_name, first_new = spec.search.engine, len(ctx.study.trials)  # trial numbers from here are this run's
         figures, guarantees = {}, {}
         try:
@@ -269,9 +284,12 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                 notes=list(ctx.notes),
                 guarantees=guarantees,
                 heldout_samples=len(ctx.measurer.evaluator.heldout or ()),
+                contention=monitor.summary(),
             )
             write_results(ctx, summary)
             print_summary(summary, spec, console)
+            for line in summary_lines(summary.contention, summary.front, summary.records):
+                console.print(line, highlight=False, soft_wrap=True)
             if interrupted:
                 console.print(
                     f"stopped by {summary.stopped_by}: {len(recs)} finished trials are kept in {spec.output_dir}; "

@@ -27,7 +27,7 @@ from adasearch.measure.environment import resolve_device, resolve_dtype  # torch
 from adasearch.metrics import CERTIFIABLE, COMPUTE, P50, P90, budget_latency, tie_break
 from adasearch.model.adaperceiver import AdaPerceiver
 from adasearch.model.loading import load_model, looks_like_hub_id
-from adasearch.run_folder import RunFolder
+from adasearch.run_folder import RUN, RunFolder
 
 TOP_K = 5
 
@@ -150,7 +150,7 @@ class Deployment:
             if measured_on:  # the spec may say "auto"; this is where the figures were taken
                 hardware["device"] = measured_on
             dtype = dtype or hardware.get("dtype", "float32")
-            where = source / "run.yaml"
+            where = folder / RUN
             net = _resolve_model(model, recorded, where, _resolve_device(device, hardware, where), dtype)
             return cls(net, entries, hardware)
         if not source.is_file():
