@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from adasearch.config import DeploymentConfig
 from adasearch.measure.interleaved import (
     ROUND_FIGURES,
     bootstrap_intervals,
