@@ -13,7 +13,8 @@ comparisons (measure/paired.py) read.
 Racing the close calls (as irace's F-race and Maron & Moore's Hoeffding races spend measurement only on
 candidates still undecided): when pairs whose timed order decides the front are not separated
 (pareto.close_calls), just those configs are timed again together, in sessions of ROUNDS interleaved
-rounds at the re-timing's budget per config, until every such pair is separated or the budget is spent:
+rounds at RACE_VISIT of the re-timing's budget per config (the paired test counts rounds, and a visit's
+median needs only a few dozen repetitions), until every such pair is separated or the budget is spent:
 RACE_SESSIONS sessions, and at most RACE_SHARE of the time the re-timing itself took. Pairs still not
 separated then are equivalent (pareto.equivalents lists them), and the run's notes say how many pairs
 were raced and how many stayed equivalent.
@@ -25,11 +26,12 @@ from adasearch.measure.interleaved import ROUND_FIGURES
 from adasearch.metrics import COMPUTE, REGISTRY, TIMED_METRICS
 from adasearch.search import trials
 from adasearch.search.context import RunContext
-from adasearch.search.pareto import SESSIONS, Judge, close_calls, dominates, front_of, pareto_front
+from adasearch.search.pareto import SESSIONS, dominates, front_of, pareto_front, race
 from adasearch.spec import RunSpec
 
 RACE_SESSIONS = 3  # extra sessions of interleaved rounds for the close calls, at most
 RACE_SHARE = 0.5  # of the re-timing's timing time, at most, spent racing
+RACE_VISIT = 0.5  # of the re-timing's budget per config, per config in a race: rounds, not repetitions, pair up
 
 
 def candidates(recs: list, spec: RunSpec) -> list:
@@ -118,7 +120,7 @@ def retime_finalists(ctx: RunContext, recs: list) -> dict:
         ctx.study.set_user_attr("final_metrics", final)  # an interrupted round of re-timing keeps what it did
         todo = [r for r in front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec) if r.number not in retimed]
     if retimed:
-        race(ctx, final, RACE_SHARE * spent_s)
+        race_close_calls(ctx, final, RACE_SHARE * spent_s)
     ctx.study.set_user_attr("final_metrics", final)
     return final
 
@@ -132,34 +134,31 @@ def _timed_session(ctx: RunContext, configs: list, budget_s: float, final: dict)
     return str(session), timer(configs, budget_s, seed=ctx.spec.search.seed + session - 1)
 
 
-def race(ctx: RunContext, final: dict, budget_s: float) -> None:
-    """Time the configs of the close calls again together, adding sessions to their rounds, until no
-    close call is left, RACE_SESSIONS sessions or budget_s seconds of timing; a note says how it went."""
-    spec, per_config = ctx.spec, ctx.spec.search.final_latency_budget_s
-    raced: dict = {}  # (key, key) -> the pair's records when last seen
-    for _ in range(RACE_SESSIONS):
-        pairs = close_calls(trials.records(ctx.study, spec, final), spec)
-        configs = list(dict.fromkeys(r.config for pair in pairs for r in pair))
-        if not pairs or per_config * len(configs) > budget_s:
-            break
-        budget_s -= per_config * len(configs)
-        raced.update({(trials.config_key(a.config), trials.config_key(b.config)): None for a, b in pairs})
+def race_close_calls(ctx: RunContext, final: dict, budget_s: float) -> None:
+    """pareto.race on the run's records: each session times the close calls' configs (as many as fit) at
+    RACE_VISIT of the re-timing's budget per config, while budget_s lasts; the rounds are stored with
+    every re-timed trial of those configs. A note says how many pairs were raced and how many stayed
+    equivalent."""
+    spec, per_config = ctx.spec, RACE_VISIT * ctx.spec.search.final_latency_budget_s
+    left = [budget_s]
+
+    def time_configs(configs: list):
+        configs = configs[: int(left[0] / per_config)]  # the pairs raced least come first
+        if len(configs) < 2:
+            return None
+        left[0] -= per_config * len(configs)
         session, timed = _timed_session(ctx, configs, per_config, final)
+        rounds = {c: timed[c][ROUND_FIGURES] for c in configs}
         for r in trials.records(ctx.study, spec, final):
-            if r.config in timed and str(r.number) in final:  # every trial of a raced config re-timed before
-                sessions = dict(final[str(r.number)].get(SESSIONS, {}))
-                final[str(r.number)] = {
-                    **final[str(r.number)],
-                    SESSIONS: {**sessions, session: timed[r.config][ROUND_FIGURES]},
-                }
+            if r.config in rounds and str(r.number) in final:
+                entry = final[str(r.number)]
+                final[str(r.number)] = {**entry, SESSIONS: {**entry.get(SESSIONS, {}), session: rounds[r.config]}}
         ctx.study.set_user_attr("final_metrics", final)
-    if not raced:
-        return
-    judge, by_key = Judge(spec), {}
-    for r in trials.records(ctx.study, spec, final):
-        by_key.setdefault(trials.config_key(r.config), r)
-    stayed = sum(judge.tied(by_key[a], by_key[b]) for a, b in raced)
-    ctx.notes.append(
-        f"racing: {len(raced)} close pairs timed in more interleaved rounds (up to {RACE_SESSIONS} sessions); "
-        f"{len(raced) - stayed} separated, {stayed} stayed equivalent within noise"
-    )
+        return session, rounds
+
+    raced, stayed = race(trials.records(ctx.study, spec, final), spec, time_configs, RACE_SESSIONS)
+    if raced:
+        ctx.notes.append(
+            f"racing: {raced} close pairs timed in up to {RACE_SESSIONS} more sessions of interleaved rounds; "
+            f"{raced - stayed} separated, {stayed} stayed equivalent within noise"
+        )

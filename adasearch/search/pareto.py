@@ -221,3 +221,32 @@ def close_calls(recs: list, spec) -> list:
                 if pair not in pairs:
                     pairs.append(pair)
     return pairs
+
+
+def race(recs: list, spec, time_configs, sessions: int) -> tuple[int, int]:
+    """Race the close calls of `recs` (close_calls) in at most `sessions` more sessions of interleaved
+    rounds. time_configs(configs) times a prefix of those configs together (as many as its budget
+    allows) and returns (session id, {config: {metric: [figure per round]}}), or None when the budget is
+    spent. The configs come pair by pair, the pairs raced least so far first (then by rank), so that
+    pairs that never separate do not starve the others. Each session's rounds are added to the records
+    of its configs (SESSIONS), so the next comparisons pool them. Returns (pairs raced, of which still
+    not separated at the end: equivalent)."""
+    judge = Judge(spec)
+    raced: dict = {}  # (key, key) -> sessions it was raced in
+    for _ in range(sessions):
+        pairs = [(judge.key(a), judge.key(b), a, b) for a, b in close_calls(recs, spec)]
+        pairs.sort(key=lambda p: raced.get(p[:2], 0))  # stable: rank order within a count
+        timed = time_configs(list(dict.fromkeys(r.config for *_, a, b in pairs for r in (a, b)))) if pairs else None
+        if timed is None:
+            break
+        session, rounds = timed
+        for r in recs:
+            if r.config in rounds:
+                r.metrics[SESSIONS] = {**r.metrics.get(SESSIONS, {}), session: rounds[r.config]}
+        for ka, kb, a, b in pairs:
+            if a.config in rounds and b.config in rounds:
+                raced[ka, kb] = raced.get((ka, kb), 0) + 1
+    judge, by_key = Judge(spec), {}  # a fresh judge: the records have new rounds
+    for r in recs:
+        by_key.setdefault(judge.key(r), r)
+    return len(raced), sum(judge.tied(by_key[a], by_key[b]) for a, b in raced)
