@@ -132,3 +132,60 @@ def test_the_front_does_not_depend_on_the_order_of_records(seed):
     for _ in range(5):
         rng.shuffle(recs)
         assert numbers(front_of(recs, SPEC)) == expected
+
+
+def test_a_run_races_its_close_calls_and_lists_the_equivalents(tmp_path, monkeypatch):
+    """A real demo search whose re-timing is real except that every config's per-round figures are made
+    those of the first: no timed difference is beyond noise anywhere. The close calls are raced in
+    more sessions and stay equivalent; pareto.json, pareto.csv and the report list the equivalents."""
+    import json
+
+    import optuna
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from adasearch.cli import main
+    from adasearch.measure.evaluator import Evaluator
+    from adasearch.measure.interleaved import ROUND_FIGURES, ROUNDS
+    from tests.helpers import write_run_spec
+
+    interleaved, sessions = Evaluator.time_interleaved, []
+
+    def all_alike(self, configs, budget_s, seed=0):
+        out = interleaved(self, configs, budget_s, seed=seed)
+        first = out[configs[0]][ROUND_FIGURES]
+        for figures in out.values():
+            figures[ROUND_FIGURES] = {k: list(v) for k, v in first.items()}
+        sessions.append(len(configs))
+        return out
+
+    monkeypatch.setattr(Evaluator, "time_interleaved", all_alike)
+    spec = write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), engine="exhaustive")
+    r = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    notes = [n for n in yaml_notes(out) if n.startswith("racing:")]
+    assert len(sessions) >= 2 and notes, r.output  # the re-timing, then at least one race
+    raced = int(notes[0].split()[1])
+    assert notes[0].endswith(f"0 separated, {raced} stayed equivalent within noise")
+    final = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}").user_attrs["final_metrics"]
+    rounds = [s["latency_p50_ms"] for entry in final.values() for s in entry[SESSIONS].values()]
+    assert rounds and all(len(x) == ROUNDS for x in rounds)
+    assert max(len(entry[SESSIONS]) for entry in final.values()) >= 2  # raced configs hold a race session too
+    pareto = json.loads((out / "pareto.json").read_text())["pareto"]
+    assert all(isinstance(row["equivalent"], list) and SESSIONS not in row["metrics"] for row in pareto)
+    assert any(row["equivalent"] for row in pareto)
+    table = pd.read_csv(out / "pareto.csv")
+    assert SESSIONS not in table and SESSIONS not in pd.read_csv(out / "trials.csv")
+    listed = {row["config"]: "; ".join(row["equivalent"]) for row in
+              ({**row, "config": table["config"][i]} for i, row in enumerate(pareto))}  # fmt: skip
+    assert listed == dict(zip(table["config"], table["equivalent"].fillna("")))
+    assert CliRunner().invoke(main, ["report", str(out)]).exit_code == 0
+    page = (out / "report.html").read_text()
+    assert "<th>equivalent</th>" in page and next(e for e in listed.values() if e).split("; ")[0] in page
+
+
+def yaml_notes(out) -> list:
+    from adasearch.yaml_io import read_yaml
+
+    return read_yaml(out / "run.yaml").get("notes") or []
