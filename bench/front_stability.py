@@ -30,7 +30,7 @@ from _table import save_table
 from adasearch.search.pareto import hypervolume
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = 3
+RUNS = 5
 SPEC = ROOT / "examples" / "demo-cpu.yaml"
 
 
@@ -49,9 +49,12 @@ def run_once(out: Path, cache: Path) -> tuple:
 
 def stability(fronts: list) -> tuple:
     sets = [{json.dumps(row["config"], sort_keys=True) for row in f} for f in fronts]
-    jaccard = [len(a & b) / len(a | b) for a, b in itertools.combinations(sets, 2)]
+    jaccard = [len(a & b) / len(a | b) if a | b else 1.0 for a, b in itertools.combinations(sets, 2)]
     points = [[(r["metrics"]["accuracy"], r["metrics"]["latency_p50_ms"]) for r in f] for f in fronts]
-    ref = (min(a for p in points for a, _ in p), 1.1 * max(t for p in points for _, t in p))
+    everything = [x for p in points for x in p]
+    if not everything:  # no run found a feasible config (a machine too busy for the latency bound)
+        return statistics.mean(jaccard), [0.0] * len(points), [len(s) for s in sets]
+    ref = (min(a for a, _ in everything), 1.1 * max(t for _, t in everything))
     hv = [hypervolume(p, ["maximize", "minimize"], ref) for p in points]
     return statistics.mean(jaccard), hv, [len(s) for s in sets]
 
@@ -59,12 +62,15 @@ def stability(fronts: list) -> tuple:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=RUNS, help=f"runs per machine state (default {RUNS})")
-    runs = parser.parse_args().runs
+    parser.add_argument("--cache", type=Path, help="an accuracy cache the demo filled already: no warm-up run")
+    args = parser.parse_args()
+    runs = args.runs
     rows, shares = [], collections.defaultdict(dict)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cache = tmp / "cache"
-        run_once(tmp / "warm", cache)  # fills the accuracy cache: every run below only times
+        cache = args.cache or tmp / "cache"
+        if args.cache is None:
+            run_once(tmp / "warm", cache)  # fills the accuracy cache: every run below only times
         for load in ("quiet", "busy"):
             hog = None
             if load == "busy":
@@ -79,7 +85,7 @@ def main():
                     hog.wait(timeout=10)
             fronts = [front for front, _ in done]
             jaccard, hv, sizes = stability(fronts)
-            spread = (max(hv) - min(hv)) / statistics.mean(hv)
+            spread = (max(hv) - min(hv)) / statistics.mean(hv) if any(hv) else float("nan")
             raced = ", ".join(f"{r}/{s}" for _, (r, s) in done)
             rows.append([load, runs, ", ".join(map(str, sizes)), f"{jaccard:.2f}", f"{100 * spread:.1f} %", raced,
                          f"{wall:.0f}"])  # fmt: skip
