@@ -92,8 +92,8 @@ class Judge:
 
     def rank(self, r) -> tuple:
         """The order the front is built in: deterministic objectives, best first; then the timed figures;
-        then fewer MACs; then the config's label. A record that dominates another always ranks before it
-        (with one timed objective; see front)."""
+        then fewer MACs; then the config's label. A record that dominates another ranks before it (with
+        several timed objectives, unless its point figures disagree with the paired test)."""
         objectives = self.fixed + self.timed
         return (*_as_min([r.metrics[m] for m, _ in objectives], [d for _, d in objectives]),
                 r.metrics.get(metrics.COMPUTE, math.inf), r.config.label())  # fmt: skip
