@@ -160,7 +160,8 @@ def test_a_run_races_its_close_calls_and_lists_the_equivalents(tmp_path, monkeyp
         return out
 
     monkeypatch.setattr(Evaluator, "time_interleaved", all_alike)
-    spec = write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), engine="exhaustive")
+    space = {"num_tokens": [1, 4, 32], "depth": [1, 3, 6]}  # 9 networks: a front with close calls, quickly
+    spec = write_run_spec(tmp_path, space, objectives=("accuracy", "latency_p50_ms"), engine="exhaustive")
     r = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
