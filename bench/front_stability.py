@@ -15,6 +15,7 @@ import argparse
 import collections
 import itertools
 import json
+import math
 import os
 import re
 import statistics
@@ -34,12 +35,12 @@ RUNS = 5
 SPEC = ROOT / "examples" / "demo-cpu.yaml"
 
 
-def run_once(out: Path, cache: Path) -> tuple:
+def run_once(out: Path, cache: Path, spec: Path = SPEC) -> tuple:
     """(the Pareto rows, (pairs raced, pairs that stayed equivalent)) of one fresh run."""
     from adasearch.yaml_io import read_yaml
 
     env = {**os.environ, "ADASEARCH_CACHE": str(cache)}
-    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(SPEC), "--output", str(out), "--no-progress"]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--output", str(out), "--no-progress"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=1800)
     notes = " ".join(read_yaml(out / "run.yaml").get("notes") or [])
     raced = [int(x) for x in re.findall(r"racing: (\d+) close pairs", notes)]
@@ -49,7 +50,8 @@ def run_once(out: Path, cache: Path) -> tuple:
 
 def stability(fronts: list) -> tuple:
     sets = [{json.dumps(row["config"], sort_keys=True) for row in f} for f in fronts]
-    jaccard = [len(a & b) / len(a | b) if a | b else 1.0 for a, b in itertools.combinations(sets, 2)]
+    # Two empty fronts (no feasible config: a machine too busy for the latency bound) are not "the same front".
+    jaccard = [len(a & b) / len(a | b) if a | b else math.nan for a, b in itertools.combinations(sets, 2)]
     points = [[(r["metrics"]["accuracy"], r["metrics"]["latency_p50_ms"]) for r in f] for f in fronts]
     everything = [x for p in points for x in p]
     if not everything:  # no run found a feasible config (a machine too busy for the latency bound)
@@ -63,21 +65,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=RUNS, help=f"runs per machine state (default {RUNS})")
     parser.add_argument("--cache", type=Path, help="an accuracy cache the demo filled already: no warm-up run")
+    parser.add_argument("--spec", type=Path, default=SPEC, help=f"the run spec (default {SPEC.relative_to(ROOT)})")
     args = parser.parse_args()
-    runs = args.runs
+    runs, spec = args.runs, args.spec.resolve()
     rows, shares = [], collections.defaultdict(dict)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cache = args.cache or tmp / "cache"
         if args.cache is None:
-            run_once(tmp / "warm", cache)  # fills the accuracy cache: every run below only times
+            run_once(tmp / "warm", cache, spec)  # fills the accuracy cache: every run below only times
         for load in ("quiet", "busy"):
             hog = None
             if load == "busy":
                 hog = subprocess.Popen(["sh", "-c", "exec timeout 1800 yes > /dev/null"])
             try:
                 start = time.perf_counter()
-                done = [run_once(tmp / f"{load}-{i}", cache) for i in range(runs)]
+                done = [run_once(tmp / f"{load}-{i}", cache, spec) for i in range(runs)]
                 wall = (time.perf_counter() - start) / runs
             finally:
                 if hog is not None:
@@ -98,7 +101,7 @@ def main():
     ]  # fmt: skip
     text = save_table(
         "front_stability",
-        f"Front stability: {SPEC.name} run {runs} times into fresh folders",
+        f"Front stability: {spec.name} run {runs} times into fresh folders",
         [
             "machine",
             "runs",
