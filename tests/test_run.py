@@ -119,6 +119,7 @@ def test_configs_that_join_the_front_after_re_timing_are_re_timed_too(tmp_path, 
                     figures[k] *= 50
                     figures[k + "_ci_low"] *= 50
                     figures[k + "_ci_high"] *= 50
+                    figures["round_figures"][k] = [50 * t for t in figures["round_figures"][k]]
         return out
 
     monkeypatch.setattr(Evaluator, "time_interleaved", slow_first_round)
