@@ -101,7 +101,7 @@ def retime_finalists(ctx: RunContext, recs: list) -> dict:
     budget_s = ctx.spec.search.final_latency_budget_s
     final = dict(ctx.study.user_attrs.get("final_metrics", {}))
     retimed: set = set()
-    spent_s = 0.0
+    spent_s, raced = 0.0, False
     todo = candidates(recs, ctx.spec)
     while todo:
         # Interleaved: the candidates share every moment's load instead of each getting its own window.
@@ -119,8 +119,11 @@ def retime_finalists(ctx: RunContext, recs: list) -> dict:
             retimed.add(r.number)
         ctx.study.set_user_attr("final_metrics", final)  # an interrupted round of re-timing keeps what it did
         todo = [r for r in front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec) if r.number not in retimed]
-    if retimed:
-        race_close_calls(ctx, final, RACE_SHARE * spent_s)
+        if not todo and retimed and spent_s and not raced:
+            raced = True
+            race_close_calls(ctx, final, RACE_SHARE * spent_s)  # racing can move the front: re-time who joins
+            front = front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec)
+            todo = [r for r in front if r.number not in retimed]
     ctx.study.set_user_attr("final_metrics", final)
     return final
 
