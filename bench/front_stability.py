@@ -1,17 +1,23 @@
 """Does the same search give the same configs twice? examples/demo-cpu.yaml run RUNS times into fresh
 folders, on a quiet machine and with one core kept busy.
 
-    python bench/front_stability.py
+    python bench/front_stability.py [--runs 5]
 
 Prints the mean pairwise Jaccard index of the Pareto config sets (|A and B| / |A or B|, over config
-labels) and the spread of the fronts' hypervolume (accuracy max, p50 min; one reference point for all
-runs: the lowest accuracy and 1.1x the highest p50 on any of the fronts). "Busy" runs a bounded
-`yes > /dev/null` that this script starts before and stops after those runs (by PID).
+labels), the spread of the fronts' hypervolume (accuracy max, p50 min; one reference point for all
+runs: the lowest accuracy and 1.1x the highest p50 on any of the fronts), the pairs each run raced
+and how many stayed equivalent (from run.yaml's notes), and, below the table, each config's share of
+the runs that put it on the front. "Busy" runs a bounded `yes > /dev/null` that this script starts
+before and stops after those runs (by PID).
 """
 
+import argparse
+import collections
 import itertools
 import json
+import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -25,66 +31,109 @@ from _table import save_table
 from adasearch.search.pareto import hypervolume
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = 3
+RUNS = 5
 SPEC = ROOT / "examples" / "demo-cpu.yaml"
 
 
-def run_once(out: Path, cache: Path) -> list:
-    """The Pareto rows of one fresh run."""
+def run_once(out: Path, cache: Path, spec: Path = SPEC) -> tuple:
+    """(the Pareto rows, (pairs raced, pairs that stayed equivalent)) of one fresh run."""
+    from adasearch.yaml_io import read_yaml
+
     env = {**os.environ, "ADASEARCH_CACHE": str(cache)}
-    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(SPEC), "--output", str(out), "--no-progress"]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--output", str(out), "--no-progress"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=1800)
-    return json.loads((out / "pareto.json").read_text())["pareto"]
+    notes = " ".join(read_yaml(out / "run.yaml").get("notes") or [])
+    raced = [int(x) for x in re.findall(r"racing: (\d+) close pairs", notes)]
+    stayed = [int(x) for x in re.findall(r"(\d+) stayed equivalent", notes)]
+    return json.loads((out / "pareto.json").read_text())["pareto"], (sum(raced), sum(stayed))
 
 
 def stability(fronts: list) -> tuple:
     sets = [{json.dumps(row["config"], sort_keys=True) for row in f} for f in fronts]
-    jaccard = [len(a & b) / len(a | b) for a, b in itertools.combinations(sets, 2)]
+    # Two empty fronts (no feasible config: a machine too busy for the latency bound) are not "the same front".
+    jaccard = [len(a & b) / len(a | b) if a | b else math.nan for a, b in itertools.combinations(sets, 2)]
     points = [[(r["metrics"]["accuracy"], r["metrics"]["latency_p50_ms"]) for r in f] for f in fronts]
-    ref = (min(a for p in points for a, _ in p), 1.1 * max(t for p in points for _, t in p))
+    everything = [x for p in points for x in p]
+    if not everything:  # no run found a feasible config (a machine too busy for the latency bound)
+        return statistics.mean(jaccard), [0.0] * len(points), [len(s) for s in sets]
+    ref = (min(a for a, _ in everything), 1.1 * max(t for _, t in everything))
     hv = [hypervolume(p, ["maximize", "minimize"], ref) for p in points]
     return statistics.mean(jaccard), hv, [len(s) for s in sets]
 
 
 def main():
-    rows = []
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=RUNS, help=f"runs per machine state (default {RUNS})")
+    parser.add_argument("--cache", type=Path, help="an accuracy cache the demo filled already: no warm-up run")
+    parser.add_argument("--spec", type=Path, default=SPEC, help=f"the run spec (default {SPEC.relative_to(ROOT)})")
+    args = parser.parse_args()
+    runs, spec = args.runs, args.spec.resolve()
+    rows, shares = [], collections.defaultdict(dict)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cache = tmp / "cache"
-        run_once(tmp / "warm", cache)  # fills the accuracy cache: every run below only times
+        cache = args.cache or tmp / "cache"
+        if args.cache is None:
+            run_once(tmp / "warm", cache, spec)  # fills the accuracy cache: every run below only times
         for load in ("quiet", "busy"):
             hog = None
             if load == "busy":
                 hog = subprocess.Popen(["sh", "-c", "exec timeout 1800 yes > /dev/null"])
             try:
                 start = time.perf_counter()
-                fronts = [run_once(tmp / f"{load}-{i}", cache) for i in range(RUNS)]
-                wall = (time.perf_counter() - start) / RUNS
+                done = [run_once(tmp / f"{load}-{i}", cache, spec) for i in range(runs)]
+                wall = (time.perf_counter() - start) / runs
             finally:
                 if hog is not None:
                     hog.terminate()
                     hog.wait(timeout=10)
+            fronts = [front for front, _ in done]
             jaccard, hv, sizes = stability(fronts)
-            spread = (max(hv) - min(hv)) / statistics.mean(hv)
-            rows.append([load, RUNS, ", ".join(map(str, sizes)), f"{jaccard:.2f}", f"{100 * spread:.1f} %",
+            spread = (max(hv) - min(hv)) / statistics.mean(hv) if any(hv) else float("nan")
+            raced = ", ".join(f"{r}/{s}" for _, (r, s) in done)
+            rows.append([load, runs, ", ".join(map(str, sizes)), f"{jaccard:.2f}", f"{100 * spread:.1f} %", raced,
                          f"{wall:.0f}"])  # fmt: skip
+            for label, n in collections.Counter(_label(row) for f in fronts for row in f).items():
+                shares[label][load] = n / runs
+    share_notes = [
+        "share of runs with each config on the front (quiet / busy): "
+        + "; ".join(f"{label} {s.get('quiet', 0):.0%} / {s.get('busy', 0):.0%}"
+                    for label, s in sorted(shares.items(), key=lambda kv: -sum(kv[1].values())))
+    ]  # fmt: skip
     text = save_table(
         "front_stability",
-        f"Front stability: {SPEC.name} run {RUNS} times into fresh folders",
-        ["machine", "runs", "Pareto configs per run", "mean pairwise Jaccard", "hypervolume spread", "s per run"],
-        rows,
+        f"Front stability: {spec.name} run {runs} times into fresh folders",
         [
+            "machine",
+            "runs",
+            "Pareto configs per run",
+            "mean pairwise Jaccard",
+            "hypervolume spread",
+            "pairs raced / stayed equivalent, per run",
+            "s per run",
+        ],  # fmt: skip
+        rows,
+        share_notes
+        + [
             "Jaccard over the sets of Pareto configs (their knobs); 1.0 = the same configs every run. Target: "
             ">= 0.8 quiet, >= 0.6 busy; before interleaved re-timing and the tie rule: 0.29-0.40 quiet, 0-0.17 busy.",
             "Hypervolume spread = (max - min) / mean over the runs, with one reference point for all of them.",
             "busy: `yes > /dev/null` keeps one of the 2 cores busy during those runs.",
-            f"Accuracy is cached after a first warm-up run; the {RUNS} runs of each row differ only in timing.",
+            f"Accuracy is cached after a first warm-up run; the {runs} runs of each row differ only in timing.",
+            "The front beyond noise: timed objectives count only when the paired per-round test separates two "
+            "configs (measure/paired.py, 3 % practical threshold); close calls raced in more interleaved rounds "
+            "(search/finalists.py).",
             "`auto` picks engine: model for this spec: every config predicted by a fresh latency model of the "
             "target, the candidates re-timed interleaved. Before it (exhaustive, brief per-trial timing, "
             "interleaved re-timing, tie rule, MACs-proxy candidates): 0.48-0.63 quiet, 0.32-0.56 busy.",
         ],
     )
     print(text)
+
+
+def _label(row: dict) -> str:
+    from adasearch.config import DeploymentConfig
+
+    return DeploymentConfig.from_dict(row["config"]).label()
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""Interleaved re-timing (fake clock: exact and never flaky) and the deterministic tie rule."""
+"""Interleaved re-timing (fake clock: exact and never flaky)."""
 
 import numpy as np
 import pytest
 import torch
 
-from adasearch.config import DeploymentConfig
-from adasearch.measure.interleaved import bootstrap_intervals, figures, round_robin_order, time_interleaved
-from adasearch.search.results import noise_ties
-from adasearch.search.trials import TrialRecord
-from adasearch.spec import RunSpec
+from adasearch.measure.interleaved import (
+    ROUND_FIGURES,
+    bootstrap_intervals,
+    figures,
+    round_robin_order,
+    time_interleaved,
+)
 
 
 def test_every_round_visits_every_config_once_in_a_fresh_seeded_order():
@@ -51,6 +53,9 @@ def test_configs_are_timed_round_robin_never_in_one_window():
     assert [o["latency_p50_ms"] for o in out] == pytest.approx(ms)
     assert [o["latency_reps"] for o in out] == [4 * 32, 4 * 16, 4 * 8]
     assert out[0]["throughput"] == pytest.approx(1024.0)
+    # every round's own figures come back too, for the paired comparisons (measure/paired.py)
+    assert [o[ROUND_FIGURES]["latency_p50_ms"] for o in out] == [pytest.approx([t] * 4) for t in ms]
+    assert out[0][ROUND_FIGURES]["throughput"] == pytest.approx([1024.0] * 4)
     for o in out:  # constant timings: the interval is the point
         assert (
             o["latency_p50_ms_ci_low"]
@@ -70,22 +75,3 @@ def test_bootstrap_intervals_cover_the_estimate_and_shrink_with_agreement():
     width = lambda c: c["latency_p50_ms_ci_high"] - c["latency_p50_ms_ci_low"]  # noqa: E731
     assert width(narrow) < width(ci) / 5
     assert bootstrap_intervals(noisy, 1, seed=0) == ci  # seeded: the same run gives the same interval
-
-
-def record(n, acc, p50, low, high, macs):
-    m = {"accuracy": acc, "latency_p50_ms": p50, "latency_p50_ms_ci_low": low, "latency_p50_ms_ci_high": high,
-         "macs": macs}  # fmt: skip
-    return TrialRecord(n, DeploymentConfig(depth=n), {}, m, True, {})
-
-
-def test_ties_within_noise_go_to_the_config_with_fewer_macs():
-    spec = RunSpec(objectives=["accuracy", "latency_p50_ms"])
-    a = record(1, 0.95, 1.00, 0.90, 1.10, macs=300)  # "faster" by noise
-    b = record(2, 0.95, 1.05, 0.95, 1.15, macs=200)  # overlaps a: same group, fewer MACs -> stands for it
-    c = record(3, 0.95, 2.00, 1.90, 2.10, macs=100)  # clearly slower: its own group
-    d = record(4, 0.96, 1.02, 0.92, 1.12, macs=400)  # more accurate: never tied with a or b
-    kept = noise_ties([a, b, c, d], spec)
-    assert [r.number for r in kept] == [2, 3, 4]
-    assert [r.number for r in noise_ties([b, a, d, c], spec)] == [2, 4, 3]  # order does not matter
-    untimed = RunSpec(objectives=["accuracy", "gmacs"])
-    assert noise_ties([a, b, c, d], untimed) == [a, b, c, d]  # deterministic objectives: nothing to tie

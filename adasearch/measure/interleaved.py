@@ -11,6 +11,9 @@ interval is a percentile bootstrap over rounds: BOOTSTRAP resamples of the round
 (seeded), the figure recomputed from each resample's pooled repetitions, and the 2.5th and 97.5th
 percentiles of those. Rounds, not repetitions, are resampled because repetitions within one round
 share that moment's load.
+
+Each config's figures of every round are returned too (ROUND_FIGURES), so that two configs can be
+compared round by round (measure/paired.py), which cancels the load they shared.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from adasearch.metrics import P50, P90, P99, THROUGHPUT, interval_columns
 ROUNDS = 8
 BOOTSTRAP = 1000
 TIMED = (P50, P90, P99, THROUGHPUT)
+ROUND_FIGURES = "round_figures"  # {figure name: [its value in each round]}, beside the pooled figures
 
 
 def round_robin_order(n: int, rounds: int, seed: int) -> list:
@@ -74,9 +78,9 @@ def time_interleaved(
     seed: int = 0,
     clock=None,
 ) -> list:
-    """Per run_fn (one per config): {figures..., intervals..., "latency_reps": n}. Each of `rounds` rounds
-    visits every config once in a fresh random order; a visit warms up, then times repetitions for
-    budget_s / rounds seconds (at least min_reps)."""
+    """Per run_fn (one per config): {figures..., intervals..., "latency_reps": n, ROUND_FIGURES: {...}}.
+    Each of `rounds` rounds visits every config once in a fresh random order; a visit warms up, then
+    times repetitions for budget_s / rounds seconds (at least min_reps)."""
     import time
 
     clock = clock or time.perf_counter
@@ -103,6 +107,8 @@ def time_interleaved(
     for i, per_round in enumerate(samples):
         rounds_ms = [np.array(t) for t in per_round]
         pooled = np.concatenate(rounds_ms)
+        per_round = [figures(t, batch_size) for t in rounds_ms]
         out.append({**figures(pooled, batch_size), **bootstrap_intervals(rounds_ms, batch_size, seed=seed + i),
-                    "latency_reps": int(pooled.size)})  # fmt: skip
+                    "latency_reps": int(pooled.size),
+                    ROUND_FIGURES: {name: [f[name] for f in per_round] for name in TIMED}})  # fmt: skip
     return out

@@ -4,19 +4,34 @@ Brief per-trial timings are noisy (sub-millisecond demo configs especially), so 
 pushed on or off the front by noise alone. The candidates (the front, the next non-dominated layer,
 and near misses of timed constraints) are timed again, interleaved (measure/interleaved.py: shuffled
 round-robin rounds, search.final_latency_budget_s each, 95 % bootstrap intervals), and the front is
-recomputed from those figures, with noise ties broken by results.noise_ties. The re-timed figures are
-stored in the study's `final_metrics` attribute, keyed by trial number, so a later run (or an interrupted
-one) keeps them.
+recomputed from those figures, where timed objectives count only beyond noise (pareto.front_of). The
+re-timed figures are stored in the study's `final_metrics` attribute, keyed by trial number, so a later
+run (or an interrupted one) keeps them; with them, under pareto.SESSIONS, each config's figure in every
+round of every session (one call of the interleaved timer) it was timed in, which is what the paired
+comparisons (measure/paired.py) read.
+
+Racing the close calls (as irace's F-race and Maron & Moore's Hoeffding races spend measurement only on
+candidates still undecided): when pairs whose timed order decides the front are not separated
+(pareto.close_calls), just those configs are timed again together, in sessions of ROUNDS interleaved
+rounds at RACE_VISIT of the re-timing's budget per config (the paired test counts rounds, and a visit's
+median needs only a few dozen repetitions), until every such pair is separated or the budget is spent:
+RACE_SESSIONS sessions, and at most RACE_SHARE of the time the re-timing itself took. Pairs still not
+separated then are equivalent (pareto.equivalents lists them), and the run's notes say how many pairs
+were raced and how many stayed equivalent.
 """
 
 from __future__ import annotations
 
+from adasearch.measure.interleaved import ROUND_FIGURES
 from adasearch.metrics import COMPUTE, REGISTRY, TIMED_METRICS
 from adasearch.search import trials
 from adasearch.search.context import RunContext
-from adasearch.search.pareto import dominates, pareto_front
-from adasearch.search.results import front_of
+from adasearch.search.pareto import SESSIONS, dominates, front_of, pareto_front, race
 from adasearch.spec import RunSpec
+
+RACE_SESSIONS = 3  # extra sessions of interleaved rounds for the close calls, at most
+RACE_SHARE = 0.5  # of the re-timing's timing time, at most, spent racing
+RACE_VISIT = 0.5  # of the re-timing's budget per config, per config in a race: rounds, not repetitions, pair up
 
 
 def candidates(recs: list, spec: RunSpec) -> list:
@@ -76,28 +91,77 @@ def near_misses(recs: list, spec: RunSpec, chosen: list, limit: int) -> list:
 
 
 def retime_finalists(ctx: RunContext, recs: list) -> dict:
-    """Time every Pareto candidate again, interleaved and with a longer budget; store it in the study.
+    """Time every Pareto candidate again, interleaved and with a longer budget; store it in the study;
+    then race the close calls.
 
     Re-timing can move the front: when candidates come out slower, a trial that was never re-timed
     may become non-dominated. Such trials are re-timed too, until every config on the final front
     carries the longer timing (each round adds at least one, so this ends). Each round's figures are
     stored as soon as they are taken."""
-    evaluator = ctx.measurer.evaluator
+    budget_s = ctx.spec.search.final_latency_budget_s
     final = dict(ctx.study.user_attrs.get("final_metrics", {}))
     retimed: set = set()
+    spent_s, raced = 0.0, False
     todo = candidates(recs, ctx.spec)
     while todo:
         # Interleaved: the candidates share every moment's load instead of each getting its own window.
         # The latency model's reference configs (engine: model) share the rounds too: they re-take its
         # calibration at this moment, and the finalists' predictions are made again with it.
-        timer = ctx.retimer or evaluator.time_interleaved
         configs = [r.config for r in todo] + list(ctx.anchors)
-        timed = timer(configs, ctx.spec.search.final_latency_budget_s, seed=ctx.spec.search.seed)
+        session, timed = _timed_session(ctx, configs, budget_s, final)
+        spent_s += budget_s * len(configs)
         predict = ctx.reanchor({a: timed[a] for a in ctx.anchors}) if ctx.anchors else None
         for r in todo:
-            final[str(r.number)] = {**r.metrics, **timed[r.config], **(predict(r.config) if predict else {})}
+            rounds = timed[r.config].pop(ROUND_FIGURES)
+            # A fresh re-timing replaces the figures and the rounds behind them: they belong together.
+            final[str(r.number)] = {**r.metrics, **timed[r.config], **(predict(r.config) if predict else {}),
+                                    SESSIONS: {session: rounds}}  # fmt: skip
             retimed.add(r.number)
         ctx.study.set_user_attr("final_metrics", final)  # an interrupted round of re-timing keeps what it did
         todo = [r for r in front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec) if r.number not in retimed]
+        if not todo and retimed and spent_s and not raced:
+            raced = True
+            race_close_calls(ctx, final, RACE_SHARE * spent_s)  # racing can move the front: re-time who joins
+            front = front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec)
+            todo = [r for r in front if r.number not in retimed]
     ctx.study.set_user_attr("final_metrics", final)
     return final
+
+
+def _timed_session(ctx: RunContext, configs: list, budget_s: float, final: dict) -> tuple:
+    """(session id, {config: figures}) of one call of the interleaved timer; ids count up over the study."""
+    seen = [int(s) for entry in final.values() for s in entry.get(SESSIONS, {})]
+    session = max(seen, default=0) + 1
+    timer = ctx.retimer or ctx.measurer.evaluator.time_interleaved
+    # Each session its own seed: its rounds visit the configs in other orders than the earlier ones'.
+    return str(session), timer(configs, budget_s, seed=ctx.spec.search.seed + session - 1)
+
+
+def race_close_calls(ctx: RunContext, final: dict, budget_s: float) -> None:
+    """pareto.race on the run's records: each session times the close calls' configs (as many as fit) at
+    RACE_VISIT of the re-timing's budget per config, while budget_s lasts; the rounds are stored with
+    every re-timed trial of those configs. A note says how many pairs were raced and how many stayed
+    equivalent."""
+    spec, per_config = ctx.spec, RACE_VISIT * ctx.spec.search.final_latency_budget_s
+    left = [budget_s]
+
+    def time_configs(configs: list):
+        configs = configs[: int(left[0] / per_config)]  # the pairs raced least come first
+        if len(configs) < 2:
+            return None
+        left[0] -= per_config * len(configs)
+        session, timed = _timed_session(ctx, configs, per_config, final)
+        rounds = {c: timed[c][ROUND_FIGURES] for c in configs}
+        for r in trials.records(ctx.study, spec, final):
+            if r.config in rounds and str(r.number) in final:
+                entry = final[str(r.number)]
+                final[str(r.number)] = {**entry, SESSIONS: {**entry.get(SESSIONS, {}), session: rounds[r.config]}}
+        ctx.study.set_user_attr("final_metrics", final)
+        return session, rounds
+
+    raced, stayed = race(trials.records(ctx.study, spec, final), spec, time_configs, RACE_SESSIONS)
+    if raced:
+        ctx.notes.append(
+            f"racing: {raced} close pairs timed in up to {RACE_SESSIONS} more sessions of interleaved rounds; "
+            f"{raced - stayed} separated, {stayed} stayed equivalent within noise"
+        )

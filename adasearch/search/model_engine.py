@@ -30,8 +30,8 @@ from adasearch.search import trials
 from adasearch.search.context import RunContext
 from adasearch.search.engine_base import Engine, Proposal
 from adasearch.search.finalists import candidates
-from adasearch.search.latency_profile import latency_model_for
-from adasearch.search.results import front_of
+from adasearch.search.latency_profile import ENUMERABLE_LIMIT, latency_model_for
+from adasearch.search.pareto import front_of
 
 VERIFY_LIMIT = 50  # configs proposed per round
 MISS = 0.15  # a finalist whose re-timed p50 is off its prediction by more than this fraction is a miss

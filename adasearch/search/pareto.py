@@ -1,8 +1,14 @@
-"""Non-dominated sets and hypervolume for 2 or 3 objectives with mixed directions."""
+"""Non-dominated sets and hypervolume for 2 or 3 objectives with mixed directions; and the front of a
+run's records, where timed objectives count only beyond noise (Judge, noise_front, front_of)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+
+from adasearch import metrics
+from adasearch.measure import paired
+from adasearch.search import trials
 
 
 def _as_min(point: Sequence[float], directions: Sequence[str]) -> tuple:
@@ -56,3 +62,191 @@ def _hv2(pts, ref) -> float:
             total += (ref[0] - x) * (best_y - y)
             best_y = y
     return total
+
+
+# ---------------------------------------------------------------- the front of a run, beyond noise
+
+SESSIONS = "timed_sessions"  # a re-timed record's rounds: {session id: {metric: [its figure in each round]}}
+
+
+class Judge:
+    """Compares the records of one spec's objectives, timed objectives only beyond noise.
+
+    Two records' timed figure is compared, first that applies:
+    - both were timed in the same interleaved rounds (SESSIONS): paired, measure/paired.py;
+    - both carry 95 % intervals (timed in different sessions): separated when the intervals are
+      disjoint and the figures differ by more than paired.PRACTICAL;
+    - otherwise (brief per-trial timings, predictions): the figures themselves.
+    """
+
+    def __init__(self, spec):
+        self.timed = [(o.metric, o.direction) for o in spec.objectives if metrics.REGISTRY[o.metric].timed]
+        self.fixed = [(o.metric, o.direction) for o in spec.objectives if not metrics.REGISTRY[o.metric].timed]
+        self._keys: dict = {}
+        self._comparisons: dict = {}
+
+    def key(self, r) -> str:
+        if id(r) not in self._keys:
+            self._keys[id(r)] = trials.config_key(r.config)
+        return self._keys[id(r)]
+
+    def rank(self, r) -> tuple:
+        """The order the front is built in: deterministic objectives, best first; then the timed figures;
+        then fewer MACs; then the config's label. A record that dominates another ranks before it (with
+        several timed objectives, unless its point figures disagree with the paired test)."""
+        objectives = self.fixed + self.timed
+        return (*_as_min([r.metrics[m] for m, _ in objectives], [d for _, d in objectives]),
+                r.metrics.get(metrics.COMPUTE, math.inf), r.config.label())  # fmt: skip
+
+    def larger(self, a, b, metric: str) -> int:
+        """+1: a's figure of a timed metric is larger than b's beyond noise, -1: smaller, 0: not separated."""
+        sa, sb = a.metrics.get(SESSIONS), b.metrics.get(SESSIONS)
+        if sa and sb:
+            ka, kb = self.key(a), self.key(b)
+            first, second = (sa, sb) if ka <= kb else (sb, sa)  # one order per pair: the test is mirrored exactly
+            cache = (min(ka, kb), max(ka, kb), metric)
+            if cache not in self._comparisons:
+                ra, rb = paired.shared_rounds(first, second, metric)
+                self._comparisons[cache] = paired.compare(ra, rb) if ra else None
+            found = self._comparisons[cache]
+            if found is not None:
+                return found.sign if ka <= kb else found.reversed().sign
+        xa, xb = a.metrics[metric], b.metrics[metric]
+        low, high = metrics.interval_columns(metric)
+        if all(r.metrics.get(c) is not None for r in (a, b) for c in (low, high)):
+            disjoint = a.metrics[low] > b.metrics[high] or b.metrics[low] > a.metrics[high]
+            if not disjoint or abs(math.log(xa / xb)) <= math.log(1 + paired.PRACTICAL):
+                return 0
+        return (xa > xb) - (xa < xb)
+
+    def better(self, a, b, metric: str, direction: str) -> int:
+        """+1: a is better than b on this timed objective beyond noise, -1: worse, 0: not separated."""
+        s = self.larger(a, b, metric)
+        return s if direction == "maximize" else -s
+
+    def no_worse(self, a, b) -> tuple[bool, bool]:
+        """(a is at least as good as b on every deterministic objective, a is strictly better on one)."""
+        worse = better = False
+        for m, d in self.fixed:
+            va, vb = _as_min([a.metrics[m], b.metrics[m]], [d, d])
+            worse |= va > vb
+            better |= va < vb
+        return not worse, better
+
+    def dominates(self, b, a) -> bool:
+        """b is at least as good as a on every deterministic objective, separated-worse on no timed one,
+        and better on one: strictly on a deterministic objective, or separated on a timed one."""
+        ok, better = self.no_worse(b, a)
+        if not ok:
+            return False
+        for m, d in self.timed:
+            s = self.better(b, a, m, d)
+            if s < 0:
+                return False
+            better |= s > 0
+        return better
+
+    def signs(self, a, b) -> list:
+        """better(a, b) for each timed objective."""
+        return [self.better(a, b, m, d) for m, d in self.timed]
+
+    def tied(self, a, b) -> bool:
+        """No timed objective separates a and b (there is one at least)."""
+        return bool(self.timed) and not any(self.signs(a, b))
+
+
+def _unique(recs: list, judge: Judge) -> list:
+    """One record per config (a sampler can propose a config twice): the earliest trial's."""
+    first: dict = {}
+    for r in sorted(recs, key=lambda r: r.number):
+        first.setdefault(judge.key(r), r)
+    return list(first.values())
+
+
+def noise_front(recs: list, spec, judge: Judge = None) -> list:
+    """The non-dominated records under Judge.dominates, with the chain rule: records are taken in
+    Judge.rank order, and one joins the front unless a record already on the front dominates it. So a
+    record dominated only by records that are themselves off the front stays on it (A ~ B ~ C with A
+    and C separated: A, then C; B leaves, beaten by A), and the figures alone, never the records'
+    order, decide."""
+    judge = judge or Judge(spec)
+    front: list = []
+    for r in sorted(_unique(recs, judge), key=judge.rank):
+        if not any(judge.dominates(f, r) for f in front):
+            front.append(r)
+    return front
+
+
+def front_of(recs: list, spec) -> list:
+    """Feasible records on the front beyond noise (noise_front), best first objective first."""
+    front = noise_front([r for r in recs if r.feasible], spec)
+    first = spec.objectives[0]
+    return sorted(front, key=lambda r: r.metrics[first.metric], reverse=first.direction == "maximize")
+
+
+def equivalents(front: list, recs: list, spec) -> dict:
+    """{config key of a front record: [labels of the configs equivalent to it within noise]}: the other
+    feasible configs that no timed objective separates from it and that are no better on any
+    deterministic objective, so that a user sees the alternatives a repeat run might have picked."""
+    judge = Judge(spec)
+    if not judge.timed:
+        return {judge.key(f): [] for f in front}
+    others = sorted(_unique([r for r in recs if r.feasible], judge), key=judge.rank)
+    return {
+        judge.key(f): [x.config.label() for x in others
+                       if judge.key(x) != judge.key(f) and judge.tied(x, f) and judge.no_worse(f, x)[0]]
+        for f in front
+    }  # fmt: skip
+
+
+def close_calls(recs: list, spec) -> list:
+    """Pairs of records, both timed in interleaved rounds, whose undecided timed order decides whether one
+    of them is on the front: a front record f and another x that f is no worse than on every
+    deterministic objective and that no timed objective separates from f (separated in x's favour, f
+    would not dominate x; in f's, f would), where no front record dominates x beyond noise on every
+    timed objective (then more rounds could not bring x back). Each pair once, the higher ranked first."""
+    judge = Judge(spec)
+    feasible = [r for r in recs if r.feasible]
+    front = noise_front(feasible, spec, judge)
+    pairs = []
+    for x in sorted(_unique(feasible, judge), key=judge.rank):
+        if not x.metrics.get(SESSIONS):
+            continue
+        rivals = [f for f in front if f is not x]
+        if any(judge.dominates(f, x) and 0 not in judge.signs(x, f) for f in rivals):
+            continue  # beaten beyond noise by a front config: more rounds cannot bring it back
+        for f in rivals:
+            if f.metrics.get(SESSIONS) and judge.no_worse(f, x)[0] and judge.tied(x, f):
+                pair = (f, x) if judge.rank(f) <= judge.rank(x) else (x, f)
+                if pair not in pairs:
+                    pairs.append(pair)
+    return pairs
+
+
+def race(recs: list, spec, time_configs, sessions: int) -> tuple[int, int]:
+    """Race the close calls of `recs` (close_calls) in at most `sessions` more sessions of interleaved
+    rounds. time_configs(configs) times a prefix of those configs together (as many as its budget
+    allows) and returns (session id, {config: {metric: [figure per round]}}), or None when the budget is
+    spent. The configs come pair by pair, the pairs raced least so far first (then by rank), so that
+    pairs that never separate do not starve the others. Each session's rounds are added to the records
+    of its configs (SESSIONS), so the next comparisons pool them. Returns (pairs raced, of which still
+    not separated at the end: equivalent)."""
+    judge = Judge(spec)
+    raced: dict = {}  # (key, key) -> sessions it was raced in
+    for _ in range(sessions):
+        pairs = [(judge.key(a), judge.key(b), a, b) for a, b in close_calls(recs, spec)]
+        pairs.sort(key=lambda p: raced.get(p[:2], 0))  # stable: rank order within a count
+        timed = time_configs(list(dict.fromkeys(r.config for *_, a, b in pairs for r in (a, b)))) if pairs else None
+        if timed is None:
+            break
+        session, rounds = timed
+        for r in recs:
+            if r.config in rounds:
+                r.metrics[SESSIONS] = {**r.metrics.get(SESSIONS, {}), session: rounds[r.config]}
+        for ka, kb, a, b in pairs:
+            if a.config in rounds and b.config in rounds:
+                raced[ka, kb] = raced.get((ka, kb), 0) + 1
+    judge, by_key = Judge(spec), {}  # a fresh judge: the records have new rounds
+    for r in recs:
+        by_key.setdefault(judge.key(r), r)
+    return len(raced), sum(judge.tied(by_key[a], by_key[b]) for a, b in raced)

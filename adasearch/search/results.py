@@ -13,7 +13,7 @@ from adasearch import __version__, metrics
 from adasearch.measure.closed_form_macs import MACS_CONVENTION
 from adasearch.run_folder import RunFolder, deployment_doc
 from adasearch.search import trials
-from adasearch.search.pareto import pareto_front
+from adasearch.search.pareto import SESSIONS, equivalents
 from adasearch.search.storage import recorded_spec
 
 
@@ -43,60 +43,14 @@ class RunSummary:
         return sum(a - t for a, t in pairs) / len(pairs) if pairs else None
 
 
-def noise_ties(recs: list, spec) -> list:
-    """The records with ties within timing noise collapsed, so that noise does not order them.
-
-    The rule: records whose deterministic objectives are equal and whose timed objectives' 95 %
-    intervals overlap (pairwise, and transitively) form a group; the record with the fewest MACs (then
-    the smallest config label) stands for the group and the others leave the front's candidates. Only
-    re-timed records carry intervals; the others are never grouped."""
-    timed = [o.metric for o in spec.objectives if metrics.REGISTRY[o.metric].timed]
-    if not timed:
-        return recs
-    fixed = [o.metric for o in spec.objectives if o.metric not in timed]
-    bounds = [metrics.interval_columns(m) for m in timed]
-
-    def overlap(a, b) -> bool:
-        return all(
-            a.metrics.get(lo) is not None and b.metrics.get(lo) is not None
-            and a.metrics[lo] <= b.metrics[hi] and b.metrics[lo] <= a.metrics[hi]
-            for lo, hi in bounds
-        )  # fmt: skip
-
-    parent = list(range(len(recs)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, a in enumerate(recs):
-        for j in range(i):
-            b = recs[j]
-            if all(a.metrics.get(m) == b.metrics.get(m) for m in fixed) and overlap(a, b):
-                parent[root(i)] = root(j)
-    groups: dict = {}
-    for i, r in enumerate(recs):
-        groups.setdefault(root(i), []).append(r)
-    keep = {id(min(g, key=lambda r: (r.metrics[metrics.COMPUTE], r.config.label()))) for g in groups.values()}
-    return [r for r in recs if id(r) in keep]
-
-
-def front_of(recs: list, spec) -> list:
-    """Feasible, non-dominated records, best first objective first (noise ties collapsed first)."""
-    directions = [o.direction for o in spec.objectives]
-    feasible = noise_ties([r for r in recs if r.feasible], spec)
-    front = [
-        feasible[i] for i in pareto_front([trials.objective_values(spec, r.metrics) for r in feasible], directions)
-    ]
-    first = spec.objectives[0]
-    return sorted(front, key=lambda r: r.metrics[first.metric], reverse=first.direction == "maximize")
-
-
 def closest(recs: list, spec, n: int = 5) -> list:
     """Infeasible records nearest to the constraints: smallest summed relative violation."""
     return sorted(recs, key=lambda r: trials.relative_violation(spec, r))[:n]
+
+
+def _public(figures: dict) -> dict:
+    """A record's metrics without its per-round timings: those stay in the study (finalists.py)."""
+    return {k: v for k, v in figures.items() if k != SESSIONS}
 
 
 def _row(r, runtime: str) -> dict:
@@ -110,7 +64,7 @@ def _row(r, runtime: str) -> dict:
         "runtime": runtime,  # what the timed figures were measured under (hardware.runtime)
     }
     row.update({f"knob.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in r.config.to_dict().items()})
-    row.update(r.metrics)
+    row.update(_public(r.metrics))
     return row
 
 
@@ -162,12 +116,19 @@ def write_results(ctx, summary: RunSummary) -> None:
         "spec": {**recorded_spec(spec.to_yaml_dict()), "model": _model_ref(spec)},  # storage password masked
     }
     folder.write_run(run_doc)
-    folder.write_trials([_row(r, spec.hardware.runtime) for r in summary.records])
-    folder.write_front([_row(r, spec.hardware.runtime) for r in front])
+    runtime = spec.hardware.runtime
+    folder.write_trials([_row(r, runtime) for r in summary.records])
+    # Each front config's alternatives within timing noise (pareto.equivalents): a list in pareto.json,
+    # "; "-separated labels in pareto.csv and the report.
+    equivalent = equivalents(front, summary.records, spec)
+    folder.write_front(
+        [{**_row(r, runtime), "equivalent": "; ".join(equivalent[trials.config_key(r.config)])} for r in front]
+    )
     pareto = [
-        {"trial": r.number, "name": deployment_name(r, spec), "config": r.config.to_dict(), "metrics": r.metrics}
+        {"trial": r.number, "name": deployment_name(r, spec), "config": r.config.to_dict(),
+         "metrics": _public(r.metrics), "equivalent": equivalent[trials.config_key(r.config)]}
         for r in front
-    ]
+    ]  # fmt: skip
     for r, row in zip(front, pareto):
         guarantee = summary.guarantees.get(trials.config_key(r.config))
         if guarantee:

@@ -27,8 +27,9 @@ from adasearch.search.context import RunContext, drop_trial, prepare, record_tri
 from adasearch.search.engine_base import Driver, Engine
 from adasearch.search.engines import ExhaustiveEngine, OptunaEngine
 from adasearch.search.finalists import retime_finalists
+from adasearch.search.pareto import front_of
 from adasearch.search.progress import SearchProgress
-from adasearch.search.results import RunSummary, front_of, print_summary, write_results
+from adasearch.search.results import RunSummary, print_summary, write_results
 from adasearch.search.storage import fail_leftover_retries
 from adasearch.spec import RunSpec
 

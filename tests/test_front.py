@@ -1,0 +1,192 @@
+"""The front beyond noise (search/pareto.py: Judge, noise_front, equivalents, close_calls) on hand-made
+records whose per-round timings make every paired comparison exact."""
+
+import itertools
+
+import pytest
+
+from adasearch.config import DeploymentConfig
+from adasearch.search.pareto import SESSIONS, Judge, close_calls, equivalents, front_of, pareto_front
+from adasearch.search.trials import TrialRecord, config_key
+from adasearch.spec import RunSpec
+
+SPEC = RunSpec(objectives=["accuracy", "latency_p50_ms"])
+DRIFT = [1.0, 1.3, 0.9, 2.5, 1.1, 1.0, 1.6, 0.95]  # the machine's speed in each of 8 rounds
+
+
+def rec(n, acc, ms, macs=100.0, session="1", rounds=True):
+    """Trial n (config depth n + 1 ... a distinct config per n) at `ms` ms in every round of `session`,
+    times that round's machine speed; its point figure and interval as the re-timing would give."""
+    per_round = [ms * d for d in DRIFT]
+    metrics = {"accuracy": acc, "latency_p50_ms": ms * 1.1, "macs": macs,
+               "latency_p50_ms_ci_low": ms * 0.95, "latency_p50_ms_ci_high": ms * 1.6}  # fmt: skip
+    if rounds:
+        metrics[SESSIONS] = {session: {"latency_p50_ms": per_round}}
+    config = DeploymentConfig(num_tokens=n + 1)
+    return TrialRecord(n, config, {}, metrics, True, {})
+
+
+def numbers(recs):
+    return sorted(r.number for r in recs)
+
+
+def test_dominance_counts_timed_objectives_only_beyond_noise():
+    judge = Judge(SPEC)
+    fast = rec(0, 0.95, 1.00)
+    tied_more_accurate = rec(1, 0.96, 1.02)  # 2 % slower in every round: within the 3 % threshold
+    slower_more_accurate = rec(2, 0.96, 1.10)  # 10 % slower: separated
+    tied_same_accuracy = rec(3, 0.95, 0.99)
+    separated_same_accuracy = rec(4, 0.95, 1.20)
+    assert judge.dominates(tied_more_accurate, fast)  # as fast within noise, and more accurate
+    assert not judge.dominates(slower_more_accurate, fast) and not judge.dominates(fast, slower_more_accurate)
+    assert not judge.dominates(tied_same_accuracy, fast) and not judge.dominates(fast, tied_same_accuracy)
+    assert judge.dominates(fast, separated_same_accuracy)  # equal accuracy, faster beyond noise
+    assert judge.tied(fast, tied_more_accurate) and not judge.tied(fast, slower_more_accurate)
+
+
+def test_a_chain_of_ties_keeps_both_ends_whatever_the_order_of_records():
+    """A ~ B (1.5 %), B ~ C (2.6 %), A and C separated (4.2 %). Built from the most accurate: A joins, B is
+    dominated by A (more accurate, as fast within noise), C is not dominated by A (separated faster) and
+    B is off the front, so C joins. The point rule keeps all three; dominance by any record would
+    keep only A."""
+    a, b, c = rec(0, 0.97, 1.000), rec(1, 0.96, 0.985), rec(2, 0.95, 0.960)
+    judge = Judge(SPEC)
+    assert judge.tied(a, b) and judge.tied(b, c) and not judge.tied(a, c)
+    assert judge.dominates(b, c)  # C is dominated, but only by B, which is off the front
+    for order in itertools.permutations([a, b, c]):
+        assert [r.number for r in front_of(list(order), SPEC)] == [0, 2]
+    assert equivalents(front_of([a, b, c], SPEC), [a, b, c], SPEC) == {
+        config_key(a.config): [b.config.label()],  # as fast as A within noise, and no better anywhere
+        config_key(c.config): [],  # B is as fast as C within noise, but more accurate: not an alternative to C
+    }
+    assert close_calls([c, b, a], SPEC) == [(a, b)]  # B is off the front only through a tie with A
+
+
+def test_a_long_chain_never_collapses():
+    """Ten configs, each 2 % faster and 0.005 less accurate than the one before: every neighbour is
+    within noise. The front keeps every second one (4 % apart, separated); the point rule keeps all ten."""
+    chain = [rec(i, 0.99 - 0.005 * i, 0.98**i) for i in range(10)]
+    for order in (chain, chain[::-1], chain[3:] + chain[:3]):
+        assert numbers(front_of(order, SPEC)) == [0, 2, 4, 6, 8]
+    points = [(r.metrics["accuracy"], r.metrics["latency_p50_ms"]) for r in chain]
+    assert len(pareto_front(points, ["maximize", "minimize"])) == 10
+
+
+def test_equal_accuracy_within_noise_keeps_both_and_lists_each_as_the_others_alternative():
+    a, b = rec(0, 0.95, 1.00, macs=300), rec(1, 0.95, 1.01, macs=200)
+    front = front_of([b, a], SPEC)
+    assert numbers(front) == [0, 1]
+    eq = equivalents(front, [a, b], SPEC)
+    assert eq == {config_key(a.config): [b.config.label()], config_key(b.config): [a.config.label()]}
+
+
+def test_more_rounds_can_separate_what_eight_could_not():
+    """b is 5 % faster and less accurate; noisy rounds leave it tied with a on the first session's 8
+    rounds (so a dominates it), and separated once a race session's rounds (5 % again) pool with them;
+    the race's own machine speed cancels within it."""
+    a, b = rec(0, 0.96, 1.0), rec(1, 0.95, 1.0)
+    noise = [0.95, 1.03, 0.88, 0.95, 1.01, 0.95, 0.90, 1.02]
+    b.metrics[SESSIONS]["1"]["latency_p50_ms"] = [t * n for t, n in zip(DRIFT, noise)]
+    assert Judge(SPEC).tied(a, b) and numbers(front_of([a, b], SPEC)) == [0]
+    race = [3.0 * d for d in DRIFT]  # a slower moment of the machine
+    a.metrics[SESSIONS]["2"] = {"latency_p50_ms": race}
+    b.metrics[SESSIONS]["2"] = {"latency_p50_ms": [0.95 * t for t in race]}
+    assert not Judge(SPEC).tied(a, b) and numbers(front_of([a, b], SPEC)) == [0, 1]
+
+
+def test_without_shared_rounds_intervals_then_points_decide():
+    """Timed in different sessions: separated only when the intervals are disjoint (and beyond 3 %);
+    never re-timed (brief timings): the figures themselves, as the point rule."""
+    judge = Judge(SPEC)
+    a, overlapping = rec(0, 0.96, 1.0, session="1"), rec(1, 0.95, 0.9, session="2")
+    disjoint = rec(2, 0.95, 0.5, session="2")
+    assert judge.tied(a, overlapping) and not judge.tied(a, disjoint)
+    brief_a, brief_b = rec(3, 0.96, 1.0, rounds=False), rec(4, 0.95, 0.99, rounds=False)
+    for r in (brief_a, brief_b):
+        del r.metrics["latency_p50_ms_ci_low"], r.metrics["latency_p50_ms_ci_high"]
+    assert numbers(front_of([brief_a, brief_b], SPEC)) == [3, 4]
+
+
+def test_deterministic_objectives_alone_are_the_plain_pareto_front():
+    spec = RunSpec(objectives=["accuracy", "gmacs"])
+    recs = [rec(i, acc, 1.0) for i, acc in enumerate([0.9, 0.95, 0.93])]
+    for r, g in zip(recs, [1.0, 3.0, 3.5]):
+        r.metrics["gmacs"] = g
+    assert numbers(front_of(recs, spec)) == [0, 1]
+    assert close_calls(recs, spec) == [] and all(v == [] for v in equivalents(recs[:2], recs, spec).values())
+
+
+def test_a_config_recorded_twice_is_on_the_front_once():
+    a, twin = rec(0, 0.95, 1.0), rec(5, 0.95, 1.0)
+    twin.config = a.config
+    assert numbers(front_of([twin, a], SPEC)) == [0]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_front_does_not_depend_on_the_order_of_records(seed):
+    import random
+
+    rng = random.Random(seed)
+    recs = [rec(i, rng.choice([0.93, 0.95, 0.96, 0.97]), rng.uniform(0.6, 1.0)) for i in range(12)]
+    expected = numbers(front_of(recs, SPEC))
+    for _ in range(5):
+        rng.shuffle(recs)
+        assert numbers(front_of(recs, SPEC)) == expected
+
+
+def test_a_run_races_its_close_calls_and_lists_the_equivalents(tmp_path, monkeypatch):
+    """A real demo search whose re-timing is real except that every config's per-round figures are made
+    those of the first: no timed difference is beyond noise anywhere. The close calls are raced in
+    more sessions and stay equivalent; pareto.json, pareto.csv and the report list the equivalents."""
+    import json
+
+    import optuna
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from adasearch.cli import main
+    from adasearch.measure.evaluator import Evaluator
+    from adasearch.measure.interleaved import ROUND_FIGURES, ROUNDS
+    from tests.helpers import write_run_spec
+
+    interleaved, sessions = Evaluator.time_interleaved, []
+
+    def all_alike(self, configs, budget_s, seed=0):
+        out = interleaved(self, configs, budget_s, seed=seed)
+        first = out[configs[0]][ROUND_FIGURES]
+        for figures in out.values():
+            figures[ROUND_FIGURES] = {k: list(v) for k, v in first.items()}
+        sessions.append(len(configs))
+        return out
+
+    monkeypatch.setattr(Evaluator, "time_interleaved", all_alike)
+    space = {"num_tokens": [1, 4, 32], "depth": [1, 3, 6]}  # 9 networks: a front with close calls, quickly
+    spec = write_run_spec(tmp_path, space, objectives=("accuracy", "latency_p50_ms"), engine="exhaustive")
+    r = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    notes = [n for n in yaml_notes(out) if n.startswith("racing:")]
+    assert len(sessions) >= 2 and notes, r.output  # the re-timing, then at least one race
+    raced = int(notes[0].split()[1])
+    assert notes[0].endswith(f"0 separated, {raced} stayed equivalent within noise")
+    final = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}").user_attrs["final_metrics"]
+    rounds = [s["latency_p50_ms"] for entry in final.values() for s in entry[SESSIONS].values()]
+    assert rounds and all(len(x) == ROUNDS for x in rounds)
+    assert max(len(entry[SESSIONS]) for entry in final.values()) >= 2  # raced configs hold a race session too
+    pareto = json.loads((out / "pareto.json").read_text())["pareto"]
+    assert all(isinstance(row["equivalent"], list) and SESSIONS not in row["metrics"] for row in pareto)
+    assert any(row["equivalent"] for row in pareto)
+    table = pd.read_csv(out / "pareto.csv")
+    assert SESSIONS not in table and SESSIONS not in pd.read_csv(out / "trials.csv")
+    listed = {row["config"]: "; ".join(row["equivalent"]) for row in
+              ({**row, "config": table["config"][i]} for i, row in enumerate(pareto))}  # fmt: skip
+    assert listed == dict(zip(table["config"], table["equivalent"].fillna("")))
+    assert CliRunner().invoke(main, ["report", str(out)]).exit_code == 0
+    page = (out / "report.html").read_text()
+    assert "<th>equivalent</th>" in page and next(e for e in listed.values() if e).split("; ")[0] in page
+
+
+def yaml_notes(out) -> list:
+    from adasearch.yaml_io import read_yaml
+
+    return read_yaml(out / "run.yaml").get("notes") or []
