@@ -30,7 +30,7 @@ from adasearch.search import trials
 from adasearch.search.context import RunContext
 from adasearch.search.engine_base import Engine, Proposal
 from adasearch.search.finalists import candidates
-from adasearch.search.latency_profile import ENUMERABLE_LIMIT, latency_model_for
+from adasearch.search.latency_profile import latency_model_for
 from adasearch.search.pareto import front_of
 
 VERIFY_LIMIT = 50  # configs proposed per round
