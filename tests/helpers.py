@@ -91,6 +91,8 @@ def serving(app):
     assert srv.started
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            while client.get("/v2/health/ready").status_code == 503 and time.time() < deadline:
+                time.sleep(0.05)  # live, still warming up
             yield client
     finally:
         srv.should_exit = True
