@@ -73,15 +73,21 @@ def write_run_spec(
     return path
 
 
+def free_port() -> int:
+    """A loopback port free at the moment of the call."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def serving(app):
-    """An httpx client of `app` served by a real uvicorn on a free loopback port, stopped on exit."""
+    """An httpx client of `app` served by a real uvicorn on a free loopback port, ready (warmed up), stopped
+    on exit."""
     import httpx
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

@@ -54,7 +54,7 @@ class Answer:
     deadline_met: bool  # measured: answered by its deadline (True without one)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     x: torch.Tensor  # (n, C, H, W)
     pending: Pending
@@ -80,6 +80,7 @@ class Batcher:
         self.busy_until = 0.0  # clock time the running forward is predicted to end
         self.ready = False  # warmed up
         self.draining = False
+        self.admitted = self.answered = 0  # requests queued, and those given their answer (or their error)
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="adasearch-forward")
@@ -144,6 +145,7 @@ class Batcher:
         item = _Item(x, pending, now, asyncio.get_running_loop().create_future())
         self.queue.append(item)
         self.queued_samples += n
+        self.admitted += 1
         self._wake.set()
         return await item.future
 
@@ -174,7 +176,15 @@ class Batcher:
                     await asyncio.wait_for(self._wake.wait(), max(0.0, fill_until - self.clock()))
                 except asyncio.TimeoutError:
                     break
-            await self._run_one(self._same_shape())
+            candidates = self._same_shape()
+            try:
+                await self._run_one(candidates)
+            except Exception as e:  # a bug must fail these requests (500), not leave every later one hanging
+                queued = {id(it) for it in self.queue}
+                self._remove([it for it in candidates if id(it) in queued])
+                for it in candidates:
+                    if not it.future.done():
+                        self._settle(it, error=e)
 
     def _remove(self, items: list) -> None:
         gone = {id(it) for it in items}
@@ -188,8 +198,7 @@ class Batcher:
         self._remove(late + batch)
         for it in late:
             self.metrics.shed.labels("late").inc()
-            if not it.future.done():
-                it.future.set_exception(Shed("late", "no config can answer by the request's deadline any more"))
+            self._settle(it, error=Shed("late", "no config can answer by the request's deadline any more"))
         if not batch:
             return
         start = self.clock()
@@ -199,8 +208,7 @@ class Batcher:
             out = await asyncio.get_running_loop().run_in_executor(self._worker, self._forward, plan.entry, x)
         except Exception as e:  # the model refused the inputs: every request of the batch hears why
             for it in batch:
-                if not it.future.done():
-                    it.future.set_exception(e)
+                self._settle(it, error=e)
             return
         finally:
             self.busy_until = self.clock()  # idle now, however long the prediction said
@@ -228,8 +236,16 @@ class Batcher:
                 met,
             )
             row += n
-            if not it.future.done():  # a client that went away leaves a cancelled future
-                it.future.set_result(answer)
+            self._settle(it, answer)
+
+    def _settle(self, item: _Item, answer: Optional[Answer] = None, error: Optional[Exception] = None) -> None:
+        self.answered += 1
+        if item.future.done():  # a client that went away leaves a cancelled future
+            return
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(answer)
 
     def _forward(self, entry, x: torch.Tensor) -> tuple:
         out = self.dep.forward(entry.config, self.dep.as_input(x))

@@ -462,3 +462,4 @@ def serve(
         flush=True,
     )
     DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+    print(f"stopped: {batcher.admitted} requests admitted, {batcher.answered} answered", file=sys.stderr, flush=True)
