@@ -323,6 +323,14 @@ def certify(run_folder, data_source, accuracy_drop, disagreement, confidence, li
     help="deadline: per batch, the most accurate config predicted to meet the tightest deadline; "
     "static: the most accurate config always.",
 )
+@click.option(
+    "--latency",
+    type=click.Choice(["run", "warm-up"]),
+    default="run",
+    show_default=True,
+    help="What predicts a config's latency: the run's figures (pareto.json, latency_model.json), or the p90 of "
+    "forwards timed at warm-up on this machine (when the run's figures no longer describe it).",
+)
 def serve(run_folder, **options):
     """Serve RUN_FOLDER's Pareto configs over HTTP: POST /predict (with budget_ms), the Open Inference
     Protocol (/v2/models/NAME/infer, NAME the run's name), GET /metrics (Prometheus), /configs, /healthz.
@@ -333,7 +341,9 @@ def serve(run_folder, **options):
     the run's device, dtype and thread count, so the measured latencies that budgets are compared with hold."""
     from adasearch.serving.http import serve as serve_http
 
-    serve_http(run_folder, **options)  # host, port, model, body cap, device, dtype, threads, batching, slo, policy
+    serve_http(
+        run_folder, **options
+    )  # host, port, model, body cap, device, dtype, threads, batching, slo, policy, latency
 
 
 @main.command("train-demo")

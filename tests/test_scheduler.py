@@ -107,10 +107,14 @@ def test_figure_predictor_scales_the_run_figures():
     best = FRONT[2]
     assert p.predict_ms(best, 2) == 4.0  # the run's own batch size: its p90
     assert p.predict_ms(best, 1) == 4.0 and p.predict_ms(best, 8) == 16.0  # the stated rule
-    p.record_warm_up("best", 2, 1.0)
-    p.record_warm_up("best", 8, 2.5)
-    assert p.predict_ms(best, 8) == 10.0  # p90 x the forward times measured at warm-up, 2.5 / 1.0
+    p.record_warm_up("best", 2, [1.0, 0.9, 1.1])
+    p.record_warm_up("best", 8, [2.5, 2.4, 9.0])
+    assert p.predict_ms(best, 8) == 10.0  # p90 x the medians of the forwards timed at warm-up, 2.5 / 1.0
     assert p.predict_ms(Entry("untimed", best.config, {"accuracy": 0.99}), 2) is None
+    warm = FigurePredictor(batch_size=2, source="warm-up")
+    warm.record_warm_up("best", 8, [float(t) for t in range(10, 0, -1)])
+    assert warm.predict_ms(best, 8) == 9.0  # the p90 of 1..10 ms, nearest rank
+    assert warm.predict_ms(best, 4) == 8.0  # not timed at 4: the run's figure and the rule
 
 
 def test_figure_predictor_uses_a_latency_model_profiled_at_that_batch_size():

@@ -50,7 +50,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "adasearch.cli", "serve", str(run), "--port", str(self.port), *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # a generous bound: 2 cores shared by several test runs
         while time.time() < deadline and self.proc.poll() is None:
             try:
                 if httpx.get(self.url + "/v2/health/ready").status_code == 200:
@@ -58,8 +58,8 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        self.stop()
-        raise AssertionError(f"server not ready: {self.proc.stderr.read()}")
+        code, err = self.stop()
+        raise AssertionError(f"server not ready (exit code {code}): {err}")
 
     def stop(self) -> tuple:
         """(exit code, stderr) after SIGTERM."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import statistics
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +25,7 @@ import torch
 
 from adasearch.serving.deployment import TOP_K, Deployment
 from adasearch.serving.prometheus import ServingMetrics
-from adasearch.serving.scheduler import FigurePredictor, Pending, Scheduler
-
-WARM_REPS = 3  # forwards per config and batch size at warm-up; their median is the measured time
+from adasearch.serving.scheduler import Pending, Scheduler
 
 
 class Shed(Exception):
@@ -95,21 +92,23 @@ class Batcher:
         self.ready = True
 
     def warm_up(self) -> None:
-        """Each config once (plus timing reps) at each batch size it may get: 1..max_batch, and the run's batch
-        size for the scaling of its figures. The medians go to the predictor when it takes them."""
+        """Each config once at each batch size it may get: 1..max_batch, and the run's batch size for the
+        scaling of its figures; then the predictor's warm_reps timed forwards, whose times it records."""
         cfg = self.dep.model.cfg
         predictor = self.scheduler.predictor
         sizes = sorted({*range(1, self.max_batch + 1), getattr(predictor, "batch_size", 1)})
         x = self.dep.as_input(torch.zeros(max(sizes), cfg.in_channels, cfg.img_size, cfg.img_size))
+        reps = getattr(predictor, "warm_reps", 0)
         for entry in self.scheduler.entries:
             for b in sizes:
+                self.dep.forward(entry.config, x[:b])  # the warm-up proper
                 times = []
-                for _ in range(WARM_REPS):
+                for _ in range(reps):
                     t0 = time.perf_counter()
                     self.dep.forward(entry.config, x[:b])
                     times.append((time.perf_counter() - t0) * 1e3)
-                if isinstance(predictor, FigurePredictor):
-                    predictor.record_warm_up(entry.name, b, statistics.median(times[1:]))
+                if times:
+                    predictor.record_warm_up(entry.name, b, times)
 
     def drain(self) -> None:
         """Stop admitting; what is queued is still answered."""

@@ -215,13 +215,17 @@ def create_app(
     max_queue: int = 1024,
     slo_ms: Optional[float] = None,
     policy: str = DEADLINE,
+    latency: str = FigurePredictor.RUN,
     predictor: Optional[LatencyPredictor] = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The app around a loaded Deployment. Batches of up to max_batch samples wait at most max_delay_ms for
     more; the queue holds at most max_queue samples; slo_ms is the budget of a request that gives none.
-    policy: deadline (the scheduler's choice per batch) or static (the most accurate config, always)."""
-    predictor = predictor or FigurePredictor(dep.hardware.get("batch_size", 1), _latency_model(dep), dep.model)
+    policy: deadline (the scheduler's choice per batch) or static (the most accurate config, always).
+    latency: what predicts a config's latency: the run's figures (run) or the warm-up's timings (warm-up)."""
+    if predictor is None:
+        batch_size = dep.hardware.get("batch_size", 1)
+        predictor = FigurePredictor(batch_size, _latency_model(dep), dep.model, latency)
     scheduler = Scheduler(dep.configs, predictor, max_batch, policy, clock)
     metrics = ServingMetrics()
     batcher = Batcher(dep, scheduler, metrics, max_batch, max_delay_ms, max_queue)
@@ -429,6 +433,7 @@ def serve(
     max_queue: int = 1024,
     slo_ms: Optional[float] = None,
     policy: str = DEADLINE,
+    latency: str = FigurePredictor.RUN,
 ) -> None:
     """Serve until SIGTERM or SIGINT. SIGTERM drains: nothing new is admitted, every admitted request is
     answered, and the process exits 0."""
@@ -443,6 +448,7 @@ def serve(
         max_queue=max_queue,
         slo_ms=slo_ms,
         policy=policy,
+        latency=latency,
     )
     batcher = app.state.batcher
 

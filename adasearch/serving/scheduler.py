@@ -26,11 +26,13 @@ hardware.batch_size B. At another batch size b the prediction is, first that fou
    warmed up (medians of a few forwards, same device and threads);
 3. the stated rule: t(b) = t(B) for b <= B (a smaller batch is no slower), t(B) * b / B above it (no
    batching gain assumed); conservative wherever a forward's time grows with b and less than linearly.
+With `--latency warm-up` the p90 of the forwards timed at warm-up comes first (see FigurePredictor).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +40,7 @@ from typing import Optional, Protocol
 
 from adasearch.metrics import P90, budget_latency, tie_break
 
+WARM_UP_REPS = 10  # timed forwards per config and batch size when warm-up timings are the latency source
 STATIC, DEADLINE = "static", "deadline"  # policies: the most accurate config always | the deadline-aware choice
 
 
@@ -162,17 +165,27 @@ def tie_break_of(entry) -> tuple:
 
 
 class FigurePredictor:
-    """The run's figures at its batch size, carried to other batch sizes (see the module docstring)."""
+    """The run's figures at its batch size, carried to other batch sizes (see the module docstring).
 
-    def __init__(self, batch_size: int, latency_model=None, model=None):
+    source "warm-up" predicts from the serving machine instead: the p90 of the forwards timed at each batch
+    size while the server warmed up (WARM_UP_REPS of them), for a run whose figures no longer describe the
+    machine (measured elsewhere, or under other load); the run's figures remain the fallback."""
+
+    RUN, WARM_UP = "run", "warm-up"
+
+    def __init__(self, batch_size: int, latency_model=None, model=None, source: str = RUN):
+        if source not in (self.RUN, self.WARM_UP):
+            raise ValueError(f"latency source {source!r}: allowed {self.RUN}, {self.WARM_UP}")
         self.batch_size = max(1, int(batch_size or 1))  # the run's hardware.batch_size: what p90 is per batch of
         self.latency_model = latency_model  # a measure.latency_model.LatencyModel, or None
         self.model = model  # the AdaPerceiver, to expand a config into the plan the latency model reads
-        self.warm_ms: dict = {}  # (config name, batch size) -> median forward ms measured at warm-up
+        self.source = source
+        self.warm_reps = WARM_UP_REPS if source == self.WARM_UP else 3  # timed forwards per config and size
+        self.warm_ms: dict = {}  # (config name, batch size) -> forward times (ms) measured at warm-up
         self._cache: dict = {}
 
-    def record_warm_up(self, name: str, batch_size: int, ms: float) -> None:
-        self.warm_ms[(name, batch_size)] = ms
+    def record_warm_up(self, name: str, batch_size: int, times_ms: list) -> None:
+        self.warm_ms[(name, batch_size)] = sorted(times_ms)
         self._cache.clear()
 
     def predict_ms(self, entry, batch_size: int) -> Optional[float]:
@@ -182,6 +195,9 @@ class FigurePredictor:
         return self._cache[key]
 
     def _predict(self, entry, b: int) -> Optional[float]:
+        here = self.warm_ms.get((entry.name, b))
+        if self.source == self.WARM_UP and here:
+            return here[min(len(here) - 1, math.ceil(0.9 * len(here)) - 1)]  # p90, nearest rank
         at_run = budget_latency(entry.metrics)
         if at_run is None or not math.isfinite(at_run):
             return None
@@ -190,9 +206,9 @@ class FigurePredictor:
         from_model = self._from_latency_model(entry, b)
         if from_model is not None:
             return from_model
-        here, there = self.warm_ms.get((entry.name, b)), self.warm_ms.get((entry.name, self.batch_size))
+        there = self.warm_ms.get((entry.name, self.batch_size))
         if here and there:
-            return at_run * here / there
+            return at_run * statistics.median(here) / statistics.median(there)
         return at_run * max(1.0, b / self.batch_size)
 
     def _from_latency_model(self, entry, b: int) -> Optional[float]:
