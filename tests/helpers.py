@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -71,6 +72,27 @@ def write_run_spec(
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def served_run(folder: Path, name: str = "s") -> Path:
+    """A demo run whose front holds several timed configs (tokens, depth, width), for serving; its folder."""
+    from click.testing import CliRunner
+
+    from adasearch.cli import main
+
+    spec = write_run_spec(
+        folder,
+        {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]},
+        name=name,
+        limit=80,
+        objectives=["accuracy", "gmacs", "latency_p50_ms"],  # gmacs: noise can't shrink the front
+        latency_budget_s=0.005,
+    )
+    with pytest.MonkeyPatch.context() as mp:  # module fixtures run outside the per-test cache
+        mp.setenv("ADASEARCH_CACHE", str(folder / "cache"))
+        result = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return folder / "out"
 
 
 def free_port() -> int:

@@ -7,33 +7,19 @@ import zlib
 
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from adasearch import load_model
-from adasearch.cli import main
 from adasearch.data.digits import digits
 from adasearch.serving import Deployment
 from adasearch.serving.deployment import Entry
 from adasearch.serving.http import MAX_IMAGE_PIXELS, create_app
-from tests.helpers import serving, write_run_spec
+from tests.helpers import served_run, serving
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve")
-    spec = write_run_spec(
-        tmp,
-        {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]},
-        name="s",
-        limit=80,
-        objectives=["accuracy", "gmacs", "latency_p50_ms"],  # gmacs: noise can't shrink the front
-        latency_budget_s=0.005,
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ADASEARCH_CACHE", str(tmp / "cache"))
-        assert CliRunner().invoke(main, ["run", str(spec), "--no-progress"]).exit_code == 0
-    dep = Deployment.load(tmp / "out")
+    dep = Deployment.load(served_run(tmp_path_factory.mktemp("serve")))
     with serving(create_app(dep, max_body_bytes=64 * 1024)) as client:
         yield client, dep
 

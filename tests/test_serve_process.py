@@ -15,31 +15,18 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from adasearch import load_model
-from adasearch.cli import main
 from adasearch.data.digits import digits
 from adasearch.serving import Deployment
-from tests.helpers import free_port, write_run_spec
+from tests.helpers import free_port, served_run
 
 pytest.importorskip("tritonclient.http")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve-process")
-    spec = write_run_spec(
-        tmp,
-        {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]},
-        name="digits-front",
-        limit=80,
-        objectives=["accuracy", "gmacs", "latency_p50_ms"],
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ADASEARCH_CACHE", str(tmp / "cache"))
-        assert CliRunner().invoke(main, ["run", str(spec), "--no-progress"]).exit_code == 0
-    return tmp / "out"
+    return served_run(tmp_path_factory.mktemp("serve-process"), name="digits-front")
 
 
 class Server:

@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -39,19 +40,13 @@ from adasearch.metrics import P50, P90
 from adasearch.serving import v2
 from adasearch.serving.batcher import Answer, Batcher, Shed
 from adasearch.serving.deployment import TOP_K, Deployment
+from adasearch.serving.errors import RequestError, load_json
 from adasearch.serving.prometheus import CountResponses, ServingMetrics
 from adasearch.serving.scheduler import DEADLINE, FigurePredictor, LatencyPredictor, NoCertifiedConfig, Scheduler
-from adasearch.serving.v2 import ProtocolError
 
 MAX_BATCH = 256  # images in one request (a batch the server forms holds at most --max-batch)
 INLINE_PARSE_BYTES = 64 << 10
 MAX_IMAGE_PIXELS = 4096 * 4096  # a large photo; the model resizes to img_size anyway
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def _finite(value):
@@ -94,12 +89,7 @@ def _budget(value) -> Optional[float]:
 
 
 def _tensor_from_json(body: bytes):
-    try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"body is not valid JSON ({e.msg if hasattr(e, 'msg') else e})")
-    except RecursionError:
-        raise RequestError(422, "JSON body is nested too deeply")
+    doc = load_json(body, "body", too_deep_status=422)
     if not isinstance(doc, dict) or "inputs" not in doc:
         raise RequestError(422, 'JSON body must be an object {"inputs": [...], "budget_ms": optional number}')
     unknown = [k for k in doc if k not in ("inputs", "budget_ms", "max_drop")]
@@ -206,29 +196,33 @@ def _predict_body(answer: Answer, budget: Optional[float], max_drop: Optional[fl
     }
 
 
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server batches and chooses (the `serve` command's options of the same names)."""
+
+    max_batch: int = 1  # samples per forward; 1: one request per forward
+    max_delay_ms: float = 0.0  # the longest a request waits for others to fill its batch
+    max_queue: int = 1024  # samples waiting, at most
+    slo_ms: Optional[float] = None  # the budget of a request that gives none
+    policy: str = DEADLINE  # deadline: the scheduler's choice per batch; static: the most accurate config
+    latency: str = FigurePredictor.RUN  # what predicts latency: the run's figures, or the warm-up's timings
+
+
 def create_app(
     dep: Deployment,
     max_body_bytes: int = 8 << 20,
-    *,
-    max_batch: int = 1,
-    max_delay_ms: float = 0.0,
-    max_queue: int = 1024,
-    slo_ms: Optional[float] = None,
-    policy: str = DEADLINE,
-    latency: str = FigurePredictor.RUN,
+    options: ServeOptions = ServeOptions(),
     predictor: Optional[LatencyPredictor] = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """The app around a loaded Deployment. Batches of up to max_batch samples wait at most max_delay_ms for
-    more; the queue holds at most max_queue samples; slo_ms is the budget of a request that gives none.
-    policy: deadline (the scheduler's choice per batch) or static (the most accurate config, always).
-    latency: what predicts a config's latency: the run's figures (run) or the warm-up's timings (warm-up)."""
+    """The app around a loaded Deployment; predictor and clock default to the run's figures and the time."""
     if predictor is None:
         batch_size = dep.hardware.get("batch_size", 1)
-        predictor = FigurePredictor(batch_size, _latency_model(dep), dep.model, latency)
-    scheduler = Scheduler(dep.configs, predictor, max_batch, policy, clock)
+        predictor = FigurePredictor(batch_size, _latency_model(dep), dep.model, options.latency)
+    slo_ms = options.slo_ms
+    scheduler = Scheduler(dep.configs, predictor, options.max_batch, options.policy, clock)
     metrics = ServingMetrics()
-    batcher = Batcher(dep, scheduler, metrics, max_batch, max_delay_ms, max_queue)
+    batcher = Batcher(dep, scheduler, metrics, options.max_batch, options.max_delay_ms, options.max_queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -279,10 +273,6 @@ def create_app(
 
     @app.exception_handler(RequestError)
     async def request_error(request, exc: RequestError):
-        return FiniteJSONResponse({"error": exc.message}, status_code=exc.status)
-
-    @app.exception_handler(ProtocolError)
-    async def protocol_error(request, exc: ProtocolError):
         return FiniteJSONResponse({"error": exc.message}, status_code=exc.status)
 
     @app.exception_handler(Shed)
@@ -428,28 +418,15 @@ def serve(
     device: Optional[str] = None,
     dtype: Optional[str] = None,
     threads: Optional[int] = None,
-    max_batch: int = 1,
-    max_delay_ms: float = 0.0,
-    max_queue: int = 1024,
-    slo_ms: Optional[float] = None,
-    policy: str = DEADLINE,
-    latency: str = FigurePredictor.RUN,
+    **options,
 ) -> None:
-    """Serve until SIGTERM or SIGINT. SIGTERM drains: nothing new is admitted, every admitted request is
-    answered, and the process exits 0."""
+    """Serve until SIGTERM or SIGINT; options are ServeOptions'. SIGTERM drains: nothing new is admitted,
+    every admitted request is answered, and the process exits 0."""
     import uvicorn
 
     dep = load_for_serving(run, model=model, device=device, dtype=dtype, threads=threads)
-    app = create_app(
-        dep,
-        int(max_body_mb * (1 << 20)),
-        max_batch=max_batch,
-        max_delay_ms=max_delay_ms,
-        max_queue=max_queue,
-        slo_ms=slo_ms,
-        policy=policy,
-        latency=latency,
-    )
+    opts = ServeOptions(**options)
+    app = create_app(dep, int(max_body_mb * (1 << 20)), opts)
     batcher = app.state.batcher
 
     class DrainingServer(uvicorn.Server):
@@ -462,7 +439,7 @@ def serve(
     device = next(dep.model.parameters()).device
     print(
         f"serving {run} as model {dep.name!r} ({len(dep.configs)} configs, {device}, {torch.get_num_threads()} "
-        f"threads, batches <= {max_batch}, policy {policy}) on http://{host}:{port} (POST /predict, "
+        f"threads, batches <= {opts.max_batch}, policy {opts.policy}) on http://{host}:{port} (POST /predict, "
         f"POST /v2/models/{dep.name}/infer, GET /metrics, /configs, /v2/health/ready)",
         file=sys.stderr,
         flush=True,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from adasearch.serving.batcher import Answer
+from adasearch.serving.errors import RequestError, load_json
 
 HEADER_LENGTH = "inference-header-content-length"
 # KServe v2 datatypes the server converts to float32, with their little-endian numpy types.
@@ -32,12 +33,6 @@ DATATYPES = {
     "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
 }  # fmt: skip
 OUTPUTS = ("logits", "classes", "exit_depth")
-
-
-class ProtocolError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def model_metadata(name: str, cfg) -> dict:
@@ -58,34 +53,29 @@ def parse_request(body: bytes, header_length: Optional[str]) -> tuple:
     """(request document, tensor (B or 1, C, H, W) float32) from an infer body, JSON or binary."""
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
-            raise ProtocolError(400, f"Inference-Header-Content-Length {header_length!r} is not a length in the body")
+            raise RequestError(400, f"Inference-Header-Content-Length {header_length!r} is not a length in the body")
         split = int(header_length)
         head, binary = body[:split], body[split:]
     else:
         head, binary = body, b""
-    try:
-        doc = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(400, f"infer request is not valid JSON ({getattr(e, 'msg', e)})")
-    except RecursionError:
-        raise ProtocolError(400, "infer request JSON is nested too deeply")
+    doc = load_json(head, "infer request")
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or len(doc["inputs"]) != 1:
-        raise ProtocolError(400, 'an infer request needs "inputs": a list of exactly one tensor (the images)')
+        raise RequestError(400, 'an infer request needs "inputs": a list of exactly one tensor (the images)')
     tensor = doc["inputs"][0]
     if not isinstance(tensor, dict):
-        raise ProtocolError(400, "inputs[0] must be an object {name, shape, datatype, data}")
+        raise RequestError(400, "inputs[0] must be an object {name, shape, datatype, data}")
     shape, datatype = tensor.get("shape"), tensor.get("datatype")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ProtocolError(400, f"inputs[0].shape {shape!r} is not a list of non-negative integers")
+        raise RequestError(400, f"inputs[0].shape {shape!r} is not a list of non-negative integers")
     if datatype not in DATATYPES:
-        raise ProtocolError(400, f"inputs[0].datatype {datatype!r} is not allowed; allowed: {', '.join(DATATYPES)}")
+        raise RequestError(400, f"inputs[0].datatype {datatype!r} is not allowed; allowed: {', '.join(DATATYPES)}")
     count = math.prod(shape)
     params = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
     size = params.get("binary_data_size")
     if size is not None:
         itemsize = np.dtype(DATATYPES[datatype]).itemsize
         if not isinstance(size, int) or size != len(binary) or size != count * itemsize:
-            raise ProtocolError(
+            raise RequestError(
                 400, f"inputs[0] binary_data_size {size!r}: the body holds {len(binary)} bytes after the header "
                 f"and shape {shape} of {datatype} needs {count * itemsize}"
             )  # fmt: skip
@@ -93,13 +83,13 @@ def parse_request(body: bytes, header_length: Optional[str]) -> tuple:
     else:
         data = tensor.get("data")
         if not isinstance(data, list):
-            raise ProtocolError(400, "inputs[0].data must be a list of numbers (or use the binary tensor extension)")
+            raise RequestError(400, "inputs[0].data must be a list of numbers (or use the binary tensor extension)")
         try:
             array = np.asarray(data, dtype=np.float32).reshape(-1)
         except (TypeError, ValueError, OverflowError, RecursionError):
-            raise ProtocolError(400, "inputs[0].data must be a rectangular list of numbers")
+            raise RequestError(400, "inputs[0].data must be a rectangular list of numbers")
         if array.size != count:
-            raise ProtocolError(400, f"inputs[0].data holds {array.size} numbers; shape {shape} needs {count}")
+            raise RequestError(400, f"inputs[0].data holds {array.size} numbers; shape {shape} needs {count}")
     return doc, torch.from_numpy(array.reshape(shape).copy())
 
 
@@ -114,7 +104,7 @@ def _wanted(doc: dict) -> list:
     for o in requested if isinstance(requested, list) else [None]:
         name = o.get("name") if isinstance(o, dict) else None
         if name not in OUTPUTS:
-            raise ProtocolError(400, f"output {name!r} is not one of this model's: {', '.join(OUTPUTS)}")
+            raise RequestError(400, f"output {name!r} is not one of this model's: {', '.join(OUTPUTS)}")
         p = o.get("parameters") if isinstance(o.get("parameters"), dict) else {}
         wanted.append((name, bool(p.get("binary_data", binary_default))))
     return wanted
