@@ -112,6 +112,8 @@ def test_tritons_client_runs_an_inference(run):
             assert result.as_numpy("classes").tolist() == expected.argmax(-1).tolist()
         with pytest.raises(triton.InferenceServerException, match="not served here"):
             client.infer("other-model", [inp])
+        with pytest.raises(triton.InferenceServerException, match="no config can answer within budget_ms"):
+            client.infer(name, [inp], parameters={"budget_ms": 1e-6})  # a request parameter, as /predict's
         client.close()
 
 
