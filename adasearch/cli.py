@@ -331,14 +331,52 @@ def certify(run_folder, data_source, accuracy_drop, disagreement, confidence, li
 @device_option(None, "the one the run measured")
 @dtype_option(None, "the one the run measured")
 @threads_option("the run's")
+@click.option("--max-batch", default=1, show_default=True, type=click.IntRange(1, 256), help="Samples per forward.")
+@click.option(
+    "--max-delay-ms",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1000),
+    help="Longest a request waits for others to fill its batch.",
+)
+@click.option(
+    "--max-queue", default=1024, show_default=True, type=click.IntRange(1, 1 << 20), help="Samples waiting, at most."
+)
+@click.option(
+    "--slo-ms",
+    default=None,
+    type=click.FloatRange(0, min_open=True),
+    help="Budget of a request that gives no budget_ms (default: none).",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["deadline", "static"]),
+    default="deadline",
+    show_default=True,
+    help="deadline: per batch, the most accurate config predicted to meet the tightest deadline; "
+    "static: the most accurate config always.",
+)
+@click.option(
+    "--latency",
+    type=click.Choice(["run", "warm-up"]),
+    default="run",
+    show_default=True,
+    help="What predicts a config's latency: the run's figures (pareto.json, latency_model.json), or the p90 of "
+    "forwards timed at warm-up on this machine (when the run's figures no longer describe it).",
+)
 def serve(run_folder, **options):
-    """Serve RUN_FOLDER's Pareto configs over HTTP: POST /predict (with budget_ms), GET /configs, /healthz.
+    """Serve RUN_FOLDER's Pareto configs over HTTP: POST /predict (with budget_ms), the Open Inference
+    Protocol (/v2/models/NAME/infer, NAME the run's name), GET /metrics (Prometheus), /configs, /healthz.
 
-    It runs on the run's device, dtype and thread count, so the measured latencies that budgets are
-    compared with hold."""
+    Requests are batched (--max-batch, --max-delay-ms) in a bounded queue (--max-queue); each batch runs
+    under the most accurate config predicted to answer it within its requests' budgets, and a request no
+    config can answer in time gets 503 with Retry-After. SIGTERM drains the queue and exits 0. It runs on
+    the run's device, dtype and thread count, so the measured latencies that budgets are compared with hold."""
     from adasearch.serving.http import serve as serve_http
 
-    serve_http(run_folder, **options)  # host, port, model, max_body_mb, device, dtype, threads
+    serve_http(
+        run_folder, **options
+    )  # host, port, model, body cap, device, dtype, threads, batching, slo, policy, latency
 
 
 @main.command("train-demo")

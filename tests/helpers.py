@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -77,15 +78,42 @@ def write_run_spec(
     return path
 
 
+def served_run(folder: Path, name: str = "s") -> Path:
+    """A demo run whose front holds several timed configs (tokens, depth, width), for serving; its folder."""
+    from click.testing import CliRunner
+
+    from adasearch.cli import main
+
+    spec = write_run_spec(
+        folder,
+        {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]},
+        name=name,
+        limit=80,
+        objectives=["accuracy", "gmacs", "latency_p50_ms"],  # gmacs: noise can't shrink the front
+        latency_budget_s=0.005,
+    )
+    with pytest.MonkeyPatch.context() as mp:  # module fixtures run outside the per-test cache
+        mp.setenv("ADASEARCH_CACHE", str(folder / "cache"))
+        result = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return folder / "out"
+
+
+def free_port() -> int:
+    """A loopback port free at the moment of the call."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def serving(app):
-    """An httpx client of `app` served by a real uvicorn on a free loopback port, stopped on exit."""
+    """An httpx client of `app` served by a real uvicorn on a free loopback port, ready (warmed up), stopped
+    on exit."""
     import httpx
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -95,6 +123,8 @@ def serving(app):
     assert srv.started
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            while client.get("/v2/health/ready").status_code == 503 and time.time() < deadline:
+                time.sleep(0.05)  # live, still warming up
             yield client
     finally:
         srv.should_exit = True

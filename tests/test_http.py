@@ -7,33 +7,19 @@ import zlib
 
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from adasearch import load_model
-from adasearch.cli import main
 from adasearch.data.digits import digits
 from adasearch.serving import Deployment
 from adasearch.serving.deployment import Entry
 from adasearch.serving.http import MAX_IMAGE_PIXELS, create_app
-from tests.helpers import serving, write_run_spec
+from tests.helpers import served_run, serving
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve")
-    spec = write_run_spec(
-        tmp,
-        {"num_tokens": [1, 8, 32], "depth": [1, 6], "mat_dim": [8, 32]},
-        name="s",
-        limit=80,
-        objectives=["accuracy", "gmacs", "latency_p50_ms"],  # gmacs: noise can't shrink the front
-        latency_budget_s=0.005,
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ADASEARCH_CACHE", str(tmp / "cache"))
-        assert CliRunner().invoke(main, ["run", str(spec), "--no-progress"]).exit_code == 0
-    dep = Deployment.load(tmp / "out")
+    dep = Deployment.load(served_run(tmp_path_factory.mktemp("serve")))
     with serving(create_app(dep, max_body_bytes=64 * 1024)) as client:
         yield client, dep
 
@@ -83,10 +69,14 @@ def test_predict_json_equals_the_model(server):
 def test_budgets_pick_configs(server):
     client, dep = server
     x = digits("val")[0][:1].tolist()
-    tight = client.post("/predict?budget_ms=0.000001", json={"inputs": x}).json()
-    assert tight["within_budget"] is False
-    fastest = min(dep.configs, key=lambda e: e.metrics["latency_p90_ms"])
-    assert tight["config_name"] == fastest.name
+    tight = client.post("/predict?budget_ms=0.000001", json={"inputs": x})
+    assert tight.status_code == 503 and tight.headers["retry-after"] == "1", tight.text
+    assert "budget_ms=1e-06" in tight.json()["error"]  # no config makes it: refused, not served late
+    p90 = {e.name: e.metrics["latency_p90_ms"] for e in dep.configs}
+    budget = sorted(p90.values())[len(p90) // 2] + 50  # fits some configs, with room for the request's own time
+    mid = client.post("/predict", json={"inputs": x, "budget_ms": budget}).json()
+    assert "error" not in mid, (mid, p90, budget)
+    assert mid["within_budget"] is True and p90[mid["config_name"]] <= budget
     loose = client.post("/predict", json={"inputs": x, "budget_ms": 1e6}).json()
     assert loose["within_budget"] is True and loose["config_name"] == dep.choose()[0].name
 

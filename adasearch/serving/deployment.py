@@ -25,7 +25,7 @@ from adasearch.config import DeploymentConfig, read_document
 from adasearch.errors import CheckpointError, InputError, UserError
 from adasearch.measure.environment import resolve_device, resolve_dtype  # torch only: no heavy imports
 from adasearch.metrics import CERTIFIABLE, COMPUTE, P50, P90, budget_latency, tie_break
-from adasearch.model.adaperceiver import AdaPerceiver
+from adasearch.model.adaperceiver import AdaPerceiver, ClassificationOutput
 from adasearch.model.loading import load_model, looks_like_hub_id
 from adasearch.run_folder import RUN, RunFolder
 
@@ -110,12 +110,21 @@ def _resolve_model(model, recorded: Optional[str], where: Path, device: torch.de
 class Deployment:
     """A model, loaded once, plus the configs it may run under: a run's Pareto configs or one exported config."""
 
-    def __init__(self, model: AdaPerceiver, entries: list, hardware: Optional[dict] = None):
+    def __init__(
+        self,
+        model: AdaPerceiver,
+        entries: list,
+        hardware: Optional[dict] = None,
+        name: Optional[str] = None,
+        latency_model: Optional[dict] = None,
+    ):
         for e in entries:
             e.config.validate(model.cfg)  # a config of another model fails here, naming the knob
         self.model = model
         self._entries = list(entries)
         self.hardware = dict(hardware or {})  # what the measured figures assume: device, threads, batch_size, dtype
+        self.name = name or "adasearch"  # the run's name: the model name of the Open Inference Protocol
+        self.latency_model = latency_model  # the run's latency_model.json document, if it has one
 
     @classmethod
     def load(
@@ -144,6 +153,7 @@ class Deployment:
                 raise UserError(f"{source}: the Pareto front is empty (no config met the run's constraints)")
             run = folder.read_run()
             spec = run["spec"]
+            latency_model, _ = folder.read_latency_model()  # unreadable or absent: figures and a scaling rule
             recorded = spec.get("model") if model is None else None
             hardware = dict(spec.get("hardware") or {})
             measured_on = (run.get("environment") or {}).get("device")
@@ -152,7 +162,7 @@ class Deployment:
             dtype = dtype or hardware.get("dtype", "float32")
             where = folder / RUN
             net = _resolve_model(model, recorded, where, _resolve_device(device, hardware, where), dtype)
-            return cls(net, entries, hardware)
+            return cls(net, entries, hardware, spec.get("name") or source.name, latency_model)
         if not source.is_file():
             raise UserError(f"{source}: no such results folder or deployment YAML")
         config = DeploymentConfig.load(source)
@@ -165,7 +175,7 @@ class Deployment:
         dtype = dtype or hardware.get("dtype") or "float32"
         net = _resolve_model(model, recorded, source, _resolve_device(device, hardware, source), dtype)
         guarantee = doc.get("guarantee") if wrapped and isinstance(doc.get("guarantee"), dict) else None
-        return cls(net, [Entry(source.stem, config, metrics, guarantee)], hardware)
+        return cls(net, [Entry(source.stem, config, metrics, guarantee)], hardware, source.stem)
 
     @property
     def configs(self) -> list:
@@ -202,6 +212,18 @@ class Deployment:
             return max(self._entries, key=_rank), False
         return min(covered, key=lambda e: e.metrics.get(COMPUTE, math.inf)), True
 
+    def as_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x on the model's device, floating point in the model's dtype."""
+        param = next(self.model.parameters())
+        return x.to(param.device, dtype=param.dtype if x.is_floating_point() else None)
+
+    def forward(self, config: DeploymentConfig, batch: torch.Tensor) -> ClassificationOutput:
+        """The one forward that serving runs, for a batch (B, C, H, W) under one config: logits (B, C) and
+        each sample's exit depth. Every batch the server forms goes through here, so the runtime the figures
+        were measured on (eager today) is chosen in one place."""
+        with torch.inference_mode():
+            return self.model.run(batch, config)  # raises InputError on a shape the model cannot take
+
     def predict(
         self, x: torch.Tensor, budget_ms: Optional[float] = None, max_drop: Optional[float] = None
     ) -> Prediction:
@@ -212,10 +234,8 @@ class Deployment:
             x = x.unsqueeze(0) if x.ndim == 3 else x
             if x.ndim == 4 and x.shape[0] == 0:
                 raise InputError("predict got an empty batch (B = 0); give at least one image")
-            param = next(self.model.parameters())
-            x = x.to(param.device, dtype=param.dtype if x.is_floating_point() else None)
-        with torch.inference_mode():
-            out = self.model.run(x, entry.config)  # raises InputError on a shape the model cannot take
+            x = self.as_input(x)
+        out = self.forward(entry.config, x)
         probs = out.logits.softmax(-1)
         return Prediction(
             logits=out.logits,

@@ -15,32 +15,38 @@ It binds to 127.0.0.1 unless told otherwise.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import math
 import re
+import signal
 import sys
-import threading
+import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from adasearch.errors import UserError
 from adasearch.metrics import P50, P90
+from adasearch.serving import v2
+from adasearch.serving.batcher import Answer, Batcher, Shed
 from adasearch.serving.deployment import TOP_K, Deployment
+from adasearch.serving.errors import RequestError, load_json
+from adasearch.serving.prometheus import CountResponses, ServingMetrics
+from adasearch.serving.scheduler import DEADLINE, FigurePredictor, LatencyPredictor, NoCertifiedConfig, Scheduler
 
-MAX_BATCH = 256
+MAX_BATCH = 256  # images in one request (a batch the server forms holds at most --max-batch)
+INLINE_PARSE_BYTES = 64 << 10
 MAX_IMAGE_PIXELS = 4096 * 4096  # a large photo; the model resizes to img_size anyway
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def _finite(value):
@@ -82,13 +88,8 @@ def _budget(value) -> Optional[float]:
     return b
 
 
-def _tensor_from_json(body: bytes, dep: Deployment):
-    try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"body is not valid JSON ({e.msg if hasattr(e, 'msg') else e})")
-    except RecursionError:
-        raise RequestError(422, "JSON body is nested too deeply")
+def _tensor_from_json(body: bytes):
+    doc = load_json(body, "body", too_deep_status=422)
     if not isinstance(doc, dict) or "inputs" not in doc:
         raise RequestError(422, 'JSON body must be an object {"inputs": [...], "budget_ms": optional number}')
     unknown = [k for k in doc if k not in ("inputs", "budget_ms", "max_drop")]
@@ -100,16 +101,6 @@ def _tensor_from_json(body: bytes, dep: Deployment):
         raise RequestError(422, "inputs must be a rectangular nested array of numbers")
     if not torch.isfinite(x).all():
         raise RequestError(422, "inputs contain NaN or infinity")
-    cfg = dep.model.cfg
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[0] > MAX_BATCH:
-        raise RequestError(
-            422,
-            f"inputs shape {list(x.shape)} is not allowed: (C,H,W) or (B,C,H,W) with "
-            f"C={cfg.in_channels}, B <= {MAX_BATCH}, H and W multiples of {cfg.patch_size} "
-            f"(trained at {cfg.img_size})",
-        )
     return x, doc.get("budget_ms"), doc.get("max_drop")
 
 
@@ -169,43 +160,80 @@ def _max_drop(value) -> Optional[float]:
     return drop
 
 
-def _response(dep: Deployment, x: torch.Tensor, budget: Optional[float], max_drop: Optional[float] = None) -> dict:
-    p = dep.predict(x, budget_ms=budget, max_drop=max_drop)
-    values, indices = p.probs
-    # Finite but huge inputs (1e30, say) overflow inside the model; NaN logits would make the
-    # probabilities and classes meaningless, and NaN is not JSON. The client's inputs are at fault: 422.
-    if not (torch.isfinite(p.logits).all() and torch.isfinite(values).all()):
-        bad = (~torch.isfinite(p.logits).all(-1)).nonzero().flatten().tolist() or list(range(len(p.logits)))
-        raise RequestError(
-            422,
-            f"the inputs give non-finite logits (overflow) for sample(s) {bad[:10]} under config "
-            f"{p.config_name!r}; largest |input| is {x.abs().max().item():.3g}: send normalised pixels",
-        )
+def _finite_answer(answer: Answer, x: torch.Tensor) -> None:
+    """Finite but huge inputs (1e30, say) overflow inside the model; NaN logits would make the
+    probabilities and classes meaningless, and NaN is not JSON. The client's inputs are at fault: 422."""
+    if torch.isfinite(answer.logits).all() and torch.isfinite(answer.top_values).all():
+        return
+    bad = (~torch.isfinite(answer.logits).all(-1)).nonzero().flatten().tolist() or list(range(len(answer.logits)))
+    raise RequestError(
+        422,
+        f"the inputs give non-finite logits (overflow) for sample(s) {bad[:10]} under config "
+        f"{answer.entry.name!r}; largest |input| is {x.abs().max().item():.3g}: send normalised pixels",
+    )
+
+
+def _predict_body(answer: Answer, budget: Optional[float], max_drop: Optional[float]) -> dict:
+    entry = answer.entry
     return {
-        "classes": p.classes.tolist(),
+        "classes": answer.logits.argmax(-1).tolist(),
         f"top{TOP_K}": [
             [{"class": int(i), "prob": round(float(v), 6)} for v, i in zip(vs, ix)]
-            for vs, ix in zip(values.tolist(), indices.tolist())
+            for vs, ix in zip(answer.top_values.tolist(), answer.top_indices.tolist())
         ],
-        "exit_depth": p.exit_depth.tolist(),
-        "config_name": p.config_name,
-        "config": p.config.to_dict(),
-        P50: p.latency_p50_ms,
-        P90: p.latency_p90_ms,
+        "exit_depth": answer.exit_depth.tolist(),
+        "config_name": entry.name,
+        "config": entry.config.to_dict(),
+        P50: entry.metrics.get(P50),
+        P90: entry.metrics.get(P90),
         "budget_ms": budget,
-        "within_budget": p.within_budget,
+        "within_budget": answer.within_deadline,
         "max_drop": max_drop,
-        "guarantee": p.guarantee,
+        "guarantee": entry.guarantee,
+        "batch_size": answer.batch_size,
+        "queue_ms": round(answer.queue_ms, 3),
+        "deadline_met": answer.deadline_met,
     }
 
 
-def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
-    app = FastAPI(title="adasearch", version="1", default_response_class=FiniteJSONResponse)
-    lock = threading.Lock()  # one forward at a time: parallel forwards only fight over the same cores
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server batches and chooses (the `serve` command's options of the same names)."""
 
-    def infer(x, budget, max_drop):
-        with lock:
-            return _response(dep, x, budget, max_drop)
+    max_batch: int = 1  # samples per forward; 1: one request per forward
+    max_delay_ms: float = 0.0  # the longest a request waits for others to fill its batch
+    max_queue: int = 1024  # samples waiting, at most
+    slo_ms: Optional[float] = None  # the budget of a request that gives none
+    policy: str = DEADLINE  # deadline: the scheduler's choice per batch; static: the most accurate config
+    latency: str = FigurePredictor.RUN  # what predicts latency: the run's figures, or the warm-up's timings
+
+
+def create_app(
+    dep: Deployment,
+    max_body_bytes: int = 8 << 20,
+    options: ServeOptions = ServeOptions(),
+    predictor: Optional[LatencyPredictor] = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The app around a loaded Deployment; predictor and clock default to the run's figures and the time."""
+    if predictor is None:
+        batch_size = dep.hardware.get("batch_size", 1)
+        predictor = FigurePredictor(batch_size, _latency_model(dep), dep.model, options.latency)
+    slo_ms = options.slo_ms
+    scheduler = Scheduler(dep.configs, predictor, options.max_batch, options.policy, clock)
+    metrics = ServingMetrics()
+    batcher = Batcher(dep, scheduler, metrics, options.max_batch, options.max_delay_ms, options.max_queue)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        warming = asyncio.create_task(batcher.start())  # live at once, ready once warmed up
+        yield
+        await warming
+        await batcher.stop()  # uvicorn has answered every request in flight before this
+
+    app = FastAPI(title="adasearch", version="1", default_response_class=FiniteJSONResponse, lifespan=lifespan)
+    app.state.batcher = batcher
+    app.add_middleware(CountResponses, metrics=metrics, known_paths=KNOWN_PATHS)
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -221,13 +249,45 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
         request._body = body  # starlette's form() re-reads a cached body instead of the consumed stream
         return body
 
+    async def infer(x: torch.Tensor, budget, max_drop) -> tuple:
+        """(answer, budget) for x, (C,H,W) or (B,C,H,W), through the batcher; refusals as HTTP errors."""
+        cfg = dep.model.cfg
+        x = x[None] if x.ndim == 3 else x
+        if x.ndim != 4 or x.shape[0] == 0 or x.shape[1] != cfg.in_channels or x.shape[0] > MAX_BATCH:
+            raise RequestError(
+                422,
+                f"inputs shape {list(x.shape)} is not allowed: (C,H,W) or (B,C,H,W) with "
+                f"C={cfg.in_channels}, 1 <= B <= {MAX_BATCH}, H and W multiples of {cfg.patch_size} "
+                f"(trained at {cfg.img_size})",
+            )
+        budget, max_drop = _budget(budget), _max_drop(max_drop)
+        budget = slo_ms if budget is None else budget
+        try:
+            answer = await batcher.submit(x, budget, max_drop)
+        except NoCertifiedConfig as e:
+            raise RequestError(422, str(e))
+        except UserError as e:  # shape/size the model refuses: the client's mistake
+            raise RequestError(422, str(e))
+        _finite_answer(answer, x)
+        return answer, budget
+
     @app.exception_handler(RequestError)
     async def request_error(request, exc: RequestError):
         return FiniteJSONResponse({"error": exc.message}, status_code=exc.status)
 
+    @app.exception_handler(Shed)
+    async def shed(request, exc: Shed):
+        return FiniteJSONResponse(
+            {"error": exc.message}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
+        )
+
     @app.get("/healthz")
     def healthz():
         return {"status": "ok", "configs": len(dep.configs)}
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/configs")
     def configs():
@@ -243,7 +303,7 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
         budget = request.query_params.get("budget_ms")
         max_drop = request.query_params.get("max_drop")
         if ctype == "application/json":
-            x, json_budget, json_drop = await run_in_threadpool(_tensor_from_json, body, dep)
+            x, json_budget, json_drop = await _off_loop(body, _tensor_from_json, body)
             budget = json_budget if json_budget is not None else budget
             max_drop = json_drop if json_drop is not None else max_drop
         elif ctype == "multipart/form-data":
@@ -262,13 +322,79 @@ def create_app(dep: Deployment, max_body_bytes: int = 8 << 20) -> FastAPI:
                 f"content-type {ctype or 'none'!r} is not allowed; send application/json, "
                 f"multipart/form-data (field 'file') or an image/* body",
             )
-        budget, max_drop = _budget(budget), _max_drop(max_drop)
-        try:
-            return await run_in_threadpool(infer, x, budget, max_drop)
-        except UserError as e:  # shape/size the model refuses: the client's mistake
-            raise RequestError(422, str(e))
+        answer, budget = await infer(x, budget, max_drop)
+        return _predict_body(answer, budget, _max_drop(max_drop))
 
+    add_v2_routes(app, dep, batcher, read_body, infer)
     return app
+
+
+async def _off_loop(body: bytes, parse, *args):
+    """parse(*args), on a worker thread for a large body: a small one parses faster than a thread switch,
+    a large one must not stall every other request."""
+    return parse(*args) if len(body) <= INLINE_PARSE_BYTES else await run_in_threadpool(parse, *args)
+
+
+def _latency_model(dep: Deployment):
+    """The run's latency model, or None where it has none or it cannot be read (then figures and warm-up)."""
+    if not dep.latency_model:
+        return None
+    from adasearch.measure.latency_model import LatencyModel
+
+    try:
+        return LatencyModel.from_dict(dep.latency_model)
+    except ValueError:
+        return None
+
+
+def add_v2_routes(app: FastAPI, dep: Deployment, batcher: Batcher, read_body, infer) -> None:
+    """The Open Inference Protocol's routes (adasearch/serving/v2.py)."""
+    name = dep.name
+
+    def check(model: str) -> None:
+        if model != name:
+            raise RequestError(404, f"model {model!r} is not served here; this server serves {name!r}")
+
+    @app.get("/v2")
+    def server_metadata():
+        return {"name": "adasearch", "version": "1", "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live")
+    def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    def ready():
+        ok = batcher.ready and not batcher.draining
+        return FiniteJSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v2/models/{model}")
+    @app.get("/v2/models/{model}/versions/{version}")
+    def metadata(model: str, version: str = "1"):
+        check(model)
+        return v2.model_metadata(name, dep.model.cfg)
+
+    @app.get("/v2/models/{model}/ready")
+    @app.get("/v2/models/{model}/versions/{version}/ready")
+    def model_ready(model: str, version: str = "1"):
+        check(model)
+        return ready()
+
+    @app.post("/v2/models/{model}/infer")
+    @app.post("/v2/models/{model}/versions/{version}/infer")
+    async def v2_infer(model: str, request: Request, version: str = "1"):
+        check(model)
+        body = await read_body(request)
+        doc, x = await _off_loop(body, v2.parse_request, body, request.headers.get(v2.HEADER_LENGTH))
+        if not torch.isfinite(x).all():
+            raise RequestError(400, "inputs[0] holds NaN or infinity")
+        params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
+        answer, budget = await infer(x, params.get("budget_ms"), params.get("max_drop"))
+        content, headers = v2.response(doc, name, answer, budget)
+        return Response(content, headers=headers)
+
+
+KNOWN_PATHS = frozenset({"/predict", "/healthz", "/configs", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready"})
 
 
 def load_for_serving(
@@ -292,16 +418,31 @@ def serve(
     device: Optional[str] = None,
     dtype: Optional[str] = None,
     threads: Optional[int] = None,
+    **options,
 ) -> None:
+    """Serve until SIGTERM or SIGINT; options are ServeOptions'. SIGTERM drains: nothing new is admitted,
+    every admitted request is answered, and the process exits 0."""
     import uvicorn
 
     dep = load_for_serving(run, model=model, device=device, dtype=dtype, threads=threads)
-    app = create_app(dep, int(max_body_mb * (1 << 20)))
+    opts = ServeOptions(**options)
+    app = create_app(dep, int(max_body_mb * (1 << 20)), opts)
+    batcher = app.state.batcher
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            batcher.draining = True  # a flag only: this runs inside a signal handler
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:  # uvicorn re-raises captured signals after shutdown; a drain is a clean exit
+                self._captured_signals.remove(sig)
+
     device = next(dep.model.parameters()).device
     print(
-        f"serving {run} ({len(dep.configs)} configs, {device}, {torch.get_num_threads()} threads) on "
-        f"http://{host}:{port} (POST /predict, GET /configs, GET /healthz)",
+        f"serving {run} as model {dep.name!r} ({len(dep.configs)} configs, {device}, {torch.get_num_threads()} "
+        f"threads, batches <= {opts.max_batch}, policy {opts.policy}) on http://{host}:{port} (POST /predict, "
+        f"POST /v2/models/{dep.name}/infer, GET /metrics, /configs, /v2/health/ready)",
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+    print(f"stopped: {batcher.admitted} requests admitted, {batcher.answered} answered", file=sys.stderr, flush=True)
