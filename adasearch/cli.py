@@ -330,6 +330,7 @@ def certify(run_folder, data_source, accuracy_drop, disagreement, confidence, li
 @click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(0.001), help="Request size cap.")
 @device_option(None, "the one the run measured")
 @dtype_option(None, "the one the run measured")
+@runtime_option(None, "the one the run measured")
 @threads_option("the run's")
 @click.option("--max-batch", default=1, show_default=True, type=click.IntRange(1, 256), help="Samples per forward.")
 @click.option(

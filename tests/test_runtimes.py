@@ -142,3 +142,15 @@ def test_export_writes_an_onnx_file_equal_to_eager(ort_run, demo, batch):
 
     eager = demo.run(batch, DeploymentConfig.from_dict(doc["config"])).logits.numpy()
     assert np.abs(session.run(None, {"x": batch.numpy()})[0] - eager).max() <= 1e-4
+
+
+def test_serving_runs_the_runtime_the_figures_were_measured_on(ort_run, batch):
+    from adasearch.serving import Deployment
+
+    served = Deployment.load(ort_run)  # the run's runtime: onnxruntime
+    eager = Deployment.load(ort_run, runtime="eager")
+    assert served.runtime_name == "onnxruntime" and served._runtime.name == "onnxruntime"
+    entry, _ = served.choose()
+    logits = served.forward(entry.config, batch).logits
+    assert served._runtime.stats()["builds"] == 1  # a real ONNX Runtime session served the batch
+    assert torch.allclose(logits, eager.forward(entry.config, batch).logits, atol=1e-4)

@@ -117,6 +117,7 @@ class Deployment:
         hardware: Optional[dict] = None,
         name: Optional[str] = None,
         latency_model: Optional[dict] = None,
+        runtime: Optional[str] = None,
     ):
         for e in entries:
             e.config.validate(model.cfg)  # a config of another model fails here, naming the knob
@@ -125,16 +126,28 @@ class Deployment:
         self.hardware = dict(hardware or {})  # what the measured figures assume: device, threads, batch_size, dtype
         self.name = name or "adasearch"  # the run's name: the model name of the Open Inference Protocol
         self.latency_model = latency_model  # the run's latency_model.json document, if it has one
+        from adasearch.runtimes import make_runtime
+
+        # The runtime the figures were measured under (adasearch/runtimes.py), unless the caller says otherwise.
+        self.runtime_name = runtime or self.hardware.get("runtime") or "eager"
+        param = next(model.parameters())
+        self._runtime = make_runtime(self.runtime_name, model, param.device, self.hardware.get("threads"))
 
     @classmethod
     def load(
-        cls, source: Union[str, Path], model=None, device: Optional[str] = None, dtype: Optional[str] = None
+        cls,
+        source: Union[str, Path],
+        model=None,
+        device: Optional[str] = None,
+        dtype: Optional[str] = None,
+        runtime: Optional[str] = None,
     ) -> Deployment:
         """A results folder (every Pareto config) or one deployment YAML/JSON (that config).
 
         model: an AdaPerceiver, a source for load_model, or None for the model the run recorded.
         device: cpu | cuda | cuda:N | mps | auto; None runs on the device the run measured (cpu if unrecorded).
         dtype: float32 | bfloat16 | float16; None runs in the dtype the run measured.
+        runtime: eager | compile | cudagraph | onnxruntime; None runs the runtime the run measured.
         """
         source = Path(source)
         if source.is_dir():
@@ -162,7 +175,7 @@ class Deployment:
             dtype = dtype or hardware.get("dtype", "float32")
             where = folder / RUN
             net = _resolve_model(model, recorded, where, _resolve_device(device, hardware, where), dtype)
-            return cls(net, entries, hardware, spec.get("name") or source.name, latency_model)
+            return cls(net, entries, hardware, spec.get("name") or source.name, latency_model, runtime)
         if not source.is_file():
             raise UserError(f"{source}: no such results folder or deployment YAML")
         config = DeploymentConfig.load(source)
@@ -175,7 +188,7 @@ class Deployment:
         dtype = dtype or hardware.get("dtype") or "float32"
         net = _resolve_model(model, recorded, source, _resolve_device(device, hardware, source), dtype)
         guarantee = doc.get("guarantee") if wrapped and isinstance(doc.get("guarantee"), dict) else None
-        return cls(net, [Entry(source.stem, config, metrics, guarantee)], hardware, source.stem)
+        return cls(net, [Entry(source.stem, config, metrics, guarantee)], hardware, source.stem, runtime=runtime)
 
     @property
     def configs(self) -> list:
@@ -219,10 +232,15 @@ class Deployment:
 
     def forward(self, config: DeploymentConfig, batch: torch.Tensor) -> ClassificationOutput:
         """The one forward that serving runs, for a batch (B, C, H, W) under one config: logits (B, C) and
-        each sample's exit depth. Every batch the server forms goes through here, so the runtime the figures
-        were measured on (eager today) is chosen in one place."""
+        each sample's exit depth. Every batch the server forms goes through here, under the runtime the
+        figures were measured on; its forward for a (config, batch size) is built on first use and kept.
+        A runtime other than eager reports no per-sample exit depth: an exit config's is given as its depth."""
         with torch.inference_mode():
-            return self.model.run(batch, config)  # raises InputError on a shape the model cannot take
+            if self.runtime_name == "eager":
+                return self.model.run(batch, config)  # raises InputError on a shape the model cannot take
+            plan = self.model.plan(**config.to_dict())
+            logits = self._runtime.forward(plan, batch)(batch).clone()  # a CUDA graph's output is reused
+            return ClassificationOutput(logits, torch.full((len(batch),), plan.depth, device=logits.device))
 
     def predict(
         self, x: torch.Tensor, budget_ms: Optional[float] = None, max_drop: Optional[float] = None

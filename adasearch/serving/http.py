@@ -398,11 +398,16 @@ KNOWN_PATHS = frozenset({"/predict", "/healthz", "/configs", "/metrics", "/v2", 
 
 
 def load_for_serving(
-    run: str, model=None, device: Optional[str] = None, dtype: Optional[str] = None, threads: Optional[int] = None
+    run: str,
+    model=None,
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+    threads: Optional[int] = None,
+    runtime: Optional[str] = None,
 ) -> Deployment:
     """The Deployment, with this process's CPU threads set to the run's (or `threads`), so the
     latencies that budgets are compared with were measured under the same thread count."""
-    dep = Deployment.load(run, model=model, device=device, dtype=dtype)
+    dep = Deployment.load(run, model=model, device=device, dtype=dtype, runtime=runtime)
     threads = threads or dep.hardware.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -418,13 +423,14 @@ def serve(
     device: Optional[str] = None,
     dtype: Optional[str] = None,
     threads: Optional[int] = None,
+    runtime: Optional[str] = None,
     **options,
 ) -> None:
     """Serve until SIGTERM or SIGINT; options are ServeOptions'. SIGTERM drains: nothing new is admitted,
     every admitted request is answered, and the process exits 0."""
     import uvicorn
 
-    dep = load_for_serving(run, model=model, device=device, dtype=dtype, threads=threads)
+    dep = load_for_serving(run, model=model, device=device, dtype=dtype, threads=threads, runtime=runtime)
     opts = ServeOptions(**options)
     app = create_app(dep, int(max_body_mb * (1 << 20)), opts)
     batcher = app.state.batcher
