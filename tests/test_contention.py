@@ -11,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from adasearch.measure.contention import BUSY_SHARE, ContentionMonitor, report_line, summary_lines, warning
+from adasearch.measure.interleaved import ROUND_FIGURES
+from adasearch.metrics import P50
 from adasearch.run_folder import RUN
 from tests.helpers import cpu_burners as burners
 from tests.helpers import write_run_spec
@@ -97,21 +98,24 @@ def test_others_are_counted_and_this_process_is_not():
     assert own.summary()["other_cpu_share"] < loaded.summary()["other_cpu_share"]
 
 
-class _Model:
-    """The interface the interleaved timer calls (model.run(x, config)); a small real computation."""
-
-    def run(self, x, config):
-        return np.linalg.norm(x * config)
-
-
 def test_visits_and_their_dispersion_by_hand():
-    monitor, model = ContentionMonitor(), _Model()
-    with monitor.window(), monitor._visits(model):
-        for config in (1, 1, 2, 2, 2, 1, 2):  # visits: 1, 2, 1, 2
-            model.run(np.ones(4), config)
-        time.sleep(0.2)  # a window of several clock ticks: one shorter than a tick may count no CPU time at all
-    assert "run" not in vars(model)  # the wrapper is gone
-    assert [len(monitor.visits[c]) for c in (1, 2)] == [2, 2]
+    monitor = ContentionMonitor()
+
+    class _Evaluator:  # the interleaved timer's result: per config, each round's figures
+        def time(self, *a):
+            pass
+
+        def profile_latency(self, *a):
+            pass
+
+        def time_interleaved(self, configs, budget_s):
+            time.sleep(0.2)  # a window of several clock ticks: one shorter than a tick may count no CPU time
+            return {c: {ROUND_FIGURES: {P50: [1.0 * c, 2.0 * c]}} for c in configs}
+
+    evaluator = _Evaluator()
+    monitor.watch(evaluator)
+    evaluator.time_interleaved([1, 2], 0.1)
+    assert monitor.visits == {1: [1.0, 2.0], 2: [2.0, 4.0]}  # each round's p50 is a visit
     monitor.visits = {"a": [1.0, 2.0, 3.0], "b": [2.0, 2.0, 2.0], "c": [4.0]}  # c: one visit, no spread
     summary = monitor.summary()
     # a: sample sd 1 / mean 2 = 0.5, median 2 / min 1 - 1 = 1; b: 0 and 0; the medians over a and b:

@@ -12,9 +12,8 @@ trial's timing, the latency profile, the interleaved re-timing of the finalists)
   few ticks is noisy alone; the sums over all windows are not.
 - load_avg: the 1-minute load average at the end of the windows, their mean.
 - reference_cv: in the interleaved re-timing each config is visited once a round; the coefficient of
-  variation (sample standard deviation over mean) of a config's per-visit median across the rounds, the
-  median over configs. A config's visits are its contiguous calls of model.run (the timer's warm-up
-  included: the median is robust to it). Host-side time: on CUDA it is the launch time, not the kernels'.
+  variation (sample standard deviation over mean) of a config's per-visit p50 across the rounds (what the
+  interleaved timer returns per round, under the run's runtime), the median over configs.
 - inflation: per config, its median visit over its quietest visit, minus 1; the median over configs.
   About how much the timed figures are above what the quietest moments of the same run gave.
 
@@ -37,7 +36,8 @@ import numpy as np
 import psutil
 
 from adasearch.checks import MAX_QUIET_WAIT_S
-from adasearch.metrics import TIMED_METRICS
+from adasearch.measure.interleaved import ROUND_FIGURES
+from adasearch.metrics import P50, TIMED_METRICS
 
 # Others using more than a quarter of the machine's CPU while it times. On N CPUs, others' work fits beside
 # T timing threads without taking their CPUs only up to (N - T) / N: 0 for the demo's 2 threads on 2 cores,
@@ -131,31 +131,6 @@ class ContentionMonitor:
             if load is not None:
                 self.loads.append(load)
 
-    @contextlib.contextmanager
-    def _visits(self, model):
-        """Record each model.run call's host time while the interleaved timer runs; split into visits."""
-        calls: list = []
-        run = model.run
-
-        def timed_run(x, config, *args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return run(x, config, *args, **kwargs)
-            finally:
-                calls.append((config, (time.perf_counter() - start) * 1e3))
-
-        model.run = timed_run  # an instance attribute, over the class's method; removed below
-        try:
-            yield
-        finally:
-            del model.run
-            visit: list = []
-            for i, (config, ms) in enumerate(calls):
-                visit.append(ms)
-                if i + 1 == len(calls) or calls[i + 1][0] != config:
-                    self.visits.setdefault(config, []).append(float(np.median(visit)))
-                    visit = []
-
     def watch(self, evaluator) -> None:
         """Run the evaluator's timing methods inside windows (as instance attributes wrapping them)."""
         for name in WATCHED:
@@ -163,8 +138,11 @@ class ContentionMonitor:
         interleaved = evaluator.time_interleaved
 
         def time_interleaved(*args, **kwargs):
-            with self.window(), self._visits(evaluator.model):
-                return interleaved(*args, **kwargs)
+            with self.window():
+                timed = interleaved(*args, **kwargs)
+            for config, figures in timed.items():  # each round's p50 of a config: its per-visit figure
+                self.visits.setdefault(config, []).extend(figures.get(ROUND_FIGURES, {}).get(P50, []))
+            return timed
 
         evaluator.time_interleaved = time_interleaved
 
