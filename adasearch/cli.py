@@ -362,7 +362,7 @@ def certify(run_folder, data_source, accuracy_drop, disagreement, confidence, li
     type=click.Choice(["run", "warm-up"]),
     default="run",
     show_default=True,
-    help="What predicts a config's latency: the run's figures (pareto.json, latency_model.json), or the p90 of "
+    help="What predicts a config's latency: the run's figures (its front and latency model), or the p90 of "
     "forwards timed at warm-up on this machine (when the run's figures no longer describe it).",
 )
 def serve(run_folder, **options):
