@@ -1,7 +1,7 @@
 """`adasearch certify RUN --data D`: (re)certify a finished run's front on new data, without searching again.
 
 For example on unlabelled images collected in production, with --disagreement (which needs no labels:
-an image folder's class names are ignored then). The front is tested as in the run (search/heldout.py):
+an image folder's class names are ignored then). The front is tested as in the run (search/front/heldout.py):
 from the most to the least MACs, Hoeffding-Bentkus p-values, stopping at the first failure. The
 guarantees replace any earlier ones in pareto.json and deployments/, which record the data used.
 """
@@ -15,7 +15,7 @@ from adasearch import metrics
 from adasearch.config import DeploymentConfig
 from adasearch.errors import UserError
 from adasearch.run_folder import PARETO_JSON, RunFolder, deployment_doc
-from adasearch.search.heldout import certify, compare, outcomes
+from adasearch.search.front.heldout import certify, compare, outcomes
 from adasearch.search.trials import config_key
 
 

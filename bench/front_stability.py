@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _table import save_table
 
-from adasearch.search.pareto import hypervolume
+from adasearch.search.front.pareto import hypervolume
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 5
@@ -121,7 +121,7 @@ def main():
             f"Accuracy is cached after a first warm-up run; the {runs} runs of each row differ only in timing.",
             "The front beyond noise: timed objectives count only when the paired per-round test separates two "
             "configs (measure/paired.py, 3 % practical threshold); close calls raced in more interleaved rounds "
-            "(search/finalists.py).",
+            "(search/front/finalists.py).",
             "`auto` picks engine: model for this spec: every config predicted by a fresh latency model of the "
             "target, the candidates re-timed interleaved. Before it (exhaustive, brief per-trial timing, "
             "interleaved re-timing, tie rule, MACs-proxy candidates): 0.48-0.63 quiet, 0.32-0.56 busy.",

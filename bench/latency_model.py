@@ -97,7 +97,7 @@ def demo_cases(device: str, dtype: str, batch_sizes: list, runtime: str) -> list
 
 def _demo_front(ev, unique: list) -> list:
     """The front of accuracy against predicted p50 over the whole space (what engine: model verifies)."""
-    from adasearch.search.pareto import pareto_front
+    from adasearch.search.front.pareto import pareto_front
 
     measured = ev.measure_accuracy_and_cost(unique)
     model = ev.profile_latency(unique)

@@ -30,8 +30,8 @@ from adasearch.config import DeploymentConfig
 from adasearch.data.datasets import load_data
 from adasearch.measure.accuracy import AccuracyEngine
 from adasearch.measure.closed_form_macs import CostModel
-from adasearch.search.heldout import certify
-from adasearch.search.pareto import pareto_front
+from adasearch.search.front.heldout import certify
+from adasearch.search.front.pareto import pareto_front
 from adasearch.search.space import SearchSpace
 
 SPLITS = 200

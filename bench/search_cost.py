@@ -35,7 +35,7 @@ from adasearch import AdaPerceiver, AdaPerceiverConfig  # noqa: E402
 from adasearch.metrics import P50, QUALITY, interval_columns  # noqa: E402
 from adasearch.model.loading import save_model  # noqa: E402
 from adasearch.model.released import RELEASED_IN1K as IN1K  # noqa: E402
-from adasearch.search.pareto import hypervolume  # noqa: E402
+from adasearch.search.front.pareto import hypervolume  # noqa: E402
 
 IMAGES = 32
 

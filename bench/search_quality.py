@@ -24,8 +24,8 @@ from adasearch.data.datasets import load_data  # noqa: E402
 from adasearch.measure.evaluator import Evaluator  # noqa: E402
 from adasearch.search import trials  # noqa: E402
 from adasearch.search.context import Measurer, RunContext, make_sampler, open_study  # noqa: E402
-from adasearch.search.engines import OptunaEngine  # noqa: E402
-from adasearch.search.pareto import hypervolume, pareto_front  # noqa: E402
+from adasearch.search.engines.optuna import OptunaEngine  # noqa: E402
+from adasearch.search.front.pareto import hypervolume, pareto_front  # noqa: E402
 from adasearch.search.runner import measure_and_record  # noqa: E402
 from adasearch.search.space import SearchSpace  # noqa: E402
 from adasearch.spec import RunSpec  # noqa: E402

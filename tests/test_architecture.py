@@ -70,7 +70,7 @@ def find_cycle(graph: dict):
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert "adasearch.search.context" in graph["adasearch.search.engines"]  # the parser sees real edges
+    assert "adasearch.search.context" in graph["adasearch.search.engines.optuna"]  # the parser sees real edges
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -79,11 +79,42 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_engines_and_ray_import_only_the_context_below_the_runner():
+# search/'s layers, top first (search/__init__.py says what each holds): a module imports only from its own
+# layer or the ones above it, so a run's data flows down and never back (a lazy import counts too).
+SEARCH_LAYERS = [
+    ["space", "trials", "storage"],
+    ["context"],
+    ["front", "front.pareto", "front.beyond_noise", "front.finalists", "front.heldout"],
+    ["latency_profile"],
+    ["engines", "engines.base", "engines.exhaustive", "engines.optuna", "engines.model", "engines.ray",
+     "engines.ray_accuracy"],
+    ["progress", "results", "runner"],
+]  # fmt: skip
+
+
+def layer_violations(graph: dict, layers: list, prefix: str) -> list:
+    """(module, what it imports from a lower layer) for every import against the order of `layers`."""
+    level = {f"{prefix}.{m}": i for i, names in enumerate(layers) for m in names}
+    return sorted(
+        (module, dep)
+        for module, deps in graph.items()
+        if module in level
+        for dep in deps
+        if dep in level and level[dep] > level[module]
+    )
+
+
+def test_search_is_layered_and_every_module_is_in_a_layer():
     graph = import_graph()
-    for module in ("adasearch.search.engines", "adasearch.search.ray_engine", "adasearch.search.context"):
-        assert "adasearch.search.runner" not in graph[module]
-    assert "adasearch.search.ray_engine" not in graph["adasearch.search.context"]
+    search = {m for m in graph if m.startswith("adasearch.search.")}
+    named = {f"adasearch.search.{m}" for names in SEARCH_LAYERS for m in names}
+    assert search == named, f"not in a layer: {sorted(search - named)}; gone: {sorted(named - search)}"
+    assert layer_violations(graph, SEARCH_LAYERS, "adasearch.search") == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    graph = {"p.low": {"p.high"}, "p.high": {"p.low"}, "p.other": {"p.high"}}
+    assert layer_violations(graph, [["high"], ["low"]], "p") == [("p.high", "p.low")]
 
 
 def metric_literals() -> list:
@@ -119,7 +150,7 @@ def test_the_registry_drives_the_spec_and_the_measurement():
 
 def test_memory_violations_are_not_near_misses_of_timing():
     from adasearch.config import DeploymentConfig
-    from adasearch.search.finalists import near_misses
+    from adasearch.search.front.finalists import near_misses
     from adasearch.search.trials import TrialRecord
     from adasearch.spec import RunSpec
 

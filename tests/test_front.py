@@ -1,4 +1,4 @@
-"""The front beyond noise (search/pareto.py: Judge, noise_front, equivalents, close_calls) on hand-made
+"""The front beyond noise (search/front/beyond_noise.py: Judge, noise_front, equivalents, close_calls) on hand-made
 records whose per-round timings make every paired comparison exact."""
 
 import itertools
@@ -6,7 +6,8 @@ import itertools
 import pytest
 
 from adasearch.config import DeploymentConfig
-from adasearch.search.pareto import SESSIONS, Judge, close_calls, equivalents, front_of, pareto_front
+from adasearch.search.front.beyond_noise import SESSIONS, Judge, close_calls, equivalents, front_of
+from adasearch.search.front.pareto import pareto_front
 from adasearch.search.trials import TrialRecord, config_key
 from adasearch.spec import RunSpec
 

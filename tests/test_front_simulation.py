@@ -15,8 +15,9 @@ import statistics
 import numpy as np
 
 from adasearch.config import DeploymentConfig
-from adasearch.search.finalists import RACE_SESSIONS, RACE_SHARE, RACE_VISIT
-from adasearch.search.pareto import SESSIONS, front_of, pareto_front, race
+from adasearch.search.front.beyond_noise import SESSIONS, front_of, race
+from adasearch.search.front.finalists import RACE_SESSIONS, RACE_SHARE, RACE_VISIT
+from adasearch.search.front.pareto import pareto_front
 from adasearch.search.trials import TrialRecord
 from adasearch.spec import RunSpec
 

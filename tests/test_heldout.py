@@ -15,7 +15,7 @@ from adasearch.cli import main
 from adasearch.data.datasets import TensorSource, load_data
 from adasearch.data.split import holdout_split
 from adasearch.errors import UserError
-from adasearch.search.heldout import Outcome, certify, compare
+from adasearch.search.front.heldout import Outcome, certify, compare
 from tests.helpers import write_run_spec
 
 SPACE = {"num_tokens": [1, 4, 32], "depth": [1, 3, 6], "mat_dim": [8, 32], "depth_tau": [None, 0.9]}

@@ -151,7 +151,7 @@ def test_an_unwritable_cache_warns_once_and_still_measures(demo, data, tmp_path)
 
 
 def test_shard_tables_merge_into_the_whole_datas_table(demo, data, tmp_path):
-    """What the Ray tasks do (search/ray_accuracy.py), in one process: 3 uneven contiguous shards,
+    """What the Ray tasks do (search/engines/ray_accuracy.py), in one process: 3 uneven contiguous shards,
     one pass each, joined in order, equal one pass over everything byte for byte in the integer tables."""
     from adasearch.data.split import shards
     from adasearch.measure.accuracy import merge_tables

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from adasearch.cli import main
 from adasearch.metrics import P50, P90, P99, THROUGHPUT, interval_columns, predicted_column
-from adasearch.search.model_engine import FALLBACK_ROUNDS, ROUNDS_ATTR, VERIFY_LIMIT
+from adasearch.search.engines.model import FALLBACK_ROUNDS, ROUNDS_ATTR, VERIFY_LIMIT
 from tests.helpers import one_line_error, write_run_spec
 
 TIMED = (P50, P90, P99, THROUGHPUT)

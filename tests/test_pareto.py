@@ -3,8 +3,8 @@
 import pytest
 
 from adasearch import DeploymentConfig
-from adasearch.search.finalists import candidates, proxy_front
-from adasearch.search.pareto import dominates, hypervolume, pareto_front
+from adasearch.search.front.finalists import candidates, proxy_front
+from adasearch.search.front.pareto import dominates, hypervolume, pareto_front
 from adasearch.search.trials import TrialRecord
 from adasearch.spec import RunSpec
 

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from adasearch import DeploymentConfig, load_model
 from adasearch.cli import main
-from adasearch.search import ray_accuracy, ray_engine
 from adasearch.search.context import prepare
+from adasearch.search.engines import ray as ray_engine
+from adasearch.search.engines import ray_accuracy
 from adasearch.search.runner import run
 from adasearch.spec import load_spec
 from tests.helpers import write_run_spec

@@ -22,7 +22,7 @@ from adasearch.data.datasets import load_data
 from adasearch.data.split import holdout_split
 from adasearch.measure.closed_form_macs import plan_macs
 from adasearch.model.adaperceiver import make_plan
-from adasearch.search.pareto import SESSIONS
+from adasearch.search.front.beyond_noise import SESSIONS
 from tests.helpers import DEMO_SPACE, one_line_error, write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from adasearch.cli import main
 from adasearch.search import runner
 from adasearch.search.context import Measurer
-from adasearch.search.engines import OptunaEngine
-from adasearch.search.pareto import SESSIONS
+from adasearch.search.engines.optuna import OptunaEngine
+from adasearch.search.front.beyond_noise import SESSIONS
 from tests.helpers import one_line_error, write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -165,7 +165,7 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left;white-space:
 def write_report(folder) -> list:
     data = load_run(folder)
     pics = _pictures(data)
-    # `equivalent`: the configs as fast as each within timing noise (search/pareto.py), the alternatives
+    # `equivalent`: the configs as fast as each within timing noise (search/front/beyond_noise.py), the alternatives
     pareto = _table(data.front, ["config"] + KNOB_COLUMNS + list(metrics.REPORT_COLUMNS) + ["equivalent"])
     title = f"adasearch report: {data.run['spec'].get('name') or data.folder.path.name}"
     hv = pics["_hv"]

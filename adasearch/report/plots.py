@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from adasearch import metrics  # noqa: E402
-from adasearch.search.pareto import hypervolume, pareto_front  # noqa: E402
+from adasearch.search.front.pareto import hypervolume, pareto_front  # noqa: E402
 
 KNOBS = [("knob.num_tokens", "latent tokens"), ("knob.depth", "depth (blocks)"), ("knob.mat_dim", "width (mat_dim)")]
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 from adasearch.search import trials
 from adasearch.search.context import RunContext
-from adasearch.search.pareto import pareto_front
+from adasearch.search.front.pareto import pareto_front
 
 
 class SearchProgress:

@@ -13,7 +13,7 @@ from adasearch import __version__, metrics
 from adasearch.measure.closed_form_macs import MACS_CONVENTION
 from adasearch.run_folder import RunFolder, deployment_doc
 from adasearch.search import trials
-from adasearch.search.pareto import SESSIONS, equivalents
+from adasearch.search.front.beyond_noise import SESSIONS, equivalents
 from adasearch.search.storage import recorded_spec
 
 
@@ -49,7 +49,7 @@ def closest(recs: list, spec, n: int = 5) -> list:
 
 
 def _public(figures: dict) -> dict:
-    """A record's metrics without its per-round timings: those stay in the study (finalists.py)."""
+    """A record's metrics without its per-round timings: those stay in the study (front/finalists.py)."""
     return {k: v for k, v in figures.items() if k != SESSIONS}
 
 

@@ -22,12 +22,15 @@ from adasearch.errors import Terminated, UserError
 from adasearch.measure.contention import ContentionMonitor, summary_lines
 from adasearch.metrics import RUNTIME_ATOL, RUNTIME_FLAG
 from adasearch.run_folder import STUDY_DB, RunFolder
-from adasearch.search import heldout, model_engine, trials
+from adasearch.search import trials
 from adasearch.search.context import RunContext, drop_trial, prepare, record_trial, signals_deferred, storage_url
-from adasearch.search.engine_base import Driver, Engine
-from adasearch.search.engines import ExhaustiveEngine, OptunaEngine
-from adasearch.search.finalists import retime_finalists
-from adasearch.search.pareto import front_of
+from adasearch.search.engines import model as model_engine
+from adasearch.search.engines.base import Driver, Engine
+from adasearch.search.engines.exhaustive import ExhaustiveEngine
+from adasearch.search.engines.optuna import OptunaEngine
+from adasearch.search.front import heldout
+from adasearch.search.front.beyond_noise import front_of
+from adasearch.search.front.finalists import retime_finalists
 from adasearch.search.progress import SearchProgress
 from adasearch.search.results import RunSummary, print_summary, write_results
 from adasearch.search.storage import fail_leftover_retries
@@ -50,7 +53,7 @@ def choose_engine(ctx: RunContext):
     if name == "model":
         return model_engine.ModelEngine(ctx)
     if name == "ray":
-        from adasearch.search.ray_engine import RayEngine  # imports Ray only when asked for
+        from adasearch.search.engines.ray import RayEngine  # imports Ray only when asked for
 
         return RayEngine(ctx)
     return {"exhaustive": ExhaustiveEngine, "optuna": OptunaEngine}[name](ctx)

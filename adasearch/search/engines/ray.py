@@ -22,7 +22,7 @@ advertises search.workers units of the resource, so a spec with ray_resource run
 without it (search.workers concurrent trials). Trials measured in the local Ray record its node id.
 
 On a cluster (search.ray_address) with hardware.ray_resource, the Pareto candidates' longer
-re-timing (finalists.py) runs there too: each round is one Ray task holding a unit of the resource, so
+re-timing (front/finalists.py) runs there too: each round is one Ray task holding a unit of the resource, so
 it runs on a target node, which times the candidates interleaved and returns the figures; the summary
 names the node. The run's hardware fingerprint (run.yaml's environment) still describes the driver's
 machine.
@@ -45,8 +45,8 @@ from typing import Optional
 from adasearch.config import DeploymentConfig
 from adasearch.errors import UserError
 from adasearch.search.context import Measured, RunContext, make_sampler
-from adasearch.search.engine_base import Driver
-from adasearch.search.ray_accuracy import distribute_passes, install_needed, worker_context
+from adasearch.search.engines.base import Driver
+from adasearch.search.engines.ray_accuracy import distribute_passes, install_needed, worker_context
 from adasearch.spec import RunSpec
 
 # Unix socket paths are limited to 107 bytes, so Ray's session folder must have a short name;

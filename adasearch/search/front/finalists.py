@@ -26,7 +26,8 @@ from adasearch.measure.interleaved import ROUND_FIGURES
 from adasearch.metrics import COMPUTE, REGISTRY, TIMED_METRICS
 from adasearch.search import trials
 from adasearch.search.context import RunContext
-from adasearch.search.pareto import SESSIONS, dominates, front_of, pareto_front, race
+from adasearch.search.front.beyond_noise import SESSIONS, front_of, race
+from adasearch.search.front.pareto import dominates, pareto_front
 from adasearch.spec import RunSpec
 
 RACE_SESSIONS = 3  # extra sessions of interleaved rounds for the close calls, at most

@@ -1,70 +1,16 @@
-"""Non-dominated sets and hypervolume for 2 or 3 objectives with mixed directions; and the front of a
-run's records, where timed objectives count only beyond noise (Judge, noise_front, front_of)."""
+"""The front of a run's records, where timed objectives count only beyond noise: the Judge (paired
+per-round comparisons, measure/paired.py), the chain rule (noise_front, front_of), the configs
+equivalent to each front config, and racing the close calls. The README's "front beyond noise"
+paragraph states the rule."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 from adasearch import metrics
 from adasearch.measure import paired
 from adasearch.search import trials
-
-
-def _as_min(point: Sequence[float], directions: Sequence[str]) -> tuple:
-    """Flip maximised objectives so that smaller is better everywhere."""
-    return tuple(-v if d == "maximize" else v for v, d in zip(point, directions))
-
-
-def dominates(a, b, directions) -> bool:
-    a, b = _as_min(a, directions), _as_min(b, directions)
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
-
-
-def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list:
-    """Indices of the non-dominated points; of several identical points, the first is kept."""
-    front = []
-    for i, p in enumerate(points):
-        if any(dominates(q, p, directions) for j, q in enumerate(points) if j != i):
-            continue
-        if any(tuple(points[k]) == tuple(p) for k in front):
-            continue
-        front.append(i)
-    return front
-
-
-def hypervolume(points: Sequence[Sequence[float]], directions: Sequence[str], reference: Sequence[float]) -> float:
-    """Volume dominated by `points` and bounded by `reference` (in the objectives' own units).
-
-    Exact for 2 objectives (a sweep) and 3 (slices along the last objective).
-    """
-    ref = _as_min(reference, directions)
-    pts = [_as_min(p, directions) for p in points]
-    pts = [p for p in pts if all(x < r for x, r in zip(p, ref))]
-    if not pts:
-        return 0.0
-    if len(ref) == 2:
-        return _hv2(pts, ref)
-    if len(ref) != 3:
-        raise ValueError("hypervolume supports 2 or 3 objectives")
-    zs = sorted({p[2] for p in pts}) + [ref[2]]
-    total = 0.0
-    for z, z_next in zip(zs, zs[1:]):
-        slice_pts = [(p[0], p[1]) for p in pts if p[2] <= z]
-        total += _hv2(slice_pts, ref[:2]) * (z_next - z)
-    return total
-
-
-def _hv2(pts, ref) -> float:
-    total, best_y = 0.0, ref[1]
-    for x, y in sorted(pts):
-        if y < best_y:
-            total += (ref[0] - x) * (best_y - y)
-            best_y = y
-    return total
-
-
-# ---------------------------------------------------------------- the front of a run, beyond noise
+from adasearch.search.front.pareto import as_min
 
 SESSIONS = "timed_sessions"  # a re-timed record's rounds: {session id: {metric: [its figure in each round]}}
 
@@ -95,7 +41,7 @@ class Judge:
         then fewer MACs; then the config's label. A record that dominates another ranks before it (with
         several timed objectives, unless its point figures disagree with the paired test)."""
         objectives = self.fixed + self.timed
-        return (*_as_min([r.metrics[m] for m, _ in objectives], [d for _, d in objectives]),
+        return (*as_min([r.metrics[m] for m, _ in objectives], [d for _, d in objectives]),
                 r.metrics.get(metrics.COMPUTE, math.inf), r.config.label())  # fmt: skip
 
     def larger(self, a, b, metric: str) -> int:
@@ -128,7 +74,7 @@ class Judge:
         """(a is at least as good as b on every deterministic objective, a is strictly better on one)."""
         worse = better = False
         for m, d in self.fixed:
-            va, vb = _as_min([a.metrics[m], b.metrics[m]], [d, d])
+            va, vb = as_min([a.metrics[m], b.metrics[m]], [d, d])
             worse |= va > vb
             better |= va < vb
         return not worse, better

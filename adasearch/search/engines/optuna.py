@@ -1,12 +1,6 @@
-"""The proposing engines (engine_base.Engine): exhaustive and optuna. The ray engine is a Driver
-(ray_engine.py); the runner chooses among them.
-
-- exhaustive: every distinct network of the space, proposed at once so that accuracy is measured in
-  shared anytime passes; with the shared accuracy engine this is the exact front. `auto` picks it for
-  spaces up to search.exhaustive_limit configs.
-- optuna: a multi-objective sampler (nsga2, tpe, gp, random, bruteforce) through study.ask/tell,
-  with constraints given to it through trial.set_constraint.
-- ray: Ray Tune driving OptunaSearch (ray_engine.py).
+"""engine: optuna: a multi-objective sampler (nsga2, tpe, gp, random, bruteforce) through
+study.ask/tell, with constraints given to it through trial.set_constraint. (engine: ray is Ray Tune
+driving the same samplers, in ray.py.)
 
 The trial budget (search.trials) counts distinct networks. A sampler may propose a network that
 was measured already: the proposal is recorded as a trial with the stored figures (so the sampler
@@ -22,43 +16,13 @@ from __future__ import annotations
 import random
 from typing import Optional
 
-from adasearch.checks import ENUMERABLE_LIMIT
-from adasearch.errors import UserError
 from adasearch.search.context import Measured, RunContext
-from adasearch.search.engine_base import Engine, Proposal
+from adasearch.search.engines.base import Engine, Proposal
 from adasearch.search.trials import config_key
 
 EXPLORE_AFTER = 3  # repeated proposals in a row before an unmeasured network is proposed instead
 REPEAT_LIMIT = 50  # repeated proposals in a row after which the search is taken to have run dry
 DRAWS = 200  # random draws tried when looking for an unmeasured network of a large space
-
-
-class ExhaustiveEngine(Engine):
-    name = "exhaustive"
-
-    def __init__(self, ctx: RunContext):
-        super().__init__(ctx)
-        if ctx.space.size() > ENUMERABLE_LIMIT:  # before enumerating: a space of 1e20 would never finish
-            raise UserError(
-                f"{ctx.spec.spec_file or 'spec'}: search.engine: exhaustive cannot search this run: the space has "
-                f"{ctx.space.size():,} configs, more than the {ENUMERABLE_LIMIT:,} it enumerates; use engine: optuna"
-            )
-        self._unique = ctx.space.unique()  # canonical config -> params of its first occurrence
-        self._asked = False
-
-    def ask(self) -> list:
-        if self._asked:
-            return []
-        self._asked = True
-        encode = self.ctx.space.encode_params
-        return [
-            Proposal(config, encode(params))
-            for config, params in self._unique.items()
-            if not self.ctx.measurer.reusable(config_key(config))
-        ]
-
-    def planned(self) -> int:
-        return len(self._unique)
 
 
 class OptunaEngine(Engine):

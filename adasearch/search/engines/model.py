@@ -2,7 +2,7 @@
 
 When the space's accuracy is enumerable with the shared anytime passes (one pass per width setting
 gives every config's exact accuracy, and MACs are closed form), only latency is unknown. This engine
-predicts it for every config of the space with the target's latency model (latency_profile.py), and
+predicts it for every config of the space with the target's latency model (search/latency_profile.py), and
 proposes only the configs the prediction puts in play: the predicted front, its next layer, the MACs
 front and the near misses of timed constraints (finalists.candidates), at most VERIFY_LIMIT (or
 search.trials, if smaller) per round.
@@ -28,10 +28,10 @@ from adasearch.errors import UserError
 from adasearch.metrics import P50, THROUGHPUT, TIMED_METRICS, interval_columns, predicted_column
 from adasearch.search import trials
 from adasearch.search.context import RunContext
-from adasearch.search.engine_base import Engine, Proposal
-from adasearch.search.finalists import candidates
+from adasearch.search.engines.base import Engine, Proposal
+from adasearch.search.front.beyond_noise import front_of
+from adasearch.search.front.finalists import candidates
 from adasearch.search.latency_profile import latency_model_for
-from adasearch.search.pareto import front_of
 
 VERIFY_LIMIT = 50  # configs proposed per round
 MISS = 0.15  # a finalist whose re-timed p50 is off its prediction by more than this fraction is a miss
