@@ -18,6 +18,7 @@ serving go through one Runtime, so the figures are those of the runtime that shi
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 import warnings
@@ -70,7 +71,8 @@ class Runtime(ABC):
     - `forward(plan, example)` -> a callable x -> logits (B, C) for inputs shaped like `example`. What it
       needs (a compiled graph, a CUDA graph, an ONNX session) is built on the first ask for that (plan,
       shape), run once on `example`, and kept; later asks return the same callable. Building is counted
-      in `builds` and `build_seconds`, so it never lands inside a timing.
+      in `builds` (forwards), `part_builds` and `build_seconds`, so it never lands inside a timing;
+      `progress_text()` says so while it happens.
     - `parts()` -> the object whose `embed_read(x, n)`, `run_block(i, latents, grans, hidden)` and
       `readout(latents)` run the parts of a forward as this runtime runs them (model.forward_plan takes it;
       the latency model times it).
@@ -85,7 +87,9 @@ class Runtime(ABC):
     def __init__(self, model, device: torch.device, threads: Optional[int] = None):
         self.model, self.device, self.threads = model, device, threads
         self.builds = 0
+        self.part_builds = 0
         self.build_seconds = 0.0
+        self._building_since: Optional[float] = None  # perf_counter at the start of the build under way
         self._forwards: OrderedDict = OrderedDict()
 
     def forward(self, plan, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -96,12 +100,10 @@ class Runtime(ABC):
             return fn
         if self.static_only and exits(plan):
             raise UserError(f"runtime {self.name} runs static configs only; this config has exit thresholds")
-        start, before = time.perf_counter(), self.build_seconds
-        with torch.inference_mode():
+        with self.building(), torch.inference_mode():
             fn = self._build(plan, example)
             fn(example)  # the first call builds (compiles, captures) where it is lazy
         self.builds += 1
-        self.build_seconds = before + time.perf_counter() - start  # parts built meanwhile are inside it
         self._forwards[key] = fn
         if len(self._forwards) > MAX_FORWARDS:
             self._forwards.popitem(last=False)
@@ -110,9 +112,35 @@ class Runtime(ABC):
     def parts(self):
         return self.model
 
+    @contextlib.contextmanager
+    def building(self, part: bool = False):
+        """Counts the time inside into build_seconds (and one part build, for part=True). A part built
+        while a forward is being built is counted once, inside the forward's time."""
+        if part:
+            self.part_builds += 1
+        if self._building_since is not None:
+            yield
+            return
+        self._building_since = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.build_seconds += time.perf_counter() - self._building_since
+            self._building_since = None
+
     def stats(self) -> dict:
         """What building cost so far: for the summary and run.yaml."""
-        return {"runtime": self.name, "builds": self.builds, "build_s": round(self.build_seconds, 2)}
+        return {"runtime": self.name, "builds": self.builds, "part_builds": self.part_builds,
+                "build_s": round(self.build_seconds, 2)}  # fmt: skip
+
+    def progress_text(self) -> str:
+        """What building has cost so far, a build under way included (the progress bar shows it); '' for eager,
+        which builds nothing."""
+        if self.name == "eager":
+            return ""
+        since = self._building_since
+        seconds = self.build_seconds + (time.perf_counter() - since if since is not None else 0.0)
+        return f"{self.name} builds: {self.builds} forwards, {self.part_builds} parts, {seconds:.0f} s"
 
     @abstractmethod
     def _build(self, plan, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -159,9 +187,9 @@ class CompiledParts:
     """The parts of a forward compiled with inductor once per shape. The block is compiled as a function
     of the block module, so every block of one shape shares one graph (parameters are its inputs)."""
 
-    def __init__(self, model, on_build: Callable[[float], None]):
+    def __init__(self, model, building: Callable):
         self.model = model
-        self._on_build = on_build
+        self._building = building
         self._seen: set = set()
         compile_ = lambda fn: torch.compile(fn, fullgraph=True, dynamic=False)  # noqa: E731
         self._embed_read, self._block, self._readout = compile_(_embed_read), compile_(_block), compile_(_readout)
@@ -169,10 +197,9 @@ class CompiledParts:
     def _call(self, key, fn, *args):
         if key in self._seen:
             return fn(*args)
-        start = time.perf_counter()
-        out = fn(*args)
+        with self._building(part=True):
+            out = fn(*args)
         self._seen.add(key)
-        self._on_build(time.perf_counter() - start)
         return out
 
     def embed_read(self, x, n: int):
@@ -200,12 +227,7 @@ class CompileRuntime(Runtime):
         dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, RECOMPILE_LIMIT)
         dynamo_config.fail_on_recompile_limit_hit = True
         self.whole_compiles = 0
-        self.part_compiles = 0
-        self._parts = CompiledParts(model, self._part_built)
-
-    def _part_built(self, seconds: float) -> None:
-        self.part_compiles += 1
-        self.build_seconds += seconds
+        self._parts = CompiledParts(model, self.building)
 
     def parts(self):
         return self._parts
@@ -221,7 +243,7 @@ class CompileRuntime(Runtime):
         return lambda x: whole(model, plan, x)
 
     def stats(self) -> dict:
-        return {**super().stats(), "whole_compiles": self.whole_compiles, "part_compiles": self.part_compiles}
+        return {**super().stats(), "whole_compiles": self.whole_compiles}
 
 
 # ----------------------------------------------------------------------------- CUDA graphs
@@ -248,17 +270,16 @@ class CapturedParts:
     overwritten by the next replay of its own graph, so a caller uses it before running that part again
     (model.forward_plan does: each block's output feeds the next block, a readout's logits are copied out)."""
 
-    def __init__(self, model, on_build: Callable[[float], None]):
+    def __init__(self, model, building: Callable):
         self.model = model
-        self._on_build = on_build
+        self._building = building
         self._graphs: dict = {}
 
     def _replay(self, key, fn, *inputs):
         entry = self._graphs.get(key)
         if entry is None:
-            start = time.perf_counter()
-            entry = self._graphs[key] = _capture(fn, list(inputs))
-            self._on_build(time.perf_counter() - start)
+            with self._building(part=True):
+                entry = self._graphs[key] = _capture(fn, list(inputs))
         graph, statics, out = entry
         for static, value in zip(statics, inputs):
             static.copy_(value)
@@ -283,10 +304,7 @@ class CudaGraphRuntime(Runtime):
 
     def __init__(self, model, device, threads=None):
         super().__init__(model, device, threads)
-        self._parts = CapturedParts(model, self._part_built)
-
-    def _part_built(self, seconds: float) -> None:
-        self.build_seconds += seconds
+        self._parts = CapturedParts(model, self.building)
 
     def parts(self):
         return self._parts
@@ -387,11 +405,9 @@ class OnnxParts:
     def _run(self, key, fn, x):
         run = self._runs.get(key)
         if run is None:
-            start = time.perf_counter()
-            with torch.inference_mode(False), torch.no_grad():
+            with self.runtime.building(part=True), torch.inference_mode(False), torch.no_grad():
                 data = export_onnx(_PartModule(self.runtime.model, fn), x.clone())
-            run = self._runs[key] = ort_callable(ort_session(data, x.device, self.runtime.threads), x.device)
-            self.runtime.build_seconds += time.perf_counter() - start
+                run = self._runs[key] = ort_callable(ort_session(data, x.device, self.runtime.threads), x.device)
         return run(x)
 
     def embed_read(self, x, n: int):

@@ -79,15 +79,15 @@ def search(folder: Path, model_dir: Path, data: Path, engine: str, runtime: str 
     trials = pd.read_csv(out / "trials.csv")
     front = json.loads((out / "pareto.json").read_text())["pareto"]
     retimed = int(trials[interval_columns(P50)[0]].notna().sum())
-    notes = " ".join(yaml.safe_load((out / "run.yaml").read_text())["notes"])
-    profiled = re.search(r"profiled \d+ parts in ([\d.]+) s", notes)
-    built = re.search(r"forwards built in ([\d.]+) s(?:, (\d+) whole compiles)?", notes)
+    run_doc = yaml.safe_load((out / "run.yaml").read_text())
+    profiled = re.search(r"profiled \d+ parts in ([\d.]+) s", " ".join(run_doc["notes"]))
+    built = run_doc["runtime_build"]
     # engine: model times nothing per trial (it predicts); optuna times each distinct network once (not repeats)
     per_trial = 0 if engine == "model" else int(trials["config"].nunique())
     return {"engine": engine, "runtime": runtime, "wall": wall, "per_trial": per_trial, "retimed": retimed,
             "front": front, "profile": f"{float(profiled.group(1)):.0f}" if profiled else "-",
-            "build": f"{float(built.group(1)):.0f}" if built else "-",
-            "whole": built.group(2) if built and built.group(2) else "-"}  # fmt: skip
+            "build": f"{built['build_s']:.0f}" if runtime != "eager" else "-",
+            "whole": str(built.get("whole_compiles", "-"))}  # fmt: skip
 
 
 def main():

@@ -14,6 +14,14 @@ def model():
     return random_model()
 
 
+@pytest.fixture(scope="module")
+def demo():
+    """The shipped demo model (trained weights), loaded once per test module."""
+    from adasearch import load_model
+
+    return load_model("demo")
+
+
 @pytest.fixture
 def images():
     torch.manual_seed(1)

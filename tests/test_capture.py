@@ -42,11 +42,6 @@ def count_ops(fn) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return load_model("demo").eval()
-
-
-@pytest.fixture(scope="module")
 def digits(demo):
     torch.manual_seed(0)
     return torch.rand(2, demo.cfg.in_channels, demo.cfg.img_size, demo.cfg.img_size)

@@ -15,11 +15,6 @@ from tests.helpers import random_model
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return load_model("demo")
-
-
-@pytest.fixture(scope="module")
 def data():
     return load_data("digits", limit=150)
 

@@ -80,7 +80,11 @@ def test_resuming_with_another_space_or_other_weights_is_refused(tmp_path):
 
 
 def test_a_hardware_change_re_times_and_reuses_no_timing(tmp_path):
-    spec = write_run_spec(tmp_path, SMALL, limit=40, objectives=("accuracy", "latency_p50_ms"), hardware={"threads": 1})
+    # exhaustive: every network is a trial in both runs (engine: model trials only what it verifies, which timing moves)
+    spec = write_run_spec(
+        tmp_path, SMALL, limit=40, objectives=("accuracy", "latency_p50_ms"), hardware={"threads": 1},
+        engine="exhaustive",
+    )  # fmt: skip
     assert invoke(spec).exit_code == 0
     first = study_of(tmp_path / "out").get_trials()
     r = invoke(edit_spec(spec, hardware={"threads": 2}))

@@ -12,7 +12,6 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from adasearch import load_model
 from adasearch.cli import main
 from adasearch.errors import UserError
 from adasearch.run_folder import RunFolder
@@ -24,11 +23,6 @@ CPU = torch.device("cpu")
 STATIC = [{"num_tokens": 8, "depth": 4}, {"num_tokens": 12, "mat_dim": 16, "depth": 3, "token_grans": [4, 12]}]
 EXITING = {"num_tokens": 8, "depth": 5, "depth_tau": 0.6}
 STATIC_SPACE = {"num_tokens": [4, 16], "depth": [2, 4], "mat_dim": [16, 32]}
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_model("demo").eval()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +52,31 @@ def test_compile_runs_an_exit_config_on_compiled_parts(demo, batch):
     out = runtime.forward(plan, batch)(batch)
     assert torch.allclose(out, eager.logits, atol=1e-4)
     stats = runtime.stats()
-    assert stats["whole_compiles"] == 0 and stats["part_compiles"] >= 3  # embed+read, blocks, readouts
+    assert stats["whole_compiles"] == 0 and stats["part_builds"] >= 3  # embed+read, blocks, readouts
+    # the parts were built inside the forward's build: their time is counted once, and the bar says so
+    assert stats["builds"] == 1 and stats["build_s"] > 0
+    assert runtime.progress_text() == (
+        f"compile builds: 1 forwards, {stats['part_builds']} parts, {runtime.build_seconds:.0f} s"
+    )
+
+
+def test_the_progress_bar_shows_a_build_under_way(demo, batch):
+    from rich.progress import Progress
+
+    from adasearch.search.progress import BuildColumn
+
+    runtime = make_runtime("onnxruntime", demo, CPU, threads=1)
+    column = BuildColumn(runtime)
+    with Progress(disable=True) as bar:
+        first, second = bar.add_task("networks"), bar.add_task("a step")
+        task = {t.id: t for t in bar.tasks}
+        assert column.render(task[first]).plain == "onnxruntime builds: 0 forwards, 0 parts, 0 s"
+        with runtime.building():  # what the bar reads while an export is under way: the time so far
+            runtime._building_since -= 90.0
+            assert column.render(task[first]).plain == "onnxruntime builds: 0 forwards, 0 parts, 90 s"
+            assert column.render(task[second]).plain == ""  # the first line only
+        assert 90 <= runtime.build_seconds < 100
+    assert BuildColumn(make_runtime("eager", demo, CPU)).render(task[first]).plain == ""
 
 
 def test_a_latency_model_times_the_runtimes_parts(demo, batch):

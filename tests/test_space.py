@@ -5,16 +5,11 @@ import random
 import pytest
 import torch
 
-from adasearch import DeploymentConfig, load_model
+from adasearch import DeploymentConfig
 from adasearch.data.digits import digits
 from adasearch.errors import UserError
 from adasearch.search.space import SearchSpace, canonical, stage_sizes
 from tests.helpers import IN1K
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_model("demo")
 
 
 def test_ready_spaces_load_and_know_their_size(demo):

@@ -1,13 +1,29 @@
-"""The search's progress line: distinct networks measured, the current front size and the ETA."""
+"""The search's progress line: distinct networks measured, the current front size, the ETA and what the
+runtime's building has cost; a line per step before proposals (profiling, predicting) and for re-timing."""
 
 from __future__ import annotations
 
 import time
 from typing import Optional
 
+from rich.progress import ProgressColumn
+from rich.text import Text
+
 from adasearch.search import trials
 from adasearch.search.context import RunContext
 from adasearch.search.front.pareto import pareto_front
+
+
+class BuildColumn(ProgressColumn):
+    """What the runtime's building (compiling, capturing, exporting) has cost so far, read at every refresh
+    so that a compile under way counts up; on the first line only, and empty for eager."""
+
+    def __init__(self, runtime):
+        super().__init__()
+        self.runtime = runtime
+
+    def render(self, task) -> Text:
+        return Text(self.runtime.progress_text() if task.id == 0 else "", style="dim")
 
 
 class SearchProgress:
@@ -29,6 +45,7 @@ class SearchProgress:
             MofNCompleteColumn(),
             TextColumn("front {task.fields[front]}"),
             TimeRemainingColumn(),
+            BuildColumn(ctx.measurer.evaluator.runtime),
             disable=not enabled,
         )
         self.task = self.bar.add_task(

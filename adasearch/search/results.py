@@ -106,6 +106,7 @@ def write_results(ctx, summary: RunSummary) -> None:
             "certified": len(summary.guarantees),
         },
         "macs_convention": MACS_CONVENTION,
+        "runtime_build": ctx.measurer.evaluator.runtime.stats(),  # what compiling / capturing / exporting cost
         "environment": {**env, "contention": summary.contention} if summary.contention else env,
         "model_config": {
             k: getattr(ctx.space.cfg, k)

@@ -212,8 +212,11 @@ def runtime_notes(evaluator, figures: dict) -> list:
     if runtime.name == "eager":
         return []
     stats = runtime.stats()
-    extra = "".join(f", {stats[k]} {k.replace('_', ' ')}" for k in ("whole_compiles", "part_compiles") if k in stats)
-    notes = [f"runtime {runtime.name}: {stats['builds']} forwards built in {stats['build_s']:.1f} s{extra}"]
+    whole = f" ({stats['whole_compiles']} compiled whole)" if "whole_compiles" in stats else ""
+    notes = [
+        f"runtime {runtime.name}: {stats['builds']} forwards{whole} and {stats['part_builds']} parts built in "
+        f"{stats['build_s']:.1f} s"
+    ]
     flagged = [k for k, f in figures.items() if f.get(RUNTIME_FLAG)]
     if flagged:
         atol = RUNTIME_ATOL[evaluator.hardware.dtype]
@@ -242,21 +245,23 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
             logging.getLogger("optuna").setLevel(logging.WARNING)
             with SearchProgress(ctx, engine.planned(), progress) as bar:
                 _search(ctx, engine, bar)
-            if not ctx.stop and ctx.distinct_measured() >= engine.planned():
-                fail_leftover_retries(ctx.study)  # budget met: a re-queued config no process will pop
-            if not ctx.stop:
-                recs = trials.records(ctx.study, spec)
+                if not ctx.stop and ctx.distinct_measured() >= engine.planned():
+                    fail_leftover_retries(ctx.study)  # budget met: a re-queued config no process will pop
+                recs = [] if ctx.stop else trials.records(ctx.study, spec)
                 if recs:
-                    retime_finalists(ctx, recs)
+                    retime_finalists(ctx, recs)  # on the bar: its rounds, and the finalists' whole compiles
+            if not ctx.stop:
+                if recs:
                     final = ctx.study.user_attrs.get("final_metrics", {})
                     recs = trials.records(ctx.study, spec, final)
                     # An engine that predicted timings may measure more when the re-timing disagrees.
                     while not ctx.stop and isinstance(engine, Engine) and engine.retimed(recs):
                         with SearchProgress(ctx, engine.planned(), progress) as bar:
                             _search(ctx, engine, bar)
-                        if ctx.stop:  # Ctrl-C while measuring more: keep what is stored, re-time nothing
+                            if not ctx.stop:  # Ctrl-C while measuring more: keep what is stored, re-time nothing
+                                retime_finalists(ctx, trials.records(ctx.study, spec, final))
+                        if ctx.stop:
                             break
-                        retime_finalists(ctx, trials.records(ctx.study, spec, final))
                         final = ctx.study.user_attrs.get("final_metrics", {})
                         recs = trials.records(ctx.study, spec, final)
                     if not ctx.stop:

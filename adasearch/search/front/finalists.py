@@ -30,6 +30,7 @@ from adasearch.search.front.beyond_noise import SESSIONS, front_of, race
 from adasearch.search.front.pareto import dominates, pareto_front
 from adasearch.spec import RunSpec
 
+RETIMING = "re-timing finalists"  # the progress line's description
 RACE_SESSIONS = 3  # extra sessions of interleaved rounds for the close calls, at most
 RACE_SHARE = 0.5  # of the re-timing's timing time, at most, spent racing
 RACE_VISIT = 0.5  # of the re-timing's budget per config, per config in a race: rounds, not repetitions, pair up
@@ -105,6 +106,7 @@ def retime_finalists(ctx: RunContext, recs: list) -> dict:
     spent_s, raced = 0.0, False
     todo = candidates(recs, ctx.spec)
     while todo:
+        ctx.status(RETIMING, len(retimed), len(retimed) + len(todo))
         # Interleaved: the candidates share every moment's load instead of each getting its own window.
         # The latency model's reference configs (engine: model) share the rounds too: they re-take its
         # calibration at this moment, and the finalists' predictions are made again with it.
@@ -126,6 +128,7 @@ def retime_finalists(ctx: RunContext, recs: list) -> dict:
             front = front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec)
             todo = [r for r in front if r.number not in retimed]
     ctx.study.set_user_attr("final_metrics", final)
+    ctx.status(RETIMING, len(retimed), len(retimed))
     return final
 
 
