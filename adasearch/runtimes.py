@@ -19,6 +19,7 @@ serving go through one Runtime, so the figures are those of the runtime that shi
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import time
 import warnings
@@ -38,6 +39,38 @@ MAX_FORWARDS = 256  # built forwards a runtime keeps (compiled graphs, CUDA grap
 # back to eager silently.
 RECOMPILE_LIMIT = 1024
 ONNX_OPSET = 17
+# An ONNX Runtime session's memory over the bytes of the weights its config runs: it keeps the initializers and
+# GEMM-packed copies of them. Measured 2.0-2.35x on the IN-1K size (CPU, float32); 2.5 bounds it.
+SESSION_WEIGHT_COPIES = 2.5
+MEMORY_SHARE = 0.7  # of the memory free before building, what the forwards built for one timing may hold
+GIB = 2**30
+FFN_HIDDEN_SLICED = ("ffn.fc1.weight", "ffn.fc1.bias", "ffn.fc2.weight")  # a block's tensors a narrower FFN cuts
+
+
+def free_bytes(device: torch.device) -> Optional[int]:
+    """Memory free for new allocations on `device` (Linux's MemAvailable for the CPU), None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def plan_weight_bytes(model, plan) -> int:
+    """Bytes of the weights a plan runs: everything outside the blocks, and each executed block with its FFN
+    cut to that block's hidden size (what an export keeps once it folds the Matryoshka slices)."""
+    blocks = set(model.blocks.parameters())
+    total = sum(p.numel() * p.element_size() for p in model.parameters() if p not in blocks)
+    for i, hidden in enumerate(plan.hidden):
+        block = model.blocks[i]
+        full = block.ffn.fc1.weight.shape[0]
+        for name, p in block.named_parameters():
+            share = hidden / full if name in FFN_HIDDEN_SLICED else 1.0
+            total += int(p.numel() * p.element_size() * share)
+    return total
 
 
 def exits(plan) -> bool:
@@ -90,6 +123,7 @@ class Runtime(ABC):
         self.part_builds = 0
         self.build_seconds = 0.0
         self._building_since: Optional[float] = None  # perf_counter at the start of the build under way
+        self.most_groups = 1  # the most groups one timing was split into to fit in memory (memory_groups)
         self._forwards: OrderedDict = OrderedDict()
 
     def forward(self, plan, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -100,6 +134,7 @@ class Runtime(ABC):
             return fn
         if self.static_only and exits(plan):
             raise UserError(f"runtime {self.name} runs static configs only; this config has exit thresholds")
+        self._make_room(plan)
         with self.building(), torch.inference_mode():
             fn = self._build(plan, example)
             fn(example)  # the first call builds (compiles, captures) where it is lazy
@@ -111,6 +146,60 @@ class Runtime(ABC):
 
     def parts(self):
         return self.model
+
+    def held_bytes(self, plan) -> int:
+        """Memory a built forward of `plan` holds beyond the model's own, an upper estimate: 0 for runtimes
+        whose forwards run on the model's weights."""
+        return 0
+
+    def release(self) -> None:
+        """Forget every kept forward; its memory returns once the callers have dropped theirs too."""
+        self._forwards.clear()
+        gc.collect()
+
+    def memory_groups(self, plans: list) -> list:
+        """The indices of `plans` in consecutive groups whose forwards fit in memory together (MEMORY_SHARE of
+        what is free; when they do not all fit, of what is free once the kept forwards are released): one
+        group when they fit, or when forwards hold nothing of their own. A one-line UserError when a single
+        plan does not fit."""
+        held = [self.held_bytes(p) for p in plans]
+        kept = {key[0] for key in self._forwards}
+        new = sum(n for p, n in zip(plans, held) if p not in kept)
+        free = free_bytes(self.device) if new else None
+        if free is None or new <= MEMORY_SHARE * free:
+            return [list(range(len(plans)))]
+        self.release()
+        free = free_bytes(self.device) or 0
+        groups, size = [[]], 0
+        for i, n in enumerate(held):
+            self._refuse_beyond(n, free)
+            if groups[-1] and size + n > MEMORY_SHARE * free:
+                groups.append([])
+                size = 0
+            groups[-1].append(i)
+            size += n
+        self.most_groups = max(self.most_groups, len(groups))
+        return groups
+
+    def _make_room(self, plan) -> None:
+        """Before building plan's forward: drop the least recently used kept forwards (a cache) while it does
+        not fit in MEMORY_SHARE of the free memory; a one-line UserError when it still does not."""
+        need = self.held_bytes(plan)
+        free = free_bytes(self.device) if need else None
+        while free is not None and need > MEMORY_SHARE * free and self._forwards:
+            self._forwards.popitem(last=False)
+            gc.collect()
+            free = free_bytes(self.device)
+        if free is not None:
+            self._refuse_beyond(need, free)
+
+    def _refuse_beyond(self, need: int, free: int) -> None:
+        if need > MEMORY_SHARE * free:
+            raise UserError(
+                f"runtime {self.name}: a forward of this config would hold about {need / GIB:.1f} GiB and "
+                f"{free / GIB:.1f} GiB is free on {self.device.type}; allowed: up to {MEMORY_SHARE:.0%} of what is "
+                "free (free some, or use runtime eager or compile: they run on the model's own weights)"
+            )
 
     @contextlib.contextmanager
     def building(self, part: bool = False):
@@ -131,7 +220,7 @@ class Runtime(ABC):
     def stats(self) -> dict:
         """What building cost so far: for the summary and run.yaml."""
         return {"runtime": self.name, "builds": self.builds, "part_builds": self.part_builds,
-                "build_s": round(self.build_seconds, 2)}  # fmt: skip
+                "build_s": round(self.build_seconds, 2), "timing_groups": self.most_groups}  # fmt: skip
 
     def progress_text(self) -> str:
         """What building has cost so far, a build under way included (the progress bar shows it); '' for eager,
@@ -433,6 +522,9 @@ class OnnxRuntime(Runtime):
 
     def parts(self):
         return self._parts
+
+    def held_bytes(self, plan) -> int:
+        return int(SESSION_WEIGHT_COPIES * plan_weight_bytes(self.model, plan))
 
     def _build(self, plan, example):
         # Export traces with autograd off but outside inference mode (inference tensors cannot be traced).

@@ -72,7 +72,8 @@ def search(folder: Path, model_dir: Path, data: Path, engine: str, runtime: str 
     }
     path = folder / f"{engine}-{runtime}.yaml"
     path.write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "ADASEARCH_CACHE": str(folder / f"cache-{engine}")}
+    # A cache per run: a later run must not find the accuracy passes of an earlier one (its wall time would hide them).
+    env = {**os.environ, "ADASEARCH_CACHE": str(folder / f"cache-{engine}-{runtime}")}
     started = time.perf_counter()
     subprocess.run(["adasearch", "run", str(path), "--no-progress"], check=True, env=env)
     wall = time.perf_counter() - started

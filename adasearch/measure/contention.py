@@ -141,7 +141,9 @@ class ContentionMonitor:
             with self.window():
                 timed = interleaved(*args, **kwargs)
             for config, figures in timed.items():  # each round's p50 of a config: its per-visit figure
-                self.visits.setdefault(config, []).extend(figures.get(ROUND_FIGURES, {}).get(P50, []))
+                self.visits.setdefault(config, []).extend(
+                    v for v in figures.get(ROUND_FIGURES, {}).get(P50, []) if v is not None
+                )
             return timed
 
         evaluator.time_interleaved = time_interleaved

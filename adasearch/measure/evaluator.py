@@ -176,20 +176,35 @@ class Evaluator:
         measurement.env = {**self.environment(), "latency_reps": lat.reps, "warmup": lat.warmup}
         return measurement
 
-    def time_interleaved(self, configs: list, budget_s: float, seed: int = 0) -> dict:
+    def time_interleaved(self, configs: list, budget_s: float, seed: int = 0, rounds: Optional[int] = None) -> dict:
         """{config: metrics} for `configs` timed round-robin in shuffled rounds (measure/interleaved.py),
-        budget_s of timing each, with 95 % bootstrap intervals of every timed figure, and peak memory."""
-        from adasearch.measure.interleaved import time_interleaved
+        budget_s of timing each, with 95 % bootstrap intervals of every timed figure, and peak memory.
+
+        Where the runtime's forwards hold memory of their own (onnxruntime sessions) and all of them do not
+        fit at once, the configs are timed in groups, one after another (Runtime.memory_groups), and each
+        group's forwards are released before the next is built. A session's rounds are then numbered across
+        its groups, and each config's ROUND_FIGURES has None in the rounds of the other groups: configs of
+        different groups share no round, so no paired comparison pairs them."""
+        from adasearch.measure.interleaved import ROUND_FIGURES, ROUNDS, time_interleaved
 
         configs = list(dict.fromkeys(configs))
+        rounds = rounds or ROUNDS
         batches = self.latency_batches()
-        fns = [self.runner(c) for c in configs]  # built (compiled, captured, exported) before any round
-        timed = time_interleaved(fns, batches, sync=_synchronizer(self.device), budget_s=budget_s, seed=seed)
+        groups = self.runtime.memory_groups([self.model.plan(**c.to_dict()) for c in configs])
         out = {}
-        for c, figures in zip(configs, timed):
-            mem = peak_memory_mb(self.model, c, batches[0], self.device)
-            out[c] = {**figures, MEMORY_METRIC: mem["peak_mb"]}
-        return out
+        for g, members in enumerate(groups):
+            fns = [self.runner(configs[i]) for i in members]  # built (compiled, captured, exported) before any round
+            timed = time_interleaved(fns, batches, sync=_synchronizer(self.device), budget_s=budget_s,
+                                     rounds=rounds, seed=seed + g)  # fmt: skip
+            del fns
+            if len(groups) > 1:
+                self.runtime.release()
+            before, after = [None] * (g * rounds), [None] * ((len(groups) - g - 1) * rounds)
+            for i, figures in zip(members, timed):
+                figures[ROUND_FIGURES] = {name: before + v + after for name, v in figures[ROUND_FIGURES].items()}
+                mem = peak_memory_mb(self.model, configs[i], batches[0], self.device)
+                out[configs[i]] = {**figures, MEMORY_METRIC: mem["peak_mb"]}
+        return {c: out[c] for c in configs}
 
     def runner(self, config: DeploymentConfig):
         """x -> logits of config on a latency batch, as the spec's runtime runs it (built on first use)."""

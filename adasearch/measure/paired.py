@@ -94,11 +94,14 @@ def compare(a_rounds: Sequence[float], b_rounds: Sequence[float], seed: int = 0,
 
 def shared_rounds(a_sessions: Mapping, b_sessions: Mapping, metric: str) -> tuple[list, list]:
     """The figures of `metric` in the rounds both configs ran in, paired: a config's sessions are
-    {session id: {metric: [figure per round]}}; sessions both have, in id order, concatenated."""
+    {session id: {metric: [figure per round]}}; sessions both have, in id order, concatenated. A figure is None
+    in a round the config was not visited in (a session timed in groups to fit in memory): such rounds are
+    not shared."""
     a, b = [], []
     for session in sorted(set(a_sessions) & set(b_sessions)):
         ra, rb = a_sessions[session].get(metric), b_sessions[session].get(metric)
         if ra and rb and len(ra) == len(rb):
-            a += list(ra)
-            b += list(rb)
+            both = [(x, y) for x, y in zip(ra, rb) if x is not None and y is not None]
+            a += [x for x, _ in both]
+            b += [y for _, y in both]
     return a, b

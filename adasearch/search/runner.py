@@ -217,6 +217,12 @@ def runtime_notes(evaluator, figures: dict) -> list:
         f"runtime {runtime.name}: {stats['builds']} forwards{whole} and {stats['part_builds']} parts built in "
         f"{stats['build_s']:.1f} s"
     ]
+    if stats.get("timing_groups", 1) > 1:
+        notes.append(
+            f"runtime {runtime.name}: its forwards did not all fit in memory at once, so one timing ran in up to "
+            f"{stats['timing_groups']} groups one after another; configs of different groups are compared by their "
+            "intervals, not paired"
+        )
     flagged = [k for k, f in figures.items() if f.get(RUNTIME_FLAG)]
     if flagged:
         atol = RUNTIME_ATOL[evaluator.hardware.dtype]
