@@ -272,37 +272,46 @@ def _own_code(fn, tag: str):
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
+def _null(t):
+    return t + 1
+
+
 class CompiledParts:
-    """The parts of a forward compiled with inductor once per shape. The block is compiled as a function
-    of the block module, so every block of one shape shares one graph (parameters are its inputs)."""
+    """The parts of a forward compiled with inductor once per shape. Each shape of a part gets a code object
+    of its own (_own_code), so a call checks the guards of one compiled graph, not of every shape's: a
+    block's graph takes the block module as an input, so every block of one shape shares it."""
 
     def __init__(self, model, building: Callable):
         self.model = model
         self._building = building
-        self._seen: set = set()
-        compile_ = lambda fn: torch.compile(fn, fullgraph=True, dynamic=False)  # noqa: E731
-        self._embed_read, self._block, self._readout = compile_(_embed_read), compile_(_block), compile_(_readout)
+        self._compiled: dict = {}
 
     def _call(self, key, fn, *args):
-        if key in self._seen:
-            return fn(*args)
+        compiled = self._compiled.get(key)
+        if compiled is not None:
+            return compiled(*args)
         with self._building(part=True):
-            out = fn(*args)
-        self._seen.add(key)
+            compiled = torch.compile(_own_code(fn, f"part{len(self._compiled)}"), fullgraph=True, dynamic=False)
+            out = compiled(*args)
+        self._compiled[key] = compiled
         return out
 
     def embed_read(self, x, n: int):
-        return self._call(("embed_read", n, x.shape), self._embed_read, self.model, x, n)
+        return self._call(("embed_read", n, x.shape), _embed_read, self.model, x, n)
 
     def run_block(self, i: int, latents, grans, hidden=None):
         m = self.model
         hidden = None if hidden == m.cfg.ffn_hidden else hidden
         mask = m.mask(grans)
         key = ("block", latents.shape, hidden, None if mask is None else tuple(grans))
-        return self._call(key, self._block, m.blocks[i], latents, *m.rope(latents.shape[1]), mask, hidden)
+        return self._call(key, _block, m.blocks[i], latents, *m.rope(latents.shape[1]), mask, hidden)
 
     def readout(self, latents):
-        return self._call(("readout", latents.shape), self._readout, self.model, latents)
+        return self._call(("readout", latents.shape), _readout, self.model, latents)
+
+    def null(self, t):
+        """One call of a compiled graph that computes next to nothing: what a call itself costs."""
+        return self._call(("null", t.shape), _null, t)
 
 
 class CompileRuntime(Runtime):
@@ -386,6 +395,10 @@ class CapturedParts:
 
     def readout(self, latents):
         return self._replay(("readout", latents.shape), self.model.readout, latents)
+
+    def null(self, t):
+        """One replay of a graph that computes next to nothing: what a replay itself costs."""
+        return self._replay(("null", t.shape), _null, t)
 
 
 class CudaGraphRuntime(Runtime):
@@ -510,6 +523,10 @@ class OnnxParts:
 
     def readout(self, latents):
         return self._run(("readout", latents.shape), self.runtime.model.readout, latents)
+
+    def null(self, t):
+        """One run of a session that computes next to nothing: what a session's run itself costs."""
+        return self._run(("null", t.shape), _null, t)
 
 
 class OnnxRuntime(Runtime):

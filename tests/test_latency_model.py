@@ -125,6 +125,21 @@ def test_early_exit_prediction_from_known_exit_depths_by_hand():
     assert got[THROUGHPUT] == pytest.approx(4 * 1e3 / np.mean(mixture))
 
 
+def test_a_static_config_pays_a_runtimes_call_once_and_an_exit_config_once_per_part():
+    cfg = random_model().cfg
+    lm = _hand_model()
+    lm.parts["call:b4"] = 0.75  # a call of next to nothing under the runtime (compile, cudagraph, onnxruntime)
+    static = make_plan(cfg, num_tokens=8, mat_dim=8, depth=3, token_grans=[2, 4, 8])
+    # Embed + read, three blocks on 4 samples, the readout on 4: 5 parts timed as 5 calls; the whole static
+    # forward is one call, so 4 calls' cost comes off.
+    assert lm.batch_sum(static) == pytest.approx(10 + 3 * 5 + 1.0 - 4 * 0.75)
+    exiting = make_plan(cfg, num_tokens=8, mat_dim=8, depth=3, depth_tau=0.9, token_grans=[2, 4, 8])
+    assert lm.batch_sum(exiting, [3, 3, 3, 3]) == pytest.approx(10 + 3 * 5 + 2 * 2.0 + 1.0)  # runs as parts
+    lm.parts["call:b4"] = 100.0  # a call's cost never takes more than half of the sum
+    assert lm.batch_sum(static) == pytest.approx((10 + 3 * 5 + 1.0) / 2)
+    assert LatencyModel.from_dict(lm.to_dict()).parts["call:b4"] == 100.0
+
+
 def test_the_calibration_curve_interpolates_between_references_and_holds_its_ends():
     lm = _hand_model(curve=((10.0, 1.0), (30.0, 2.0)))
     assert lm.calibrated(20.0) == pytest.approx(20 * 1.5)

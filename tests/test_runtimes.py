@@ -90,6 +90,24 @@ def test_a_latency_model_times_the_runtimes_parts(demo, batch):
     assert runtime.stats()["builds"] == 2  # the two reference forwards, exported once each
     assert len(runtime.parts()._runs) >= 5  # embed+read x2, blocks, readouts: each exported and timed
     assert all(v > 0 for v in lm.parts.values())
+    assert 0 < lm.parts["call:b6"] < min(v for k, v in lm.parts.items() if k.startswith("block"))
+    eager = profile(demo, [batch], plans, refs, fingerprint={"batch_size": 6}, rounds=1)
+    assert "call:b6" not in eager.parts  # an eager forward calls its parts one by one, as the profile does
+
+
+def test_compiled_parts_have_a_graph_of_their_own_per_shape(demo, batch):
+    runtime = make_runtime("compile", demo, CPU, threads=1)
+    parts = runtime.parts()
+    latents = parts.embed_read(batch, 8)
+    for i, hidden in ((0, None), (1, None), (2, 32)):
+        latents = parts.run_block(i, latents, [8], hidden)
+    # Two block shapes (full width, and hidden 32): two graphs, each under its own code object, so a call
+    # checks one graph's guards; blocks 0 and 1 share one.
+    names = {k[0] + ":" + c._torchdynamo_orig_callable.__code__.co_name for k, c in parts._compiled.items()}
+    assert len([n for n in names if n.startswith("block")]) == 2
+    assert len({n.split(":")[1] for n in names}) == len(names)
+    assert torch.allclose(parts.readout(latents), demo.readout(demo.run_block(2, demo.run_block(1, demo.run_block(
+        0, demo.read(demo.embed(batch), 8), [8]), [8]), [8], 32)), atol=1e-4)  # fmt: skip
 
 
 def test_wrong_combinations_are_refused_in_one_line(demo, monkeypatch):

@@ -6,7 +6,11 @@ A forward (model.forward_plan) is close to a sum of parts:
 - each exit check (a readout and the confidence), on the samples still running; where some samples
   stop, the check also writes their logits and splits the batch (a "stop", timed as its own part);
 - the final readout, on the samples left;
-plus what lies outside them (validating the knobs, Python dispatch).
+plus what lies outside them (validating the knobs, Python dispatch). Where a runtime runs a static
+config as one call (a compiled graph, a captured CUDA graph, an ONNX Runtime session) but the parts as a
+call each, every part's timing carries a call's own cost, which the whole pays once: the profile times a
+call that computes next to nothing (`call:bB`), and a static config's sum drops one such call per part
+but one. Exit configs run as parts under those runtimes, and keep the whole sum.
 
 Profiling (`profile`) times every distinct part the configs can use: ROUNDS rounds, each visiting
 every part in a new random order (seeded), one warm-up call and REPS timed calls per visit (one, for
@@ -51,13 +55,13 @@ import torch
 from adasearch.metrics import P50, P90, P99, THROUGHPUT
 from adasearch.model.adaperceiver import LayerPlan
 
-VERSION = 1
+VERSION = 2  # 2: the runtime's call part (call:bB)
 ROUNDS = 12
 REPS = 3  # timed calls of a part (or a reference forward) per visit
 LONG_MS = 50.0  # a call at least this long is timed once per visit (after its warm-up)
 NEVER = 2.0  # a confidence threshold no sample reaches: an exit check that splits off nobody
 MAX_FIGURE = 3.6e6  # ms in an hour: no part or forward takes longer, and no ratio or factor comes near it
-PART_KEY = re.compile(r"(embed_read|exit|stop|readout):n\d+:b\d+|block:n\d+:h\d+:g(none|\d+(-\d+)*):b\d+")
+PART_KEY = re.compile(r"(embed_read|exit|stop|readout):n\d+:b\d+|block:n\d+:h\d+:g(none|\d+(-\d+)*):b\d+|call:b\d+")
 
 
 def active_sizes(batch_size: int, exits: bool) -> list:
@@ -133,6 +137,8 @@ class LatencyModel:
         left = int((depths >= plan.depth).sum())
         if left:
             total += self._part("readout", plan.tokens[-1], left)
+        if not any(t is not None for t in plan.taus[:-1]):  # static: one call of the whole, not one per part
+            total -= min((plan.depth + 1) * self.parts.get(f"call:b{self.batch_size}", 0.0), total / 2)
         return total
 
     def calibrated(self, total_ms: float) -> float:
@@ -326,6 +332,11 @@ def profile(
 
     with torch.inference_mode():
         fns = _part_fns(model, runtime.parts(), x, keys)
+        null = getattr(runtime.parts(), "null", None)
+        if null is not None:  # the cost of a call under this runtime (see the module docstring)
+            keys.append(f"call:b{batch_size}")
+            tiny = x.new_zeros(1)
+            fns[keys[-1]] = lambda: null(tiny)
         for fn in fns.values():  # a part's first call builds it where the runtime is lazy: not in a round
             fn()
         for i in range(len(references)):
