@@ -40,7 +40,8 @@ MAX_FORWARDS = 256  # built forwards a runtime keeps (compiled graphs, CUDA grap
 RECOMPILE_LIMIT = 1024
 ONNX_OPSET = 17
 # An ONNX Runtime session's memory over the bytes of the weights its config runs: it keeps the initializers and
-# GEMM-packed copies of them. Measured 2.0-2.35x on the IN-1K size (CPU, float32); 2.5 bounds it.
+# GEMM-packed copies of them: 2.0-2.35x on the IN-1K size, measured by hand (CPU, float32, RSS per session);
+# 2.5 bounds it.
 SESSION_WEIGHT_COPIES = 2.5
 MEMORY_SHARE = 0.7  # of the memory free before building, what the forwards built for one timing may hold
 GIB = 2**30
