@@ -21,13 +21,16 @@ also timed at the active counts in active_sizes(B) and interpolated linearly in 
 Whole forwards of a few reference configs are timed in the same rounds, cycling through the timing
 images as the timer does: static configs at quantiles of the space's MACs, and (when the space has
 exits) a couple of exit configs. They calibrate the sum of parts: a static reference gives the ratio
-of its whole forward to its sum of parts, and a config's sum is scaled by the ratio interpolated at
-its sum (the `curve`; it takes in what lies outside the parts, and what running parts back to back
-costs more or less than running each alone). Exit configs also switch paths from image to image,
-which costs more than the parts timed each on its own path: each timing of an exit reference is
-divided by the calibrated sum of the batch it ran; the median of those ratios is the `exit_factor` of
-every config that can exit, and the ratios over it are the noise of such configs. The static
-references' timings over their own medians are the noise of static configs.
+of its whole forward to its sum of parts, and a static config's sum is scaled by the ratio
+interpolated at its sum (the `curve`; it takes in what lies outside the parts, and what running parts
+back to back costs more or less than running each alone; under compile or CUDA graphs, also what one
+graph of the whole saves over one per part). An exit config runs as its parts with the host's checks
+between them, under every runtime, and switches paths from image to image, which costs more than the
+parts timed each on its own path: each timing of an exit reference is divided by the plain sum of the
+batch it ran (not the static curve's: that one measures whole graphs, which an exit config is not,
+and it bent exit predictions by depth, +-15 % under compile); the median of those ratios is the
+`exit_factor` of every config that can exit, and the ratios over it are the noise of such configs.
+The static references' timings over their own medians are the noise of static configs.
 
 Prediction (`predict`) for a config at batch B, on the images the timer cycles through: each image's
 exit depth (known exactly from the accuracy cache) gives, per batch, the samples running each block
@@ -55,7 +58,7 @@ import torch
 from adasearch.metrics import P50, P90, P99, THROUGHPUT
 from adasearch.model.adaperceiver import LayerPlan
 
-VERSION = 2  # 2: the runtime's call part (call:bB)
+VERSION = 3  # 2: the runtime's call part (call:bB); 3: exit configs scale the plain sum
 ROUNDS = 12
 REPS = 3  # timed calls of a part (or a reference forward) per visit
 LONG_MS = 50.0  # a call at least this long is timed once per visit (after its warm-up)
@@ -99,7 +102,7 @@ class LatencyModel:
     batch_size: int
     parts: dict  # part key -> median ms
     curve: list  # [[sum of parts ms, whole forward / sum]] of the static references, by sum
-    exit_factor: float  # median of the exit references' timings / their batch's prediction, in [0.5, 2]
+    exit_factor: float  # median of the exit references' timings / their batch's plain sum of parts, in [0.5, 2]
     noise: list  # ratios of the static references' timings to their medians
     references: list = field(default_factory=list)  # [{"config", "median_ms", "sum_ms", "exits"}]
     exit_noise: list = field(default_factory=list)  # the exit references' timings / factor x batch prediction
@@ -150,9 +153,9 @@ class LatencyModel:
         """{p50, p90, p99 (ms per batch), throughput} of a config, from the exit depths of each timed batch."""
         batches = [None] if exit_depths is None else list(exit_depths)
         exits = exit_depths is not None
-        factor = self.exit_factor if exits else 1.0
         noise = self.exit_noise if exits and self.exit_noise else self.noise
-        sums = np.array([factor * self.calibrated(self.batch_sum(plan, d)) for d in batches])
+        sums = np.array([self.exit_factor * self.batch_sum(plan, d) if exits else self.calibrated(self.batch_sum(plan))
+                         for d in batches])  # fmt: skip
         mixture = (sums[:, None] * np.asarray(noise)[None, :]).ravel()
         p50, p90, p99 = np.percentile(mixture, [50, 90, 99])
         return {
@@ -378,8 +381,8 @@ def profile(
     lm = lm.reanchored(static, [])  # the curve, from the static references
     lm.noise = sorted(noise) or [1.0]
     for i, (_, plan, exits) in enumerate(references):
-        if exits is not None:  # each timing against the calibrated sum of the batch it ran (the warm-ups are not timed)
-            predicted = [lm.calibrated(lm.batch_sum(plan, exits[b])) for b in ran_on[i]]
+        if exits is not None:  # each timing against the plain sum of the batch it ran (the warm-ups are not timed)
+            predicted = [lm.batch_sum(plan, exits[b]) for b in ran_on[i]]
             exit_ratios += [t / p for t, p in zip(samples[f"forward:{i}"], predicted) if p > 0]
     if exit_ratios:
         lm.exit_factor = float(np.clip(np.median(exit_ratios), 0.5, 2.0))
