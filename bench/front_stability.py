@@ -1,7 +1,7 @@
 """Does the same search give the same configs twice? examples/demo-cpu.yaml run RUNS times into fresh
 folders, on a quiet machine and with one core kept busy.
 
-    python bench/front_stability.py [--runs 5]
+    python bench/front_stability.py [--runs 5] [--keep DIR]
 
 Prints the mean pairwise Jaccard index of the Pareto config sets (|A and B| / |A or B|, over config
 labels), the spread of the fronts' hypervolume (accuracy max, p50 min; one reference point for all
@@ -66,11 +66,15 @@ def main():
     parser.add_argument("--runs", type=int, default=RUNS, help=f"runs per machine state (default {RUNS})")
     parser.add_argument("--cache", type=Path, help="an accuracy cache the demo filled already: no warm-up run")
     parser.add_argument("--spec", type=Path, default=SPEC, help=f"the run spec (default {SPEC.relative_to(ROOT)})")
+    parser.add_argument("--keep", type=Path, help="a new folder to keep the runs' results folders in (default: none)")
     args = parser.parse_args()
     runs, spec = args.runs, args.spec.resolve()
+    if args.keep is not None and args.keep.exists():
+        parser.error(f"--keep {args.keep}: already exists; name a new folder")
     rows, shares = [], collections.defaultdict(dict)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp = args.keep or Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         cache = args.cache or tmp / "cache"
         if args.cache is None:
             run_once(tmp / "warm", cache, spec)  # fills the accuracy cache: every run below only times
