@@ -28,7 +28,7 @@ graph of the whole saves over one per part). An exit config runs as its parts wi
 between them, under every runtime, and switches paths from image to image, which costs more than the
 parts timed each on its own path: each timing of an exit reference is divided by the plain sum of the
 batch it ran (not the static curve's: that one measures whole graphs, which an exit config is not,
-and it bent exit predictions by depth, +-15 % under compile); the median of those ratios is the
+and it bent exit predictions by depth under compile); the median of those ratios is the
 `exit_factor` of every config that can exit, and the ratios over it are the noise of such configs.
 The static references' timings over their own medians are the noise of static configs.
 
