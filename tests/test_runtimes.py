@@ -3,6 +3,7 @@
 CUDA graphs need a GPU: bench/gpu_check.py covers them on a machine that has one.
 """
 
+import copy
 import sys
 
 import numpy as np
@@ -115,6 +116,10 @@ def test_wrong_combinations_are_refused_in_one_line(demo, monkeypatch):
         check_runtime("cudagraph", CPU)
     with pytest.raises(UserError, match="runs static configs only"):
         make_runtime("onnxruntime", demo, CPU).forward(demo.plan(**EXITING), torch.zeros(1, 1, 8, 8))
+    # ORT cannot open a bfloat16 or float16 export of this model (no bf16 Conv; fp16 LayerNorm mixes types)
+    for dtype in (torch.bfloat16, torch.float16):
+        with pytest.raises(UserError, match="onnxruntime runs float32 exports only"):
+            make_runtime("onnxruntime", copy.deepcopy(demo).to(dtype), CPU)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the [onnx] extra were not installed
     with pytest.raises(UserError, match=r"needs the \[onnx\] extra"):
         check_runtime("onnxruntime", CPU)

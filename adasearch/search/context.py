@@ -329,7 +329,7 @@ def prepare(spec: RunSpec, storage: bool = True, overwrite: bool = False) -> Run
     """Load model, data and space, and open the storage (unless storage=False: a Ray worker measures
     and returns, and only the driver writes). overwrite=True replaces a results folder and study of
     another or an earlier run; otherwise such a folder is refused in one line."""
-    from adasearch.measure.environment import resolve_device
+    from adasearch.measure.environment import resolve_device, resolve_dtype
     from adasearch.measure.evaluator import Hardware, build_evaluator
     from adasearch.runtimes import RUNTIME_CLASSES, check_runtime
 
@@ -339,7 +339,7 @@ def prepare(spec: RunSpec, storage: bool = True, overwrite: bool = False) -> Run
     except UserError as e:
         raise UserError(f"{where}: hardware.device: {e}")
     try:
-        check_runtime(spec.hardware.runtime, device)
+        check_runtime(spec.hardware.runtime, device, resolve_dtype(spec.hardware.dtype))
     except UserError as e:
         raise UserError(f"{where}: hardware.runtime: {e}")
     builtin = spec.data.source == "digits" or spec.data.source.startswith("digits:")
