@@ -2,6 +2,7 @@
 
 python bench/runtimes.py                      # CPU: demo (batch 1, 8) and IN-1K size (batch 1)
 python bench/runtimes.py --quick              # the demo only
+python bench/runtimes.py --dtype bfloat16 --landed-dtype float32 --runtimes eager compile --name runtimes_bf16
 python bench/runtimes.py --device cuda --dtype bfloat16 --batch-sizes 1 32 --runtimes eager cudagraph compile \
     --name runtimes_cuda
 
@@ -10,6 +11,8 @@ Cases: random static configs of the demo model (its trained weights) and of the 
 then all are timed in the same interleaved rounds (measure/interleaved.py), so drift lands on all alike.
 `landed` is the forward of commit eb3e5ac (before this round: tables built in every block, complex RoPE),
 loaded from git with the same weights: the eager speed-up is measured against it in the same rounds.
+--landed-dtype runs it in another dtype (float32: what a CPU user ran before this round) while the runtimes
+run in --dtype; it is then fed its input cast to that dtype inside the timed call.
 
 Figures per runtime: median p50 over the configs, the median over configs of landed p50 / its p50 and of
 eager p50 / its p50, Kendall's tau of its p50 ranking against eager's, and the Jaccard of the
@@ -41,8 +44,8 @@ LANDED = "eb3e5ac"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def landed_model(model):
-    """The landed commit's model class with `model`'s weights (None when git cannot show that commit)."""
+def landed_model(model, dtype: torch.dtype):
+    """The landed commit's model class with `model`'s weights, in dtype (None when git cannot show that commit)."""
     try:
         source = subprocess.run(["git", "-C", str(ROOT), "show", f"{LANDED}:adasearch/model/adaperceiver.py"],
                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
@@ -56,7 +59,7 @@ def landed_model(model):
     spec.loader.exec_module(module)
     old = module.AdaPerceiver(module.AdaPerceiverConfig(**model.cfg.to_dict()))
     old.load_state_dict(model.state_dict())
-    return old.to(next(model.parameters()).device, next(model.parameters()).dtype).eval()
+    return old.to(next(model.parameters()).device, dtype).eval()
 
 
 def random_static(cfg, count: int, seed: int) -> list:
@@ -84,16 +87,17 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def case(name, model, configs, batch, runtimes, device, budget_s, rounds, accuracy=None) -> list:
+def case(name, model, configs, batch, runtimes, device, budget_s, rounds, accuracy=None, landed_dtype=None) -> list:
     """Rows of one case: every runtime (and the landed forward) over `configs`, timed in the same rounds."""
     model = model.eval()
     plans = [model.plan(**c.to_dict()) for c in configs]
     fns, keys = [], []
     built = {}
-    old = landed_model(model)
+    landed_dtype = landed_dtype or batch.dtype
+    old = landed_model(model, landed_dtype)
     if old is not None:
         for c in configs:
-            fns.append(lambda x, c=c: old.run(x, c))
+            fns.append(lambda x, c=c: old.run(x.to(landed_dtype), c))
             keys.append(("landed", c))
     for rt_name in runtimes:
         runtime = make_runtime(rt_name, model, device, threads=None)
@@ -138,6 +142,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the demo only")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--landed-dtype", default=None, help="the landed forward's dtype (default: --dtype)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--runtimes", nargs="+", default=["eager", "compile", "onnxruntime"])
     parser.add_argument("--configs", type=int, default=30)
@@ -146,23 +151,28 @@ def main():
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    landed_dtype = getattr(torch, args.landed_dtype or args.dtype)
     rows = []
     demo = load_model("demo").to(device, dtype)
     configs = random_static(demo.cfg, args.configs, seed=0)
     accuracy = demo_accuracy(configs)
     for b in args.batch_sizes:
         x = torch.rand(b, demo.cfg.in_channels, demo.cfg.img_size, demo.cfg.img_size, device=device, dtype=dtype)
-        rows += case(f"demo, batch {b}", demo, configs, x, args.runtimes, device, 0.4, 8, accuracy)
+        rows += case(f"demo, batch {b}", demo, configs, x, args.runtimes, device, 0.4, 8, accuracy, landed_dtype)
     if not args.quick:
         torch.manual_seed(0)
         big = AdaPerceiver(AdaPerceiverConfig(**IN1K)).to(device, dtype)
         big_configs = random_static(big.cfg, args.in1k_configs, seed=1)
         b = args.batch_sizes[0]
         x = torch.randn(b, 3, 224, 224, device=device, dtype=dtype)
-        rows += case(f"IN-1K size, batch {b}", big, big_configs, x, args.runtimes, device, 0.6, 4)
+        rows += case(
+            f"IN-1K size, batch {b}", big, big_configs, x, args.runtimes, device, 0.6, 4, landed_dtype=landed_dtype
+        )
     save_table(
         args.name,
-        f"Runtimes against eager and against the landed eager forward ({args.device}, {args.dtype})",
+        f"Runtimes against eager and against the landed eager forward ({args.device}, {args.dtype}"
+        + (f"; landed in {args.landed_dtype}" if args.landed_dtype not in (None, args.dtype) else "")
+        + ")",
         [
             "case",
             "runtime",
@@ -178,7 +188,8 @@ def main():
         [
             "Targets (CPU, IN-1K size, batch 1): eager >= 1.3x the landed eager; the best runtime >= 2x the landed "
             "eager (median over configs).",
-            f"landed: the forward of commit {LANDED}, same weights, timed in the same interleaved rounds.",
+            f"landed: the forward of commit {LANDED}, same weights, in {args.landed_dtype or args.dtype}, timed in the "
+            "same interleaved rounds.",
             "Fronts: (accuracy on the digits, p50) over the configs, each runtime's against eager's.",
             "build time: compiling (compile), exporting and opening sessions (onnxruntime), capturing (cudagraph).",
             "Timing on this shared 2-core VM is noisy; ratios within one run are what to read.",
