@@ -66,6 +66,7 @@ def main():
     parser.add_argument("--runs", type=int, default=RUNS, help=f"runs per machine state (default {RUNS})")
     parser.add_argument("--cache", type=Path, help="an accuracy cache the demo filled already: no warm-up run")
     parser.add_argument("--spec", type=Path, default=SPEC, help=f"the run spec (default {SPEC.relative_to(ROOT)})")
+    parser.add_argument("--name", default="front_stability", help="the table's name in bench/results")
     parser.add_argument("--keep", type=Path, help="a new folder to keep the runs' results folders in (default: none)")
     args = parser.parse_args()
     runs, spec = args.runs, args.spec.resolve()
@@ -104,7 +105,7 @@ def main():
                     for label, s in sorted(shares.items(), key=lambda kv: -sum(kv[1].values())))
     ]  # fmt: skip
     text = save_table(
-        "front_stability",
+        args.name,
         f"Front stability: {spec.name} run {runs} times into fresh folders",
         [
             "machine",

@@ -261,7 +261,9 @@ def test_a_signal_mid_run_stops_like_ctrl_c(tmp_path, sig, code, workers):
         trials=100,
         workers=workers,
         objectives=("accuracy", "latency_p50_ms"),
-        latency_budget_s=0.2,
+        # Long enough that the run cannot finish between the third trial and the signal: at 0.2 s a run on a
+        # fast machine once finished first (exit 0) while the study was being read.
+        latency_budget_s=0.6,
     )
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen(
