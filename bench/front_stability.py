@@ -36,16 +36,18 @@ SPEC = ROOT / "examples" / "demo-cpu.yaml"
 
 
 def run_once(out: Path, cache: Path, spec: Path = SPEC) -> tuple:
-    """(the Pareto rows, (pairs raced, pairs that stayed equivalent)) of one fresh run."""
+    """(the Pareto rows, (pairs raced, pairs that stayed equivalent), the contention it saw) of one fresh run."""
     from adasearch.yaml_io import read_yaml
 
     env = {**os.environ, "ADASEARCH_CACHE": str(cache)}
     cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--output", str(out), "--no-progress"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=1800)
-    notes = " ".join(read_yaml(out / "run.yaml").get("notes") or [])
+    run = read_yaml(out / "run.yaml")
+    notes = " ".join(run.get("notes") or [])
+    contention = (run.get("environment") or {}).get("contention") or {}
     raced = [int(x) for x in re.findall(r"racing: (\d+) close pairs", notes)]
     stayed = [int(x) for x in re.findall(r"(\d+) stayed equivalent", notes)]
-    return json.loads((out / "pareto.json").read_text())["pareto"], (sum(raced), sum(stayed))
+    return json.loads((out / "pareto.json").read_text())["pareto"], (sum(raced), sum(stayed)), contention
 
 
 def stability(fronts: list) -> tuple:
@@ -91,12 +93,12 @@ def main():
                 if hog is not None:
                     hog.terminate()
                     hog.wait(timeout=10)
-            fronts = [front for front, _ in done]
+            fronts = [front for front, _, _ in done]
             jaccard, hv, sizes = stability(fronts)
             spread = (max(hv) - min(hv)) / statistics.mean(hv) if any(hv) else float("nan")
-            raced = ", ".join(f"{r}/{s}" for _, (r, s) in done)
+            raced = ", ".join(f"{r}/{s}" for _, (r, s), _ in done)
             rows.append([load, runs, ", ".join(map(str, sizes)), f"{jaccard:.2f}", f"{100 * spread:.1f} %", raced,
-                         f"{wall:.0f}"])  # fmt: skip
+                         ", ".join(_contention(c) for _, _, c in done), f"{wall:.0f}"])  # fmt: skip
             for label, n in collections.Counter(_label(row) for f in fronts for row in f).items():
                 shares[label][load] = n / runs
     share_notes = [
@@ -114,6 +116,7 @@ def main():
             "mean pairwise Jaccard",
             "hypervolume spread",
             "pairs raced / stayed equivalent, per run",
+            "others' CPU share / reference CV / inflation, per run",
             "s per run",
         ],  # fmt: skip
         rows,
@@ -123,6 +126,9 @@ def main():
             ">= 0.8 quiet, >= 0.6 busy; before interleaved re-timing and the tie rule: 0.29-0.40 quiet, 0-0.17 busy.",
             "Hypervolume spread = (max - min) / mean over the runs, with one reference point for all of them.",
             "busy: `yes > /dev/null` keeps one of the 2 cores busy during those runs.",
+            "Contention each run saw while timing (run.yaml's environment.contention, measure/contention.py): the "
+            "share of the CPUs others used (steal included), the re-timed configs' round-to-round CV (median), and "
+            "their median round over their quietest, minus 1. The busy row's share includes the `yes`.",
             f"Accuracy is cached after a first warm-up run; the {runs} runs of each row differ only in timing.",
             "The front beyond noise: timed objectives count only when the paired per-round test separates two "
             "configs (measure/paired.py, 3 % practical threshold); close calls raced in more interleaved rounds "
@@ -133,6 +139,13 @@ def main():
         ],
     )
     print(text)
+
+
+def _contention(c: dict) -> str:
+    def figure(key: str, fmt: str) -> str:
+        return "-" if c.get(key) is None else format(c[key], fmt)
+
+    return f"{figure('other_cpu_share', '.2f')}/{figure('reference_cv', '.2f')}/{figure('inflation', '.0%')}"
 
 
 def _label(row: dict) -> str:

@@ -96,6 +96,7 @@ def main():
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--runtimes", nargs="+", default=None, help="engine: model under each of these runtimes")
+    parser.add_argument("--name", default=None, help="the table's name in bench/results (default: by mode)")
     args = parser.parse_args()
     runs = [("model", r) for r in args.runtimes] if args.runtimes else [("model", "eager"), ("optuna", "eager")]
     with tempfile.TemporaryDirectory(prefix="cost") as tmp:
@@ -112,7 +113,7 @@ def main():
         rows.append([r["engine"], r["runtime"], f"{r['wall']:.0f}", r["profile"], r["build"], r["whole"],
                      r["per_trial"], r["retimed"], timed, len(r["front"]), f"{hv:.2f}"])  # fmt: skip
     save_table(
-        "search_cost" if not args.runtimes else "search_cost_runtimes",
+        args.name or ("search_cost" if not args.runtimes else "search_cost_runtimes"),
         f"Search cost on the in1k space (2,646 configs), IN-1K size with random weights, {IMAGES} images, CPU",
         [
             "engine",
