@@ -6,9 +6,10 @@ folders, on a quiet machine and with one core kept busy.
 Prints the mean pairwise Jaccard index of the Pareto config sets (|A and B| / |A or B|, over config
 labels), the spread of the fronts' hypervolume (accuracy max, p50 min; one reference point for all
 runs: the lowest accuracy and 1.1x the highest p50 on any of the fronts), the pairs each run raced
-and how many stayed equivalent (from run.yaml's notes), and, below the table, each config's share of
-the runs that put it on the front. "Busy" runs a bounded `yes > /dev/null` that this script starts
-before and stops after those runs (by PID).
+and how many stayed equivalent (from run.yaml's notes), the contention each run saw, and, below the
+table, each config's share of the runs that put it on the front (and of those that re-timed it). "Busy"
+runs a bounded `yes > /dev/null` that this script starts before and stops after those runs (by PID).
+`--keep DIR` keeps the runs' folders; `--reread DIR` makes the table again from them.
 """
 
 import argparse
@@ -36,18 +37,28 @@ SPEC = ROOT / "examples" / "demo-cpu.yaml"
 
 
 def run_once(out: Path, cache: Path, spec: Path = SPEC) -> tuple:
-    """(the Pareto rows, (pairs raced, pairs that stayed equivalent), the contention it saw) of one fresh run."""
-    from adasearch.yaml_io import read_yaml
-
+    """read_run of one fresh run into `out`."""
     env = {**os.environ, "ADASEARCH_CACHE": str(cache)}
     cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--output", str(out), "--no-progress"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=1800)
+    return read_run(out)
+
+
+def read_run(out: Path) -> tuple:
+    """(the Pareto rows, (pairs raced, pairs that stayed equivalent), the contention it saw, the labels of
+    the configs it re-timed) of a run's results folder."""
+    import pandas as pd
+
+    from adasearch.yaml_io import read_yaml
+
     run = read_yaml(out / "run.yaml")
     notes = " ".join(run.get("notes") or [])
     contention = (run.get("environment") or {}).get("contention") or {}
     raced = [int(x) for x in re.findall(r"racing: (\d+) close pairs", notes)]
     stayed = [int(x) for x in re.findall(r"(\d+) stayed equivalent", notes)]
-    return json.loads((out / "pareto.json").read_text())["pareto"], (sum(raced), sum(stayed)), contention
+    trials = pd.read_csv(out / "trials.csv")
+    retimed = set(trials.loc[trials["timing"] == "re-timed", "config"])
+    return json.loads((out / "pareto.json").read_text())["pareto"], (sum(raced), sum(stayed)), contention, retimed
 
 
 def stability(fronts: list) -> tuple:
@@ -70,40 +81,29 @@ def main():
     parser.add_argument("--spec", type=Path, default=SPEC, help=f"the run spec (default {SPEC.relative_to(ROOT)})")
     parser.add_argument("--name", default="front_stability", help="the table's name in bench/results")
     parser.add_argument("--keep", type=Path, help="a new folder to keep the runs' results folders in (default: none)")
+    parser.add_argument("--reread", type=Path, help="a --keep folder of an earlier bench: its table again, no runs")
     args = parser.parse_args()
     runs, spec = args.runs, args.spec.resolve()
     if args.keep is not None and args.keep.exists():
         parser.error(f"--keep {args.keep}: already exists; name a new folder")
-    rows, shares = [], collections.defaultdict(dict)
+    rows, shares, retimed = [], collections.defaultdict(dict), collections.defaultdict(dict)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = args.keep or Path(tmp)
+        tmp = args.reread or args.keep or Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         cache = args.cache or tmp / "cache"
-        if args.cache is None:
+        if args.cache is None and args.reread is None:
             run_once(tmp / "warm", cache, spec)  # fills the accuracy cache: every run below only times
         for load in ("quiet", "busy"):
-            hog = None
-            if load == "busy":
-                hog = subprocess.Popen(["sh", "-c", "exec timeout 1800 yes > /dev/null"])
-            try:
-                start = time.perf_counter()
-                done = [run_once(tmp / f"{load}-{i}", cache, spec) for i in range(runs)]
-                wall = (time.perf_counter() - start) / runs
-            finally:
-                if hog is not None:
-                    hog.terminate()
-                    hog.wait(timeout=10)
-            fronts = [front for front, _, _ in done]
-            jaccard, hv, sizes = stability(fronts)
-            spread = (max(hv) - min(hv)) / statistics.mean(hv) if any(hv) else float("nan")
-            raced = ", ".join(f"{r}/{s}" for _, (r, s), _ in done)
-            rows.append([load, runs, ", ".join(map(str, sizes)), f"{jaccard:.2f}", f"{100 * spread:.1f} %", raced,
-                         ", ".join(_contention(c) for _, _, c in done), f"{wall:.0f}"])  # fmt: skip
-            for label, n in collections.Counter(_label(row) for f in fronts for row in f).items():
-                shares[label][load] = n / runs
+            if args.reread is not None:
+                done, wall = [read_run(tmp / f"{load}-{i}") for i in range(runs)], None
+            else:
+                done, wall = run_state(load, runs, tmp, cache, spec)
+            rows.append(summarise(load, done, wall))
+            tally(load, done, shares, retimed)
     share_notes = [
         "share of runs with each config on the front (quiet / busy): "
-        + "; ".join(f"{label} {s.get('quiet', 0):.0%} / {s.get('busy', 0):.0%}"
+        + "; ".join(f"{label} {s.get('quiet', 0):.0%} / {s.get('busy', 0):.0%} (re-timed "
+                    f"{retimed[label].get('quiet', 0):.0%} / {retimed[label].get('busy', 0):.0%})"
                     for label, s in sorted(shares.items(), key=lambda kv: -sum(kv[1].values())))
     ]  # fmt: skip
     text = save_table(
@@ -139,6 +139,43 @@ def main():
         ],
     )
     print(text)
+
+
+def run_state(load: str, runs: int, folder: Path, cache: Path, spec: Path) -> tuple:
+    """(read_run of each run, seconds per run) of `runs` fresh runs on a quiet or a busy machine."""
+    hog = None
+    if load == "busy":
+        hog = subprocess.Popen(["sh", "-c", "exec timeout 1800 yes > /dev/null"])
+    try:
+        start = time.perf_counter()
+        done = [run_once(folder / f"{load}-{i}", cache, spec) for i in range(runs)]
+        return done, (time.perf_counter() - start) / runs
+    finally:
+        if hog is not None:
+            hog.terminate()
+            hog.wait(timeout=10)
+
+
+def summarise(load: str, done: list, wall) -> list:
+    """The table's row for the runs of one machine state."""
+    fronts = [front for front, _, _, _ in done]
+    jaccard, hv, sizes = stability(fronts)
+    spread = (max(hv) - min(hv)) / statistics.mean(hv) if any(hv) else float("nan")
+    raced = ", ".join(f"{r}/{s}" for _, (r, s), _, _ in done)
+    contention = ", ".join(_contention(c) for _, _, c, _ in done)
+    return [load, len(done), ", ".join(map(str, sizes)), f"{jaccard:.2f}", f"{100 * spread:.1f} %", raced, contention,
+            "-" if wall is None else f"{wall:.0f}"]  # fmt: skip
+
+
+def tally(load: str, done: list, shares: dict, retimed: dict) -> None:
+    """Each config's share of the runs that put it on the front, and of those that re-timed it: a config
+    that flips although every run re-timed it flips on the paired comparisons; one that some runs did not
+    re-time flips on the latency model's choice of candidates."""
+    fronts = [front for front, _, _, _ in done]
+    for label, n in collections.Counter(_label(row) for f in fronts for row in f).items():
+        shares[label][load] = n / len(done)
+    for label, n in collections.Counter(label for _, _, _, labels in done for label in labels).items():
+        retimed[label][load] = n / len(done)
 
 
 def _contention(c: dict) -> str:
