@@ -106,7 +106,7 @@ def main():
                     f"{retimed[label].get('quiet', 0):.0%} / {retimed[label].get('busy', 0):.0%})"
                     for label, s in sorted(shares.items(), key=lambda kv: -sum(kv[1].values())))
     ]  # fmt: skip
-    text = save_table(
+    save_table(
         args.name,
         f"Front stability: {spec.name} run {runs} times into fresh folders",
         [
@@ -138,7 +138,6 @@ def main():
             "interleaved re-timing, tie rule, MACs-proxy candidates): 0.48-0.63 quiet, 0.32-0.56 busy.",
         ],
     )
-    print(text)
 
 
 def run_state(load: str, runs: int, folder: Path, cache: Path, spec: Path) -> tuple:
