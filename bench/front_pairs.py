@@ -21,13 +21,12 @@ import statistics
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 sys.path.insert(0, str(Path(__file__).parent))
 from _table import save_table  # noqa: E402
 
 from adasearch.measure import paired  # noqa: E402
 from adasearch.metrics import P50  # noqa: E402
+from adasearch.run_folder import RunFolder  # noqa: E402
 from adasearch.search.front.beyond_noise import SESSIONS  # noqa: E402
 
 
@@ -39,7 +38,7 @@ def stored_rounds(folder: Path) -> dict:
     storage = f"sqlite:///{folder / 'study.db'}"
     (name,) = optuna.get_all_study_names(storage)
     final = optuna.load_study(study_name=name, storage=storage).user_attrs.get("final_metrics", {})
-    labels = pd.read_csv(folder / "trials.csv").set_index("trial")["config"].to_dict()
+    labels = RunFolder(folder).read_trials().set_index("trial")["config"].to_dict()
     return {labels[int(number)]: entry[SESSIONS] for number, entry in final.items() if SESSIONS in entry}
 
 

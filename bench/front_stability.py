@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _table import save_table
@@ -36,7 +37,17 @@ RUNS = 5
 SPEC = ROOT / "examples" / "demo-cpu.yaml"
 
 
-def run_once(out: Path, cache: Path, spec: Path = SPEC) -> tuple:
+class Run(NamedTuple):
+    """What the table reads from one run's results folder."""
+
+    front: list  # pareto.json's rows
+    raced: int  # close pairs raced (run.yaml's notes)
+    stayed: int  # of them, pairs that stayed equivalent
+    contention: dict  # run.yaml's environment.contention
+    retimed: set  # labels of the configs it re-timed
+
+
+def run_once(out: Path, cache: Path, spec: Path = SPEC) -> Run:
     """read_run of one fresh run into `out`."""
     env = {**os.environ, "ADASEARCH_CACHE": str(cache)}
     cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--output", str(out), "--no-progress"]
@@ -44,21 +55,20 @@ def run_once(out: Path, cache: Path, spec: Path = SPEC) -> tuple:
     return read_run(out)
 
 
-def read_run(out: Path) -> tuple:
-    """(the Pareto rows, (pairs raced, pairs that stayed equivalent), the contention it saw, the labels of
-    the configs it re-timed) of a run's results folder."""
-    import pandas as pd
+def read_run(out: Path) -> Run:
+    from adasearch.run_folder import RunFolder
 
-    from adasearch.yaml_io import read_yaml
-
-    run = read_yaml(out / "run.yaml")
+    folder = RunFolder(out)
+    run = folder.read_run()
     notes = " ".join(run.get("notes") or [])
-    contention = (run.get("environment") or {}).get("contention") or {}
-    raced = [int(x) for x in re.findall(r"racing: (\d+) close pairs", notes)]
-    stayed = [int(x) for x in re.findall(r"(\d+) stayed equivalent", notes)]
-    trials = pd.read_csv(out / "trials.csv")
-    retimed = set(trials.loc[trials["timing"] == "re-timed", "config"])
-    return json.loads((out / "pareto.json").read_text())["pareto"], (sum(raced), sum(stayed)), contention, retimed
+    trials = folder.read_trials()
+    return Run(
+        front=folder.read_pareto()["pareto"],
+        raced=sum(int(x) for x in re.findall(r"racing: (\d+) close pairs", notes)),
+        stayed=sum(int(x) for x in re.findall(r"(\d+) stayed equivalent", notes)),
+        contention=(run.get("environment") or {}).get("contention") or {},
+        retimed=set(trials.loc[trials["timing"] == "re-timed", "config"]),
+    )
 
 
 def stability(fronts: list) -> tuple:
@@ -86,6 +96,8 @@ def main():
     runs, spec = args.runs, args.spec.resolve()
     if args.keep is not None and args.keep.exists():
         parser.error(f"--keep {args.keep}: already exists; name a new folder")
+    if args.reread is not None and not args.reread.is_dir():
+        parser.error(f"--reread {args.reread}: no such folder; name one that --keep made")
     rows, shares, retimed = [], collections.defaultdict(dict), collections.defaultdict(dict)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = args.reread or args.keep or Path(tmp)
@@ -141,7 +153,7 @@ def main():
 
 
 def run_state(load: str, runs: int, folder: Path, cache: Path, spec: Path) -> tuple:
-    """(read_run of each run, seconds per run) of `runs` fresh runs on a quiet or a busy machine."""
+    """(a Run of each run, seconds per run) of `runs` fresh runs on a quiet or a busy machine."""
     hog = None
     if load == "busy":
         hog = subprocess.Popen(["sh", "-c", "exec timeout 1800 yes > /dev/null"])
@@ -157,11 +169,10 @@ def run_state(load: str, runs: int, folder: Path, cache: Path, spec: Path) -> tu
 
 def summarise(load: str, done: list, wall) -> list:
     """The table's row for the runs of one machine state."""
-    fronts = [front for front, _, _, _ in done]
-    jaccard, hv, sizes = stability(fronts)
+    jaccard, hv, sizes = stability([run.front for run in done])
     spread = (max(hv) - min(hv)) / statistics.mean(hv) if any(hv) else float("nan")
-    raced = ", ".join(f"{r}/{s}" for _, (r, s), _, _ in done)
-    contention = ", ".join(_contention(c) for _, _, c, _ in done)
+    raced = ", ".join(f"{run.raced}/{run.stayed}" for run in done)
+    contention = ", ".join(_contention(run.contention) for run in done)
     return [load, len(done), ", ".join(map(str, sizes)), f"{jaccard:.2f}", f"{100 * spread:.1f} %", raced, contention,
             "-" if wall is None else f"{wall:.0f}"]  # fmt: skip
 
@@ -170,10 +181,9 @@ def tally(load: str, done: list, shares: dict, retimed: dict) -> None:
     """Each config's share of the runs that put it on the front, and of those that re-timed it: a config
     that flips although every run re-timed it flips on the paired comparisons; one that some runs did not
     re-time flips on the latency model's choice of candidates."""
-    fronts = [front for front, _, _, _ in done]
-    for label, n in collections.Counter(_label(row) for f in fronts for row in f).items():
+    for label, n in collections.Counter(_label(row) for run in done for row in run.front).items():
         shares[label][load] = n / len(done)
-    for label, n in collections.Counter(label for _, _, _, labels in done for label in labels).items():
+    for label, n in collections.Counter(label for run in done for label in run.retimed).items():
         retimed[label][load] = n / len(done)
 
 
