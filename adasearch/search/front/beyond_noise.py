@@ -50,7 +50,8 @@ class Judge:
         if sa and sb:
             ka, kb = self.key(a), self.key(b)
             first, second = (sa, sb) if ka <= kb else (sb, sa)  # one order per pair: the test is mirrored exactly
-            cache = (min(ka, kb), max(ka, kb), metric)
+            # keyed by the sessions too: a race adds sessions to records, and the comparison is then made anew
+            cache = (min(ka, kb), max(ka, kb), metric, tuple(first), tuple(second))
             if cache not in self._comparisons:
                 ra, rb = paired.shared_rounds(first, second, metric)
                 self._comparisons[cache] = paired.compare(ra, rb) if ra else None
@@ -145,13 +146,13 @@ def equivalents(front: list, recs: list, spec) -> dict:
     }  # fmt: skip
 
 
-def close_calls(recs: list, spec) -> list:
+def close_calls(recs: list, spec, judge: Judge = None) -> list:
     """Pairs of records, both timed in interleaved rounds, whose undecided timed order decides whether one
     of them is on the front: a front record f and another x that f is no worse than on every
     deterministic objective and that no timed objective separates from f (separated in x's favour, f
     would not dominate x; in f's, f would), where no front record dominates x beyond noise on every
     timed objective (then more rounds could not bring x back). Each pair once, the higher ranked first."""
-    judge = Judge(spec)
+    judge = judge or Judge(spec)
     feasible = [r for r in recs if r.feasible]
     front = noise_front(feasible, spec, judge)
     pairs = []
@@ -180,7 +181,7 @@ def race(recs: list, spec, time_configs, sessions: int) -> tuple[int, int]:
     judge = Judge(spec)
     raced: dict = {}  # (key, key) -> sessions it was raced in
     for _ in range(sessions):
-        pairs = [(judge.key(a), judge.key(b), a, b) for a, b in close_calls(recs, spec)]
+        pairs = [(judge.key(a), judge.key(b), a, b) for a, b in close_calls(recs, spec, judge)]
         pairs.sort(key=lambda p: raced.get(p[:2], 0))  # stable: rank order within a count
         timed = time_configs(list(dict.fromkeys(r.config for *_, a, b in pairs for r in (a, b)))) if pairs else None
         if timed is None:
@@ -192,7 +193,7 @@ def race(recs: list, spec, time_configs, sessions: int) -> tuple[int, int]:
         for ka, kb, a, b in pairs:
             if a.config in rounds and b.config in rounds:
                 raced[ka, kb] = raced.get((ka, kb), 0) + 1
-    judge, by_key = Judge(spec), {}  # a fresh judge: the records have new rounds
+    by_key: dict = {}
     for r in recs:
         by_key.setdefault(judge.key(r), r)
     return len(raced), sum(judge.tied(by_key[a], by_key[b]) for a, b in raced)
