@@ -172,7 +172,7 @@ def test_a_run_races_its_close_calls_and_lists_the_equivalents(tmp_path, monkeyp
     assert notes[0].endswith(f"0 separated, {raced} stayed equivalent within noise")
     final = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}").user_attrs["final_metrics"]
     rounds = [s["latency_p50_ms"] for entry in final.values() for s in entry[SESSIONS].values()]
-    assert rounds and all(len(x) == ROUNDS for x in rounds)
+    assert rounds and all(len(x) >= ROUNDS for x in rounds)
     assert max(len(entry[SESSIONS]) for entry in final.values()) >= 2  # raced configs hold a race session too
     pareto = json.loads((out / "pareto.json").read_text())["pareto"]
     assert all(isinstance(row["equivalent"], list) and SESSIONS not in row["metrics"] for row in pareto)

@@ -1,12 +1,16 @@
 """A deterministic simulation of re-timing on a noisy machine: does the front hold still?
 
 40 configs get a ground-truth accuracy and latency (seeded). Each simulated run times them as the
-interleaved re-timing does, 8 rounds, and every figure is truth x the run's speed (0.7-1.5x: the machine
-changes speed between runs) x the round's drift (a random walk, a few % a round) x multiplicative noise
-(4 %) x, in 1 visit of 25, a burst (1.5-3x). The front of each of 20 runs is chosen twice: by the point
-estimates (the median of the rounds, plain Pareto dominance) and by the rule beyond noise (paired
-rounds, pareto.front_of, after racing the close calls as the run does: pareto.race with the run's
-session count and time share); each rule's stability is the mean pairwise Jaccard of its 20 fronts.
+interleaved re-timing does, and every figure is truth x the run's speed (0.7-1.5x: the machine changes
+speed between runs) x the round's drift (a random walk, 3 % per 8th of the session) x multiplicative
+noise per visit x, in 1 visit of 25, a burst (1.5-3x). The noise per visit is 14 %, whatever the
+visit's length: what bench/results/visit_length.md measured on 2026-12-07's EPYC (a per-round sd of the
+paired log-ratio of about 0.2 at visits of 8 to 125 ms, so 0.2 / sqrt 2 per config). The front of each
+of 20 runs is chosen three ways: by the point estimates (the median of the rounds, plain Pareto
+dominance), and by the rule beyond noise (paired rounds, front_of, after racing the close calls as the
+run does: race with the run's session count and time share), once with the rounds the timer now
+chooses for the demo's configs (rounds_for) and once with the 8 it used to take. Each way's stability is
+the mean pairwise Jaccard of its 20 fronts.
 """
 
 import itertools
@@ -15,6 +19,7 @@ import statistics
 import numpy as np
 
 from adasearch.config import DeploymentConfig
+from adasearch.measure.interleaved import ROUNDS, rounds_for
 from adasearch.search.front.beyond_noise import SESSIONS, front_of, race
 from adasearch.search.front.finalists import RACE_SESSIONS, RACE_SHARE, RACE_VISIT
 from adasearch.search.front.pareto import pareto_front
@@ -22,9 +27,9 @@ from adasearch.search.trials import TrialRecord
 from adasearch.spec import RunSpec
 
 SPEC = RunSpec(objectives=["accuracy", "latency_p50_ms"])
-CONFIGS, RUNS, ROUNDS = 40, 20, 8
-# Per visit, once the round's drift is out (the demo's finalists' intervals, +-5 % over 8 rounds, hold the drift too).
-NOISE = 0.04
+CONFIGS, RUNS = 40, 20
+NOISE = 0.14  # per visit (why: above)
+BUDGET_S, CALL_MS = 1.0, 0.7  # the re-timing's budget per config (spec default) and a demo config's call
 
 
 def ground_truth(seed: int = 1234) -> list:
@@ -43,10 +48,10 @@ class Machine:
         self.rng = np.random.default_rng(seed)
         self.speed = self.rng.uniform(0.7, 1.5)
 
-    def rounds(self, latency: np.ndarray) -> np.ndarray:
+    def rounds(self, latency: list, rounds: int) -> np.ndarray:
         """(configs, rounds) figures of one session (the configs timed together, interleaved)."""
-        shape = (len(latency), ROUNDS)
-        drift = np.exp(np.cumsum(self.rng.normal(0, 0.03, ROUNDS)))
+        shape = (len(latency), rounds)
+        drift = np.exp(np.cumsum(self.rng.normal(0, 0.03 * np.sqrt(8 / rounds), rounds)))  # per unit of time
         noise = np.exp(self.rng.normal(0, NOISE, shape))
         burst = np.where(self.rng.random(shape) < 0.04, self.rng.uniform(1.5, 3.0, shape), 1.0)
         return np.asarray(latency)[:, None] * self.speed * drift[None, :] * noise * burst
@@ -65,13 +70,13 @@ def mean_jaccard(fronts: list) -> float:
     return statistics.mean(len(a & b) / len(a | b) for a, b in itertools.combinations(fronts, 2))
 
 
-def test_the_front_beyond_noise_holds_still_where_the_point_front_does_not():
-    truth = ground_truth()
+def simulate(truth: list, rounds: int, race_rounds: int) -> tuple[list, list, float, float]:
+    """(point fronts, fronts beyond noise, pairs raced a run, of them equivalent a run) over RUNS runs."""
     point_fronts, noise_fronts = [], []
     raced = stayed = 0
     for seed in range(RUNS):
         machine = Machine(seed)
-        recs = records(truth, machine.rounds([t for _, t in truth]))
+        recs = records(truth, machine.rounds([t for _, t in truth], rounds))
         points = [(r.metrics["accuracy"], r.metrics["latency_p50_ms"]) for r in recs]
         point_fronts.append({recs[i].number for i in pareto_front(points, ["maximize", "minimize"])})
         budget = [RACE_SHARE / RACE_VISIT * CONFIGS]  # in race visits: the run's share of its re-timing
@@ -81,19 +86,29 @@ def test_the_front_beyond_noise_holds_still_where_the_point_front_does_not():
             if len(configs) < 2:
                 return None
             budget[0] -= len(configs)
-            session = str(int(CONFIGS - budget[0]))  # a fresh id per session
-            figures = machine.rounds([truth[c.num_tokens - 1][1] for c in configs])
+            session = str(int(CONFIGS - budget[0]) + 1)  # a fresh id per session
+            figures = machine.rounds([truth[c.num_tokens - 1][1] for c in configs], race_rounds)
             return session, {c: {"latency_p50_ms": f.tolist()} for c, f in zip(configs, figures)}
 
         pairs, still = race(recs, SPEC, time_configs, RACE_SESSIONS)
         raced, stayed = raced + pairs, stayed + still
         noise_fronts.append({r.number for r in front_of(recs, SPEC)})
-    point, noise = mean_jaccard(point_fronts), mean_jaccard(noise_fronts)
-    sizes = [len(f) for f in noise_fronts]
-    print(f"\nmean pairwise Jaccard over {RUNS} simulated runs: point rule {point:.2f} (fronts of "
-          f"{min(len(f) for f in point_fronts)}-{max(len(f) for f in point_fronts)}), beyond noise {noise:.2f} "
-          f"(fronts of {min(sizes)}-{max(sizes)}); {raced / RUNS:.1f} pairs raced a run, "
-          f"{stayed / RUNS:.1f} stayed equivalent")  # fmt: skip
-    assert noise >= 0.9
-    assert noise > point
-    assert min(sizes) >= 5  # stability that does not come from a collapsed front
+    return point_fronts, noise_fronts, raced / RUNS, stayed / RUNS
+
+
+def describe(fronts: list) -> str:
+    return f"{mean_jaccard(fronts):.2f} (fronts of {min(map(len, fronts))}-{max(map(len, fronts))})"
+
+
+def test_the_front_beyond_noise_holds_still_where_the_point_front_does_not():
+    truth = ground_truth()
+    rounds, race_rounds = rounds_for(BUDGET_S, CALL_MS), rounds_for(RACE_VISIT * BUDGET_S, CALL_MS)
+    points, fronts, raced, stayed = simulate(truth, rounds, race_rounds)
+    _, few_fronts, *_ = simulate(truth, ROUNDS, ROUNDS)
+    print(f"\nmean pairwise Jaccard over {RUNS} simulated runs: point rule {describe(points)}; beyond noise, "
+          f"{rounds} rounds and races of {race_rounds}: {describe(fronts)}, {raced:.1f} pairs raced a run, "
+          f"{stayed:.1f} stayed equivalent; beyond noise, {ROUNDS} rounds: {describe(few_fronts)}")  # fmt: skip
+    assert mean_jaccard(fronts) >= 0.9
+    assert mean_jaccard(fronts) > mean_jaccard(points)
+    assert mean_jaccard(fronts) > mean_jaccard(few_fronts)  # at this noise, rounds are what hold it still
+    assert min(map(len, fronts)) >= 5  # stability that does not come from a collapsed front

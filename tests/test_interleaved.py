@@ -5,10 +5,14 @@ import pytest
 import torch
 
 from adasearch.measure.interleaved import (
+    MAX_ROUNDS,
     ROUND_FIGURES,
+    ROUNDS,
+    VISIT_CALLS,
     bootstrap_intervals,
     figures,
     round_robin_order,
+    rounds_for,
     time_interleaved,
 )
 
@@ -75,3 +79,27 @@ def test_bootstrap_intervals_cover_the_estimate_and_shrink_with_agreement():
     width = lambda c: c["latency_p50_ms_ci_high"] - c["latency_p50_ms_ci_low"]  # noqa: E731
     assert width(narrow) < width(ci) / 5
     assert bootstrap_intervals(noisy, 1, seed=0) == ci  # seeded: the same run gives the same interval
+
+
+def test_the_budget_is_split_into_as_many_rounds_as_keep_visit_calls_per_visit():
+    assert VISIT_CALLS == 8 and (ROUNDS, MAX_ROUNDS) == (8, 128)
+    assert rounds_for(1.0, 0.7) == 128  # the demo's sub-ms configs: 178 visits of 8 calls fit; capped
+    assert rounds_for(0.32, 2.0) == 20  # 320 ms / (8 calls x 2 ms)
+    assert rounds_for(0.5, 50.0) == 8  # too slow for 8 such visits: the fewest rounds
+    assert rounds_for(1.0, 0.0) == 128
+
+
+def test_without_rounds_the_slowest_configs_call_chooses_them():
+    clock = FakeClock()
+
+    def make(ms):
+        def run(x):
+            clock.now += ms / 1e3
+
+        return run
+
+    fns = [make(1000 * 2.0**-10), make(1000 * 2.0**-9)]  # binary fractions of a second: exact sums
+    # the slower config decides: visits of 8 calls of 2**-9 s, 2**-6 s each, and 20 of them fill 0.3125 s
+    out = time_interleaved(fns, [torch.zeros(1, 1)], sync=lambda: None, budget_s=0.3125, min_reps=1, clock=clock)
+    assert [len(o[ROUND_FIGURES]["latency_p50_ms"]) for o in out] == [20, 20]
+    assert [o["latency_reps"] for o in out] == [20 * 16, 20 * 8]

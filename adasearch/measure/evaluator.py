@@ -184,14 +184,14 @@ class Evaluator:
         fit at once, the configs are timed in groups, one after another (Runtime.memory_groups), and each
         group's forwards are released before the next is built. A session's rounds are then numbered across
         its groups, and each config's ROUND_FIGURES has None in the rounds of the other groups: configs of
-        different groups share no round, so no paired comparison pairs them."""
-        from adasearch.measure.interleaved import ROUND_FIGURES, ROUNDS, time_interleaved
+        different groups share no round, so no paired comparison pairs them. Without `rounds`,
+        interleaved.rounds_for chooses them, group by group."""
+        from adasearch.measure.interleaved import ROUND_FIGURES, time_interleaved
 
         configs = list(dict.fromkeys(configs))
-        rounds = rounds or ROUNDS
         batches = self.latency_batches()
         groups = self.runtime.memory_groups([self.model.plan(**c.to_dict()) for c in configs])
-        out = {}
+        out, group_rounds = {}, []
         for g, members in enumerate(groups):
             fns = [self.runner(configs[i]) for i in members]  # built (compiled, captured, exported) before any round
             timed = time_interleaved(fns, batches, sync=_synchronizer(self.device), budget_s=budget_s,
@@ -199,8 +199,13 @@ class Evaluator:
             del fns
             if len(groups) > 1:
                 self.runtime.release()
-            before, after = [None] * (g * rounds), [None] * ((len(groups) - g - 1) * rounds)
+            group_rounds.append(len(next(iter(timed[0][ROUND_FIGURES].values()))))  # rounds_for may choose per group
             for i, figures in zip(members, timed):
+                out[configs[i]] = figures
+        for g, members in enumerate(groups):  # each group's rounds, numbered after the groups before it
+            before, after = [None] * sum(group_rounds[:g]), [None] * sum(group_rounds[g + 1 :])
+            for i in members:
+                figures = out[configs[i]]
                 figures[ROUND_FIGURES] = {name: before + v + after for name, v in figures[ROUND_FIGURES].items()}
                 mem = peak_memory_mb(self.model, configs[i], batches[0], self.device)
                 out[configs[i]] = {**figures, MEMORY_METRIC: mem["peak_mb"]}

@@ -2,9 +2,9 @@
 
 Timing each config in its own window lets drift and bursts from other processes land on some configs
 and not others, so configs with equal accuracy swap places on noise from run to run. Here the configs
-are timed round-robin: ROUNDS rounds, each visiting every config once in a new random order (seeded),
-with a warm-up after every config change and an equal share of the time budget per visit. Noise then
-lands on all of them alike.
+are timed round-robin: rounds (ROUNDS to MAX_ROUNDS), each visiting every config once in a new random
+order (seeded), with a warm-up after every config change and an equal share of the time budget per
+visit. Noise then lands on all of them alike.
 
 Each figure (p50, p90, p99 per batch, and throughput) pools the repetitions of all rounds. Its 95 %
 interval is a percentile bootstrap over rounds: BOOTSTRAP resamples of the rounds with replacement
@@ -14,6 +14,15 @@ share that moment's load.
 
 Each config's figures of every round are returned too (ROUND_FIGURES), so that two configs can be
 compared round by round (measure/paired.py), which cancels the load they shared.
+
+How many rounds: as many as the budget allows (rounds_for), not a fixed few. On a shared VM a visit's
+figure moves with the machine's state at that moment, however long the visit: in
+bench/results/visit_length.md, the demo's configs timed for the same second each, split into 8, 32 or
+128 visits, had a per-round sd of the paired log-ratio of about 0.2 at every visit length, so the paired
+interval narrows as the square root of the rounds (95 % half-width 11 %, 2.9 % and 1.6 %; the run-to-run
+sd of the paired median 0.037, 0.019 and 0.010). A visit keeps at least VISIT_CALLS timed calls, so that
+its p50 is a median of several, and there are at most MAX_ROUNDS rounds (each visit warms up once: more
+rounds, more warm-up calls). Configs too slow for ROUNDS such visits within the budget get ROUNDS.
 """
 
 from __future__ import annotations
@@ -26,10 +35,20 @@ import torch
 
 from adasearch.metrics import P50, P90, P99, THROUGHPUT, interval_columns
 
-ROUNDS = 8
+ROUNDS = 8  # the fewest rounds a timing is split into
+MAX_ROUNDS = 128  # the most (why: above)
+VISIT_CALLS = 8  # timed calls a visit is meant to hold at least, when rounds are chosen by rounds_for
 BOOTSTRAP = 1000
 TIMED = (P50, P90, P99, THROUGHPUT)
 ROUND_FIGURES = "round_figures"  # {figure name: [its value in each round]}, beside the pooled figures
+
+
+def rounds_for(budget_s: float, call_ms: float) -> int:
+    """The rounds a config's budget_s of timing is split into, when one call takes call_ms: as many as give
+    every visit VISIT_CALLS calls, between ROUNDS and MAX_ROUNDS."""
+    if not call_ms > 0:
+        return MAX_ROUNDS
+    return max(ROUNDS, min(MAX_ROUNDS, int(budget_s * 1e3 / (VISIT_CALLS * call_ms))))
 
 
 def round_robin_order(n: int, rounds: int, seed: int) -> list:
@@ -72,7 +91,7 @@ def time_interleaved(
     *,
     sync,
     budget_s: float,
-    rounds: int = ROUNDS,
+    rounds: int | None = None,
     warmup: int = 1,
     min_reps: int = 2,
     seed: int = 0,
@@ -80,11 +99,14 @@ def time_interleaved(
 ) -> list:
     """Per run_fn (one per config): {figures..., intervals..., "latency_reps": n, ROUND_FIGURES: {...}}.
     Each of `rounds` rounds visits every config once in a fresh random order; a visit warms up, then
-    times repetitions for budget_s / rounds seconds (at least min_reps)."""
+    times repetitions for budget_s / rounds seconds (at least min_reps). Without `rounds`, rounds_for
+    chooses them from the slowest config's call, timed once after a warm-up call."""
     import time
 
     clock = clock or time.perf_counter
     batch_size = batches[0].shape[0]
+    if rounds is None:
+        rounds = rounds_for(budget_s, max(_call_ms(fn, batches[0], sync, clock) for fn in run_fns))
     samples = [[[] for _ in range(rounds)] for _ in run_fns]
     share = budget_s / rounds
     with torch.inference_mode():
@@ -112,3 +134,14 @@ def time_interleaved(
                     "latency_reps": int(pooled.size),
                     ROUND_FIGURES: {name: [f[name] for f in per_round] for name in TIMED}})  # fmt: skip
     return out
+
+
+def _call_ms(fn, batch: torch.Tensor, sync, clock) -> float:
+    """One call of fn after one warm-up call, in ms."""
+    with torch.inference_mode():
+        fn(batch)
+        sync()
+        start = clock()
+        fn(batch)
+        sync()
+        return (clock() - start) * 1e3

@@ -305,7 +305,7 @@ def _target_retimer(ctx: RunContext):
 
     def retime(configs: list, budget_s: float, seed: int = 0) -> dict:
         ref = task.remote(spec_json, [c.to_dict() for c in configs], budget_s, seed)
-        # Generous: loading the model on the node, then ROUNDS visits of every config; never forever.
+        # Generous: loading the model on the node, then every round's visits of every config; never forever.
         wait_s = 600 + 4 * budget_s * len(configs)
         try:
             figures, node = ray.get(ref, timeout=wait_s)

@@ -12,9 +12,9 @@ comparisons (measure/paired.py) read.
 
 Racing the close calls (as irace's F-race and Maron & Moore's Hoeffding races spend measurement only on
 candidates still undecided): when pairs whose timed order decides the front are not separated
-(pareto.close_calls), just those configs are timed again together, in sessions of ROUNDS interleaved
-rounds at RACE_VISIT of the re-timing's budget per config (the paired test counts rounds, and a visit's
-median needs only a few dozen repetitions), until every such pair is separated or the budget is spent:
+(pareto.close_calls), just those configs are timed again together, in sessions of interleaved rounds
+(as many as measure/interleaved.rounds_for allows) at RACE_VISIT of the re-timing's budget per config
+(the paired test counts rounds, not repetitions), until every such pair is separated or the budget is spent:
 RACE_SESSIONS sessions, and at most RACE_SHARE of the time the re-timing itself took. Pairs still not
 separated then are equivalent (pareto.equivalents lists them), and the run's notes say how many pairs
 were raced and how many stayed equivalent.
