@@ -18,9 +18,9 @@ compared round by round (measure/paired.py), which cancels the load they shared.
 How many rounds: as many as the budget allows (rounds_for), not a fixed few. On a shared VM a visit's
 figure moves with the machine's state at that moment, however long the visit: in
 bench/results/visit_length.md, the demo's configs timed for the same second each, split into 8, 32 or
-128 visits, had a per-round sd of the paired log-ratio of about 0.2 at every visit length, so the paired
-interval narrows as the square root of the rounds (95 % half-width 11 %, 2.9 % and 1.6 %; the run-to-run
-sd of the paired median 0.037, 0.019 and 0.010). A visit keeps at least VISIT_CALLS timed calls, so that
+128 visits, had a per-round sd of the paired log-ratio of 0.2-0.27 at every visit length (2026-12-07), so
+the paired interval narrows as the square root of the rounds (95 % half-width 14 %, 3.2 % and 1.8 %; the
+sd of the paired median between repeats 0.038, 0.024 and 0.007). A visit keeps at least VISIT_CALLS timed calls, so that
 its p50 is a median of several, and there are at most MAX_ROUNDS rounds (each visit warms up once: more
 rounds, more warm-up calls). Configs too slow for ROUNDS such visits within the budget get ROUNDS.
 """
