@@ -3,7 +3,7 @@
 import pytest
 
 from adasearch import DeploymentConfig
-from adasearch.search.front.finalists import candidates, proxy_front
+from adasearch.search.front.finalists import NEAR, candidates, near_front, proxy_front
 from adasearch.search.front.pareto import dominates, hypervolume, pareto_front
 from adasearch.search.trials import TrialRecord
 from adasearch.spec import RunSpec
@@ -38,6 +38,25 @@ def test_candidates_for_retiming():
     assert [r.number for r in candidates(recs, timed)] == [0, 1, 2, 3]  # front + the next layer
     untimed = RunSpec(objectives=["accuracy", "gmacs"])
     assert [r.number for r in candidates(recs, untimed)] == [0, 1]  # deterministic: the front is exact
+
+
+def test_configs_a_timing_error_of_near_could_put_on_the_front_are_re_timed_too():
+    """A prediction or a brief timing that is off by up to NEAR (15 %) can move a config on or off the
+    front, so the configs no rival beats by more than that are candidates, closest first."""
+
+    def rec(n, acc, lat):  # a config of its own per trial
+        return TrialRecord(n, DeploymentConfig(num_tokens=n + 1), {}, {"accuracy": acc, "latency_p50_ms": lat,
+                                                                        "gmacs": lat}, True, {})  # fmt: skip
+
+    recs = [rec(0, 0.90, 1.00), rec(1, 0.95, 2.00), rec(2, 0.89, 1.05), rec(3, 0.94, 2.10),
+            rec(4, 0.88, 1.10),  # beaten by 0 by 10 %: near
+            rec(5, 0.88, 1.30),  # beaten by 0 by 30 %: not
+            rec(6, 0.93, 2.25)]  # beaten by 1 by 12.5 %: near, farther than 4  # fmt: skip
+    spec = RunSpec(objectives=["accuracy", "latency_p50_ms"])
+    assert NEAR == 0.15
+    assert [r.number for r in candidates(recs, spec)] == [0, 1, 2, 3, 4, 6]  # front, next layer, near ones
+    assert [r.number for r in near_front(recs, spec, chosen=recs[:4], limit=1)] == [4]
+    assert near_front(recs, RunSpec(objectives=["accuracy", "gmacs"]), chosen=recs[:2], limit=9) == []  # untimed
 
 
 def test_near_misses_of_a_timed_constraint_are_re_timed_too():

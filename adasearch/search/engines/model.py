@@ -4,7 +4,8 @@ When the space's accuracy is enumerable with the shared anytime passes (one pass
 gives every config's exact accuracy, and MACs are closed form), only latency is unknown. This engine
 predicts it for every config of the space with the target's latency model (search/latency_profile.py), and
 proposes only the configs the prediction puts in play: the predicted front, its next layer, the MACs
-front and the near misses of timed constraints (finalists.candidates), at most VERIFY_LIMIT (or
+front, the configs within finalists.NEAR of the front (the model's own error could put them on it) and
+the near misses of timed constraints (finalists.candidates), at most VERIFY_LIMIT (or
 search.trials, if smaller) per round.
 
 Its trials carry the predicted timed figures (and the same in NAME_predicted columns) until the

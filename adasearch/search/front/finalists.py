@@ -22,6 +22,10 @@ were raced and how many stayed equivalent.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from adasearch.measure.interleaved import ROUND_FIGURES
 from adasearch.metrics import COMPUTE, REGISTRY, TIMED_METRICS
 from adasearch.search import trials
@@ -31,6 +35,7 @@ from adasearch.search.front.pareto import dominates, pareto_front
 from adasearch.spec import RunSpec
 
 RETIMING = "re-timing finalists"  # the progress line's description
+NEAR = 0.15  # brief timings and predictions this close may swap order: engine model's MISS, its tolerated error
 RACE_SESSIONS = 3  # extra sessions of interleaved rounds for the close calls, at most
 RACE_SHARE = 0.5  # of the re-timing's timing time, at most, spent racing
 RACE_VISIT = 0.5  # of the re-timing's budget per config, per config in a race: rounds, not repetitions, pair up
@@ -40,7 +45,9 @@ def candidates(recs: list, spec: RunSpec) -> list:
     """The trials worth re-timing: the front, and when latency is measured, also the next
     non-dominated layer (at most twice the front's size), since a trial can be pushed off the front
     by timing noise alone, and the front with each timed objective replaced by MACs: a set that brief
-    timings cannot change, so the configs most likely to be fastest are re-timed on every run."""
+    timings cannot change, so the configs most likely to be fastest are re-timed on every run; then the
+    configs within NEAR of the front (near_front), which a timing or prediction error could put on it,
+    so that which configs are re-timed does not turn on that error; and the near misses."""
     directions = [o.direction for o in spec.objectives]
     first: dict = {}
     for r in recs:  # one trial per config (samplers can repeat one): the first, so it is timed once
@@ -57,6 +64,7 @@ def candidates(recs: list, spec: RunSpec) -> list:
             break
     if spec.needs_latency:
         chosen += [r for r in proxy_front(recs, spec) if r not in chosen]
+        chosen += near_front(recs, spec, chosen, limit=len(chosen))
         chosen += near_misses(recs, spec, chosen, limit=len(chosen))
     return chosen
 
@@ -73,6 +81,34 @@ def proxy_front(recs: list, spec: RunSpec) -> list:
     directions = [dict(objectives)[n] for n in names]
     ok = [r for r in recs if r.metrics.get(COMPUTE) is not None and not set(r.violations) - TIMED_METRICS]
     return [ok[i] for i in pareto_front([[r.metrics[n] for n in names] for r in ok], directions)]
+
+
+def near_front(recs: list, spec: RunSpec, chosen: list, limit: int) -> list:
+    """Feasible records not chosen yet that no record beats by more than NEAR on every timed objective
+    while no worse on the others: an error of NEAR in a brief timing or a prediction could put them on
+    the front. The `limit` closest to it first (by the largest margin any record beats them by)."""
+    objectives = spec.objectives
+    timed = [i for i, o in enumerate(objectives) if REGISTRY[o.metric].timed]
+    fixed = [i for i in range(len(objectives)) if i not in timed]
+    feasible = [r for r in recs if r.feasible]
+    if not timed or not feasible:
+        return []
+    values = np.array([trials.objective_values(spec, r.metrics) for r in feasible], dtype=float)
+    values[:, timed] = np.log(values[:, timed])  # a margin is then a ratio, whatever the figure's scale
+    values *= [-1.0 if o.direction == "maximize" else 1.0 for o in objectives]  # smaller is better everywhere
+    taken = {id(r) for r in chosen}
+    near = []
+    for x, r in enumerate(feasible):
+        if id(r) in taken:
+            continue
+        rivals = np.all(values[:, fixed] <= values[x, fixed], axis=1)
+        rivals[x] = False
+        # how far each rival beats x on every timed objective (a log-ratio); x is near when none beats it by more
+        beaten = np.min(values[x, timed] - values[rivals][:, timed], axis=1)
+        margin = float(beaten.max()) if beaten.size else -math.inf
+        if margin <= math.log(1 + NEAR):
+            near.append((margin, r.config.label(), r))
+    return [r for *_, r in sorted(near, key=lambda t: t[:2])][:limit]
 
 
 def near_misses(recs: list, spec: RunSpec, chosen: list, limit: int) -> list:
