@@ -89,17 +89,23 @@ def test_the_budget_is_split_into_as_many_rounds_as_keep_visit_calls_per_visit()
     assert rounds_for(1.0, 0.0) == 128
 
 
-def test_without_rounds_the_slowest_configs_call_chooses_them():
-    clock = FakeClock()
+def test_without_rounds_the_median_configs_call_chooses_them_and_visits_go_on_through_the_batches():
+    clock, seen = FakeClock(), {}
 
-    def make(ms):
+    def make(i, ms):
         def run(x):
+            seen.setdefault(i, []).append(int(x.item()))
             clock.now += ms / 1e3
 
         return run
 
-    fns = [make(1000 * 2.0**-10), make(1000 * 2.0**-9)]  # binary fractions of a second: exact sums
-    # the slower config decides: visits of 8 calls of 2**-9 s, 2**-6 s each, and 20 of them fill 0.3125 s
-    out = time_interleaved(fns, [torch.zeros(1, 1)], sync=lambda: None, budget_s=0.3125, min_reps=1, clock=clock)
-    assert [len(o[ROUND_FIGURES]["latency_p50_ms"]) for o in out] == [20, 20]
-    assert [o["latency_reps"] for o in out] == [20 * 16, 20 * 8]
+    fns = [make(0, 1000 * 2.0**-10), make(1, 1000 * 2.0**-9), make(2, 1000 * 2.0**-7)]  # binary fractions: exact
+    batches = [torch.full((1, 1), float(b)) for b in range(8)]
+    out = time_interleaved(fns, batches, sync=lambda: None, budget_s=0.3125, min_reps=1, clock=clock)
+    # the median config decides: visits of 8 calls of 2**-9 s, 2**-6 s each, and 20 of them fill 0.3125 s;
+    # the slow one fits 2 calls in a visit
+    assert [len(o[ROUND_FIGURES]["latency_p50_ms"]) for o in out] == [20, 20, 20]
+    assert [o["latency_reps"] for o in out] == [20 * 16, 20 * 8, 20 * 2]
+    # its 40 timed calls went through all 8 batches, 5 each (batch 0 also takes the warm-up calls: one a
+    # visit, and two when the rounds were chosen), not through batches 0 and 1 at every visit
+    assert [seen[2].count(b) for b in range(8)] == [5 + 20 + 2] + [5] * 7

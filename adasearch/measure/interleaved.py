@@ -20,9 +20,11 @@ figure moves with the machine's state at that moment, however long the visit: in
 bench/results/visit_length.md, the demo's configs timed for the same second each, split into 8, 32 or
 128 visits, had a per-round sd of the paired log-ratio of 0.2-0.27 at every visit length (2026-12-07), so
 the paired interval narrows as the square root of the rounds (95 % half-width 14 %, 3.2 % and 1.8 %; the
-sd of the paired median between repeats 0.038, 0.024 and 0.007). A visit keeps at least VISIT_CALLS timed calls, so that
-its p50 is a median of several, and there are at most MAX_ROUNDS rounds (each visit warms up once: more
-rounds, more warm-up calls). Configs too slow for ROUNDS such visits within the budget get ROUNDS.
+sd of the paired median between repeats 0.038, 0.024 and 0.007). The median config's visit keeps at
+least VISIT_CALLS timed calls, so that its p50 is a median of several, and there are at most MAX_ROUNDS
+rounds (each visit warms up once: more rounds, more warm-up calls). Configs too slow for ROUNDS such
+visits within the budget get ROUNDS. The rounds follow the median config, not the slowest: one slow
+config (the full network among sub-millisecond ones) would otherwise cut every pair's rounds to a third.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from adasearch.metrics import P50, P90, P99, THROUGHPUT, interval_columns
 
 ROUNDS = 8  # the fewest rounds a timing is split into
 MAX_ROUNDS = 128  # the most (why: above)
-VISIT_CALLS = 8  # timed calls a visit is meant to hold at least, when rounds are chosen by rounds_for
+VISIT_CALLS = 8  # timed calls the median config's visit holds at least, when rounds are chosen by rounds_for
 BOOTSTRAP = 1000
 TIMED = (P50, P90, P99, THROUGHPUT)
 ROUND_FIGURES = "round_figures"  # {figure name: [its value in each round]}, beside the pooled figures
@@ -100,14 +102,18 @@ def time_interleaved(
     """Per run_fn (one per config): {figures..., intervals..., "latency_reps": n, ROUND_FIGURES: {...}}.
     Each of `rounds` rounds visits every config once in a fresh random order; a visit warms up, then
     times repetitions for budget_s / rounds seconds (at least min_reps). Without `rounds`, rounds_for
-    chooses them from the slowest config's call, timed once after a warm-up call."""
+    chooses them from the median config's call (each config's timed once after a warm-up call): slower
+    configs then hold fewer calls a visit, at least min_reps. Each config cycles through `batches` across
+    its visits, not from the first batch at every visit: a short visit would otherwise time only the
+    first few batches, and an early-exit config's time depends on its images."""
     import time
 
     clock = clock or time.perf_counter
     batch_size = batches[0].shape[0]
     if rounds is None:
-        rounds = rounds_for(budget_s, max(_call_ms(fn, batches[0], sync, clock) for fn in run_fns))
+        rounds = rounds_for(budget_s, float(np.median([_call_ms(fn, batches[0], sync, clock) for fn in run_fns])))
     samples = [[[] for _ in range(rounds)] for _ in run_fns]
+    calls = [0] * len(run_fns)  # each config's timed calls so far: where its cycle through the batches is
     share = budget_s / rounds
     with torch.inference_mode():
         for r, visit in enumerate(round_robin_order(len(run_fns), rounds, seed)):
@@ -119,7 +125,8 @@ def time_interleaved(
                 start = clock()
                 times = samples[i][r]
                 while len(times) < min_reps or clock() - start < share:
-                    batch = batches[len(times) % len(batches)]
+                    batch = batches[calls[i] % len(batches)]
+                    calls[i] += 1
                     sync()
                     t0 = clock()
                     fn(batch)
