@@ -11,7 +11,10 @@ many some runs separated and others did not (a front can move on those), how man
 in opposite directions, and, as medians over the pairs, the between-run standard deviation of the
 log-ratio against the within-run 95 % interval's half-width (over 1.96, the standard deviation the
 interval implies). Between-run spread well above the implied one would mean the per-run test is
-overconfident; below it, the pairs that flip lack rounds, not a sound test.
+overconfident; below it, the pairs that flip lack rounds, not a sound test. Last, how far the machine's
+speed moved between the sessions of one run: for each later session (a race, or a re-timing of configs
+that joined the front), the median over its configs (3 at least) of a config's median figure there over
+its median in its first session; the smallest and largest over all runs.
 """
 
 import argparse
@@ -53,6 +56,23 @@ def pair_figures(runs: list) -> list:
     return out
 
 
+def session_shifts(runs: list) -> list:
+    """Per later session of every run: the median over its configs of (median there / median in its first session)."""
+    shifts = []
+    for run in runs:
+        by_session: dict = {}
+        for sessions in run.values():
+            medians = {
+                s: statistics.median(v for v in f[P50] if v is not None) for s, f in sessions.items() if f.get(P50)
+            }
+            first = min(medians, key=int, default=None)
+            for s, m in medians.items():
+                if s != first:
+                    by_session.setdefault((first, s), []).append(m / medians[first])
+        shifts += [statistics.median(v) for v in by_session.values() if len(v) >= 3]
+    return shifts
+
+
 def summary(pairs: list) -> list:
     signs = [{c.sign for c in comparisons} for _, comparisons in pairs]
     between = [statistics.stdev(math.log(c.ratio) for c in comparisons) for _, comparisons in pairs]
@@ -75,11 +95,15 @@ def main():
     parser.add_argument("folder", type=Path, help="a --keep folder of bench/front_stability.py")
     parser.add_argument("--runs", type=int, default=5, help="runs per machine state (default 5)")
     parser.add_argument("--name", default="front_pairs", help="the table's name in bench/results")
+    parser.add_argument("--states", nargs="+", choices=("quiet", "busy"), default=["quiet", "busy"],
+                        help="the machine states to read, default both")  # fmt: skip
     args = parser.parse_args()
     rows = []
-    for load in ("quiet", "busy"):
+    for load in args.states:
         runs = [stored_rounds(args.folder / f"{load}-{i}") for i in range(args.runs)]
-        rows.append([load, args.runs, *summary(pair_figures(runs))])
+        shifts = session_shifts(runs)
+        moved = f"{min(shifts):.2f}-{max(shifts):.2f}x ({len(shifts)})" if shifts else "-"
+        rows.append([load, args.runs, *summary(pair_figures(runs)), moved])
     save_table(
         args.name,
         f"The paired comparisons behind the fronts of {args.folder.name}, run by run (latency p50)",
@@ -94,6 +118,7 @@ def main():
             "sd the interval implies (median)",
             "95 % half-width (median)",
             "rounds per run (median)",
+            "speed between sessions of a run (sessions)",
         ],
         rows,
         [

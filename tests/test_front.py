@@ -108,6 +108,23 @@ def test_without_shared_rounds_intervals_then_points_decide():
     assert numbers(front_of([brief_a, brief_b], SPEC)) == [3, 4]
 
 
+def test_configs_only_the_intervals_of_different_sessions_separate_are_close_calls():
+    """The machine's speed moves between sessions, so a's and b's disjoint intervals from sessions 1 and 2
+    (1.25x apart) are raced together; c, 3.3x faster than a, is not. Once a race gives a and b common
+    rounds in which they are alike, the paired test decides: a, as fast and more accurate, dominates b."""
+    a, b, c = rec(0, 0.96, 1.0, session="1"), rec(1, 0.95, 0.8, session="2"), rec(2, 0.90, 0.3, session="2")
+    for r, low, high in ((a, 0.95, 1.2), (b, 0.78, 0.9), (c, 0.28, 0.34)):
+        r.metrics["latency_p50_ms"] = (low + high) / 2
+        r.metrics["latency_p50_ms_ci_low"], r.metrics["latency_p50_ms_ci_high"] = low, high
+    judge = Judge(SPEC)
+    assert judge.unpaired(a, b) and not judge.unpaired(a, c) and not judge.unpaired(b, c)
+    assert numbers(front_of([a, b, c], SPEC)) == [0, 1, 2]  # the intervals say b is faster than a
+    assert close_calls([a, b, c], SPEC) == [(a, b)]
+    for r in (a, b):
+        r.metrics[SESSIONS]["3"] = {"latency_p50_ms": list(DRIFT)}  # the race: alike in every round
+    assert not Judge(SPEC).unpaired(a, b) and numbers(front_of([a, b, c], SPEC)) == [0, 2]
+
+
 def test_deterministic_objectives_alone_are_the_plain_pareto_front():
     spec = RunSpec(objectives=["accuracy", "gmacs"])
     recs = [rec(i, acc, 1.0) for i, acc in enumerate([0.9, 0.95, 0.93])]

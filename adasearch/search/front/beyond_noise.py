@@ -13,6 +13,10 @@ from adasearch.search import trials
 from adasearch.search.front.pareto import as_min
 
 SESSIONS = "timed_sessions"  # a re-timed record's rounds: {session id: {metric: [its figure in each round]}}
+# The machine's speed moved by up to about this factor between two sessions of one run on 2026-12-07's
+# EPYC (0.90-1.62x quiet, 0.48-1.43x busy: bench/results/front_pairs_day2b_sessions.md): two configs timed
+# in different sessions and nearer than this are raced together, whatever their intervals say.
+BETWEEN_SESSIONS = 2.0
 
 
 class Judge:
@@ -97,6 +101,14 @@ class Judge:
         """better(a, b) for each timed objective."""
         return [self.better(a, b, m, d) for m, d in self.timed]
 
+    def unpaired(self, a, b) -> bool:
+        """Both re-timed, in no common round, and within BETWEEN_SESSIONS of each other on every timed
+        objective: their order came from intervals of sessions the machine's speed may have moved between."""
+        sa, sb = a.metrics.get(SESSIONS), b.metrics.get(SESSIONS)
+        if not (self.timed and sa and sb) or any(paired.shared_rounds(sa, sb, m)[0] for m, _ in self.timed):
+            return False
+        return all(abs(math.log(a.metrics[m] / b.metrics[m])) <= math.log(BETWEEN_SESSIONS) for m, _ in self.timed)
+
     def tied(self, a, b) -> bool:
         """No timed objective separates a and b (there is one at least)."""
         return bool(self.timed) and not any(self.signs(a, b))
@@ -150,8 +162,9 @@ def close_calls(recs: list, spec, judge: Judge = None) -> list:
     """Pairs of records, both timed in interleaved rounds, whose undecided timed order decides whether one
     of them is on the front: a front record f and another x that f is no worse than on every
     deterministic objective and that no timed objective separates from f (separated in x's favour, f
-    would not dominate x; in f's, f would), where no front record dominates x beyond noise on every
-    timed objective (then more rounds could not bring x back). Each pair once, the higher ranked first."""
+    would not dominate x; in f's, f would), or that only the intervals of different sessions separate
+    (Judge.unpaired), where no front record dominates x beyond noise, paired, on every timed objective
+    (then more rounds could not bring x back). Each pair once, the higher ranked first."""
     judge = judge or Judge(spec)
     feasible = [r for r in recs if r.feasible]
     front = noise_front(feasible, spec, judge)
@@ -160,10 +173,10 @@ def close_calls(recs: list, spec, judge: Judge = None) -> list:
         if not x.metrics.get(SESSIONS):
             continue
         rivals = [f for f in front if f is not x]
-        if any(judge.dominates(f, x) and 0 not in judge.signs(x, f) for f in rivals):
+        if any(judge.dominates(f, x) and 0 not in judge.signs(x, f) and not judge.unpaired(x, f) for f in rivals):
             continue  # beaten beyond noise by a front config: more rounds cannot bring it back
         for f in rivals:
-            if f.metrics.get(SESSIONS) and judge.no_worse(f, x)[0] and judge.tied(x, f):
+            if f.metrics.get(SESSIONS) and judge.no_worse(f, x)[0] and (judge.tied(x, f) or judge.unpaired(x, f)):
                 pair = (f, x) if judge.rank(f) <= judge.rank(x) else (x, f)
                 if pair not in pairs:
                     pairs.append(pair)
