@@ -1,7 +1,7 @@
 """Does the same search give the same configs twice? examples/demo-cpu.yaml run RUNS times into fresh
 folders, on a quiet machine and with one core kept busy.
 
-    python bench/front_stability.py [--runs 5] [--keep DIR]
+    python bench/front_stability.py [--runs 5] [--keep DIR] [--states quiet busy]
 
 Prints the mean pairwise Jaccard index of the Pareto config sets (|A and B| / |A or B|, over config
 labels), the spread of the fronts' hypervolume (accuracy max, p50 min; one reference point for all
@@ -92,6 +92,8 @@ def main():
     parser.add_argument("--name", default="front_stability", help="the table's name in bench/results")
     parser.add_argument("--keep", type=Path, help="a new folder to keep the runs' results folders in (default: none)")
     parser.add_argument("--reread", type=Path, help="a --keep folder of an earlier bench: its table again, no runs")
+    parser.add_argument("--states", nargs="+", choices=("quiet", "busy"), default=["quiet", "busy"],
+                        help="the machine states to run (or reread), default both")  # fmt: skip
     args = parser.parse_args()
     runs, spec = args.runs, args.spec.resolve()
     if args.keep is not None and args.keep.exists():
@@ -105,7 +107,7 @@ def main():
         cache = args.cache or tmp / "cache"
         if args.cache is None and args.reread is None:
             run_once(tmp / "warm", cache, spec)  # fills the accuracy cache: every run below only times
-        for load in ("quiet", "busy"):
+        for load in args.states:
             if args.reread is not None:
                 done, wall = [read_run(tmp / f"{load}-{i}") for i in range(runs)], None
             else:
