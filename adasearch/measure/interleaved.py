@@ -21,14 +21,17 @@ bench/results/visit_length.md, the demo's configs timed for the same second each
 128 visits, had a per-round sd of the paired log-ratio of 0.2-0.27 at every visit length (2026-12-07), so
 the paired interval narrows as the square root of the rounds (95 % half-width 14 %, 3.2 % and 1.8 %; the
 sd of the paired median between repeats 0.038, 0.024 and 0.007). The median config's visit keeps at
-least VISIT_CALLS timed calls, so that its p50 is a median of several, and there are at most MAX_ROUNDS
-rounds (each visit warms up once: more rounds, more warm-up calls). Configs too slow for ROUNDS such
-visits within the budget get ROUNDS. The rounds follow the median config, not the slowest: one slow
-config (the full network among sub-millisecond ones) would otherwise cut every pair's rounds to a third.
+least VISIT_CALLS timed calls (a pass through the evaluator's 8 latency batches: a visit times whole
+passes, _visit), so that its p50 is a median of several, and there are at most MAX_ROUNDS rounds (each
+visit warms up once: more rounds, more warm-up calls). Configs too slow for ROUNDS such visits within
+the budget get ROUNDS; a config slower than the median takes one pass a visit, over its share. The
+rounds follow the median config, not the slowest: one slow config (the full network among
+sub-millisecond ones) would otherwise cut every pair's rounds to a third.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -101,11 +104,9 @@ def time_interleaved(
 ) -> list:
     """Per run_fn (one per config): {figures..., intervals..., "latency_reps": n, ROUND_FIGURES: {...}}.
     Each of `rounds` rounds visits every config once in a fresh random order; a visit warms up, then
-    times repetitions for budget_s / rounds seconds (at least min_reps). Without `rounds`, rounds_for
-    chooses them from the median config's call (each config's timed once after a warm-up call): slower
-    configs then hold fewer calls a visit, at least min_reps. Each config cycles through `batches` across
-    its visits, not from the first batch at every visit: a short visit would otherwise time only the
-    first few batches, and an early-exit config's time depends on its images."""
+    times whole passes through `batches` for about budget_s / rounds seconds (_visit). Without `rounds`,
+    rounds_for chooses them from the median config's call (each config's timed once after a warm-up
+    call)."""
     import time
 
     clock = clock or time.perf_counter
@@ -113,7 +114,6 @@ def time_interleaved(
     if rounds is None:
         rounds = rounds_for(budget_s, float(np.median([_call_ms(fn, batches[0], sync, clock) for fn in run_fns])))
     samples = [[[] for _ in range(rounds)] for _ in run_fns]
-    calls = [0] * len(run_fns)  # each config's timed calls so far: where its cycle through the batches is
     share = budget_s / rounds
     with torch.inference_mode():
         for r, visit in enumerate(round_robin_order(len(run_fns), rounds, seed)):
@@ -122,16 +122,7 @@ def time_interleaved(
                 for w in range(warmup):
                     fn(batches[w % len(batches)])
                 sync()
-                start = clock()
-                times = samples[i][r]
-                while len(times) < min_reps or clock() - start < share:
-                    batch = batches[calls[i] % len(batches)]
-                    calls[i] += 1
-                    sync()
-                    t0 = clock()
-                    fn(batch)
-                    sync()
-                    times.append((clock() - t0) * 1e3)
+                samples[i][r] = _visit(fn, batches, sync, clock, share, min_reps)
     out = []
     for i, per_round in enumerate(samples):
         rounds_ms = [np.array(t) for t in per_round]
@@ -141,6 +132,27 @@ def time_interleaved(
                     "latency_reps": int(pooled.size),
                     ROUND_FIGURES: {name: [f[name] for f in per_round] for name in TIMED}})  # fmt: skip
     return out
+
+
+def _visit(fn, batches: Sequence[torch.Tensor], sync, clock, share: float, min_reps: int) -> list:
+    """One visit's timed calls (ms): whole passes through `batches`, as many as the first pass says fit in
+    `share` seconds, one at least, and min_reps calls at least. Whole passes, because an early-exit config's
+    time depends on its images: a visit that timed only the batches it had time for would give a figure
+    that moves with which batches those were (or, started at the first batch every time, one that leaves
+    the last batches out), and a slow config's short visits would hold only a few."""
+    times: list = []
+    passes, start = None, clock()
+    while passes is None or len(times) < passes * len(batches):
+        for batch in batches:
+            sync()
+            t0 = clock()
+            fn(batch)
+            sync()
+            times.append((clock() - t0) * 1e3)
+        if passes is None:
+            fit = round(share / (clock() - start)) if clock() > start else 1
+            passes = max(1, fit, math.ceil(min_reps / len(batches)))
+    return times
 
 
 def _call_ms(fn, batch: torch.Tensor, sync, clock) -> float:
