@@ -6,6 +6,7 @@ import torch
 
 from adasearch.measure.interleaved import (
     MAX_ROUNDS,
+    OVERRUN,
     ROUND_FIGURES,
     ROUNDS,
     VISIT_CALLS,
@@ -110,3 +111,19 @@ def test_without_rounds_the_median_configs_call_chooses_them_and_visits_time_who
     # so every batch is timed alike (batch 0 also takes the warm-up calls: one a visit, and two when the
     # rounds were chosen)
     assert [seen[2].count(b) for b in range(8)] == [20 + 20 + 2] + [20] * 7
+
+
+def test_a_session_whose_calls_turn_slow_stops_once_it_took_overrun_times_its_budget():
+    """The probe finds 2**-10 s calls (16 rounds fit 0.125 s), then every call takes 2**-6 s: each round of
+    the two configs (a warm-up and 2 calls each) takes 0.09375 s. The session stops at the first round
+    boundary past OVERRUN x 0.125 s x 2 configs = 0.75 s, after 9 whole rounds, not 16."""
+    clock, calls = FakeClock(), [0]
+
+    def run(x):
+        calls[0] += 1
+        clock.now += 2.0**-10 if calls[0] <= 4 else 2.0**-6  # the probes' 4 calls are fast
+
+    assert OVERRUN == 3.0
+    out = time_interleaved([run, run], [torch.zeros(1, 1)], sync=lambda: None, budget_s=0.125, clock=clock)
+    assert [len(o[ROUND_FIGURES]["latency_p50_ms"]) for o in out] == [9, 9]
+    assert [o["latency_reps"] for o in out] == [18, 18]

@@ -43,6 +43,7 @@ from adasearch.metrics import P50, P90, P99, THROUGHPUT, interval_columns
 ROUNDS = 8  # the fewest rounds a timing is split into
 MAX_ROUNDS = 128  # the most (why: above)
 VISIT_CALLS = 8  # timed calls the median config's visit holds at least, when rounds are chosen by rounds_for
+OVERRUN = 3.0  # a session of rounds_for's rounds stops (after ROUNDS at least) once it took this many times its budget
 BOOTSTRAP = 1000
 TIMED = (P50, P90, P99, THROUGHPUT)
 ROUND_FIGURES = "round_figures"  # {figure name: [its value in each round]}, beside the pooled figures
@@ -106,17 +107,26 @@ def time_interleaved(
     Each of `rounds` rounds visits every config once in a fresh random order; a visit warms up, then
     times whole passes through `batches` for about budget_s / rounds seconds (_visit). Without `rounds`,
     rounds_for chooses them from the median config's call (each config's timed once after a warm-up
-    call)."""
+    call), and the session stops early, after ROUNDS rounds at least, once it has taken OVERRUN times its
+    budget: calls that turn slow after that one call (another process takes a core) would otherwise
+    stretch every visit's whole passes far past its share. A run on 12-07 with one core kept busy spent
+    over 18 minutes where it was meant to spend about 6."""
     import time
 
     clock = clock or time.perf_counter
     batch_size = batches[0].shape[0]
+    cap_s = math.inf
     if rounds is None:
         rounds = rounds_for(budget_s, float(np.median([_call_ms(fn, batches[0], sync, clock) for fn in run_fns])))
+        cap_s = OVERRUN * budget_s * len(run_fns)
     samples = [[[] for _ in range(rounds)] for _ in run_fns]
     share = budget_s / rounds
+    began = clock()
     with torch.inference_mode():
         for r, visit in enumerate(round_robin_order(len(run_fns), rounds, seed)):
+            if r >= ROUNDS and clock() - began > cap_s:
+                samples = [per_config[:r] for per_config in samples]  # whole rounds only: they stay paired
+                break
             for i in visit:
                 fn = run_fns[i]
                 for w in range(warmup):
