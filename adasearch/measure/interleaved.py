@@ -18,9 +18,10 @@ compared round by round (measure/paired.py), which cancels the load they shared.
 How many rounds: as many as the budget allows (rounds_for), not a fixed few. On a shared VM a visit's
 figure moves with the machine's state at that moment, however long the visit: in
 bench/results/visit_length.md, the demo's configs timed for the same second each, split into 8, 32 or
-128 visits, had a per-round sd of the paired log-ratio of 0.2-0.27 at every visit length (2026-12-07), so
-the paired interval narrows as the square root of the rounds (95 % half-width 14 %, 3.2 % and 1.8 %; the
-sd of the paired median between repeats 0.038, 0.024 and 0.007). The median config's visit keeps at
+128 visits, had a per-round sd of the paired log-ratio of 0.19-0.23 at every visit length (2026-12-07), so
+the paired interval narrows about as the square root of the rounds (95 % half-width 12.7 %, 4.9 % and
+2.5 %; the sd of the paired median between repeats 0.043, 0.028 and 0.013; the table's notes keep an
+earlier run, before whole-pass visits: 13.6 %, 3.2 % and 1.8 %). The median config's visit keeps at
 least VISIT_CALLS timed calls (a pass through the evaluator's 8 latency batches: a visit times whole
 passes, _visit), so that its p50 is a median of several, and there are at most MAX_ROUNDS rounds (each
 visit warms up once: more rounds, more warm-up calls). Configs too slow for ROUNDS such visits within
@@ -153,24 +154,24 @@ def _visit(fn, batches: Sequence[torch.Tensor], sync, clock, share: float, min_r
     times: list = []
     passes, start = None, clock()
     while passes is None or len(times) < passes * len(batches):
-        for batch in batches:
-            sync()
-            t0 = clock()
-            fn(batch)
-            sync()
-            times.append((clock() - t0) * 1e3)
+        times += [_timed_call(fn, batch, sync, clock) for batch in batches]
         if passes is None:
             fit = round(share / (clock() - start)) if clock() > start else 1
             passes = max(1, fit, math.ceil(min_reps / len(batches)))
     return times
 
 
+def _timed_call(fn, batch: torch.Tensor, sync, clock) -> float:
+    """One call of fn, in ms, synchronised before and after (the device's queued work is not counted in it)."""
+    sync()
+    start = clock()
+    fn(batch)
+    sync()
+    return (clock() - start) * 1e3
+
+
 def _call_ms(fn, batch: torch.Tensor, sync, clock) -> float:
     """One call of fn after one warm-up call, in ms."""
     with torch.inference_mode():
         fn(batch)
-        sync()
-        start = clock()
-        fn(batch)
-        sync()
-        return (clock() - start) * 1e3
+        return _timed_call(fn, batch, sync, clock)

@@ -31,11 +31,11 @@ from adasearch.search import trials
 from adasearch.search.context import RunContext
 from adasearch.search.engines.base import Engine, Proposal
 from adasearch.search.front.beyond_noise import front_of
-from adasearch.search.front.finalists import candidates
+from adasearch.search.front.finalists import NEAR, candidates
 from adasearch.search.latency_profile import latency_model_for
 
 VERIFY_LIMIT = 50  # configs proposed per round
-MISS = 0.15  # a finalist whose re-timed p50 is off its prediction by more than this fraction is a miss
+MISS = NEAR  # a finalist whose re-timed p50 is off its prediction by more than this fraction is a miss
 BAD_SHARE = 0.20  # more than this share of misses: the model is not trusted, and more configs are measured
 FALLBACK_ROUNDS = 3
 ROUNDS_ATTR = "model_fallback_rounds"  # the study's count of fallback rounds so far

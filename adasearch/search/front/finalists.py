@@ -35,7 +35,7 @@ from adasearch.search.front.pareto import dominates, pareto_front
 from adasearch.spec import RunSpec
 
 RETIMING = "re-timing finalists"  # the progress line's description
-NEAR = 0.15  # brief timings and predictions this close may swap order: engine model's MISS, its tolerated error
+NEAR = 0.15  # brief timings and predictions this close may swap order; also engine model's MISS, its tolerated error
 RACE_SESSIONS = 3  # extra sessions of interleaved rounds for the close calls, at most
 RACE_SHARE = 0.5  # of the re-timing's timing time, at most, spent racing
 RACE_VISIT = 0.5  # of the re-timing's budget per config, per config in a race: rounds, not repetitions, pair up
