@@ -35,6 +35,7 @@ from adasearch.search.front.pareto import hypervolume
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 5
 SPEC = ROOT / "examples" / "demo-cpu.yaml"
+RUN_TIMEOUT_S = 1800  # one run of the demo, at most
 
 
 class Run(NamedTuple):
@@ -51,7 +52,7 @@ def run_once(out: Path, cache: Path, spec: Path = SPEC) -> Run:
     """read_run of one fresh run into `out`."""
     env = {**os.environ, "ADASEARCH_CACHE": str(cache)}
     cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--output", str(out), "--no-progress"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=1800)
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=RUN_TIMEOUT_S)
     return read_run(out)
 
 
@@ -158,10 +159,16 @@ def run_state(load: str, runs: int, folder: Path, cache: Path, spec: Path) -> tu
     """(a Run of each run, seconds per run) of `runs` fresh runs on a quiet or a busy machine."""
     hog = None
     if load == "busy":
-        hog = subprocess.Popen(["sh", "-c", "exec timeout 1800 yes > /dev/null"])
+        # The timeout only ends a hog this process could not (killed itself); it must outlast every run, each
+        # allowed RUN_TIMEOUT_S: at 1800 s in all, it ran out in the 3rd of 5 busy runs (2026-12-07): 2 ran quiet.
+        hog = subprocess.Popen(["sh", "-c", f"exec timeout {runs * RUN_TIMEOUT_S + 60} yes > /dev/null"])
     try:
         start = time.perf_counter()
-        done = [run_once(folder / f"{load}-{i}", cache, spec) for i in range(runs)]
+        done = []
+        for i in range(runs):
+            if hog is not None and hog.poll() is not None:
+                raise SystemExit(f"the busy load (yes) ended before busy run {i}: the table would mix states")
+            done.append(run_once(folder / f"{load}-{i}", cache, spec))
         return done, (time.perf_counter() - start) / runs
     finally:
         if hog is not None:
