@@ -60,7 +60,28 @@ def test_a_chain_of_ties_keeps_both_ends_whatever_the_order_of_records():
         config_key(a.config): [b.config.label()],  # as fast as A within noise, and no better anywhere
         config_key(c.config): [],  # B is as fast as C within noise, but more accurate: not an alternative to C
     }
-    assert close_calls([c, b, a], SPEC) == [(a, b)]  # B is off the front only through a tie with A
+    # B is off the front only through a tie with A, but a tie settled within 3 % (1.5 % in every round):
+    # more rounds would not separate them, so it is no close call
+    assert Judge(SPEC).settled(a, b) and close_calls([c, b, a], SPEC) == []
+
+
+def test_a_race_spends_rounds_only_on_ties_more_rounds_could_break():
+    """b is 2 % faster than a in every round: their interval lies within the 3 % threshold, settled. c is
+    2 % faster in the median, but its rounds scatter by 8 % either way: the interval straddles 3 %, and
+    more rounds could put c beyond it, on the front. Only (a, c) is a close call; hand-computed: c's
+    log-ratios to a are log(0.98) + log(1.08) or - log(1.08) (4 rounds each), so every bootstrap median
+    lies between 0.98 / 1.08 and 0.98 x 1.08, and the interval spans (0.907, 1.058), past 1.03."""
+    a, b, c = rec(0, 0.97, 1.0), rec(1, 0.96, 0.98), rec(2, 0.96, 0.98)
+    c.metrics[SESSIONS]["1"]["latency_p50_ms"] = [
+        t * (1.08 if i % 2 else 1 / 1.08) for i, t in enumerate(c.metrics[SESSIONS]["1"]["latency_p50_ms"])
+    ]
+    judge = Judge(SPEC)
+    settled, straddling = judge.paired(b, a, "latency_p50_ms"), judge.paired(c, a, "latency_p50_ms")
+    assert settled.low == settled.high == pytest.approx(0.98)
+    assert (straddling.low, straddling.high) == (pytest.approx(0.98 / 1.08), pytest.approx(0.98 * 1.08))
+    assert judge.tied(a, b) and judge.settled(a, b) and judge.tied(a, c) and not judge.settled(a, c)
+    assert numbers(front_of([a, b, c], SPEC)) == [0]  # a dominates both: as fast within noise, more accurate
+    assert close_calls([a, b, c], SPEC) == [(a, c)]
 
 
 def test_a_long_chain_never_collapses():
@@ -154,9 +175,12 @@ def test_the_front_does_not_depend_on_the_order_of_records(seed):
 
 def test_a_run_races_its_close_calls_and_lists_the_equivalents(tmp_path, monkeypatch):
     """A real demo search whose re-timing is real except that every config's per-round figures are made
-    those of the first: no timed difference is beyond noise anywhere. The close calls are raced in
-    more sessions and stay equivalent; pareto.json, pareto.csv and the report list the equivalents."""
+    those of the first, times 1.5 in every other round and / 1.5 in the rest, which rounds by the config's
+    label: no timed difference is beyond noise anywhere. Configs whose factors fall in different rounds
+    are undecided (their intervals straddle the 3 % threshold) and raced in more sessions; they stay
+    equivalent; pareto.json, pareto.csv and the report list the equivalents."""
     import json
+    import zlib
 
     import optuna
     import pandas as pd
@@ -172,8 +196,10 @@ def test_a_run_races_its_close_calls_and_lists_the_equivalents(tmp_path, monkeyp
     def all_alike(self, configs, budget_s, seed=0):
         out = interleaved(self, configs, budget_s, seed=seed)
         first = out[configs[0]][ROUND_FIGURES]
-        for figures in out.values():
-            figures[ROUND_FIGURES] = {k: list(v) for k, v in first.items()}
+        for config, figures in out.items():
+            odd = zlib.crc32(config.label().encode()) % 2
+            figures[ROUND_FIGURES] = {k: [x * 1.5 ** (1 if (i + odd) % 2 else -1) for i, x in enumerate(v)]
+                                      for k, v in first.items()}  # fmt: skip
         sessions.append(len(configs))
         return out
 

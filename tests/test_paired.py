@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from adasearch.measure.paired import PRACTICAL, bootstrap_medians, compare, median_interval, shared_rounds
+from adasearch.measure.paired import (
+    PRACTICAL,
+    Comparison,
+    bootstrap_medians,
+    compare,
+    median_interval,
+    shared_rounds,
+)
 
 DRIFT = [1.0, 1.5, 3.0, 1.2, 0.9, 2.2, 1.1, 1.0]  # the machine's speed in 8 rounds: a burst in round 3
 
@@ -27,6 +34,16 @@ def test_a_difference_within_the_practical_threshold_is_never_separated():
     assert PRACTICAL == 0.03
     assert compare(DRIFT, [1.02 * t for t in DRIFT]).sign == 0
     assert compare(DRIFT, [1.04 * t for t in DRIFT]).sign == -1
+
+
+def test_settled_means_the_whole_interval_lies_within_the_threshold():
+    """2 % in every round: the interval is the point 1.02, inside 1.03, settled. An interval from 0.98 to
+    1.04 straddles 1.03: undecided (more rounds could separate it), and so is one beyond it, separated.
+    The bounds 1/1.03 and 1.03 themselves count as within."""
+    assert compare(DRIFT, [1.02 * t for t in DRIFT]).settled
+    assert not Comparison(1.0, 0.98, 1.04, 8).settled and not Comparison(1.0, 0.98, 1.04, 8).separated
+    assert not compare(DRIFT, [1.04 * t for t in DRIFT]).settled
+    assert Comparison(1.0, 1 / 1.03, 1.03, 8).settled and Comparison(1.0, 1 / 1.03, 1.03, 8).reversed().settled
 
 
 def test_the_bootstrap_distribution_of_a_median_of_three():

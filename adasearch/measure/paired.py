@@ -20,6 +20,9 @@ why overlapping intervals are not the test.
   threshold that holds the front stillest: 1, 2, 3 and 5 % give a mean pairwise Jaccard of 0.93, 0.92,
   0.94 and 0.79 over its 20 runs (a larger one leaves more pairs undecided than racing can settle).
   criterion.rs' default, 1 %, is meant for machines kept quiet for benchmarking.
+- Settled: the whole interval lies within the practical threshold (the interval-inclusion form of an
+  equivalence test: TOST at 2.5 % a side). More rounds would not separate the two, so a race spends none
+  on them (search/front/beyond_noise.close_calls).
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ class Comparison:
     @property
     def separated(self) -> bool:
         return self.sign != 0
+
+    @property
+    def settled(self) -> bool:
+        """Equivalent beyond noise: the whole interval within the threshold, so more rounds would not separate them."""
+        return 1 / (1 + self.threshold) <= self.low and self.high <= 1 + self.threshold
 
     def reversed(self) -> Comparison:
         """b against a: the same test, mirrored (exactly, so the order of two configs never matters)."""

@@ -48,20 +48,27 @@ class Judge:
         return (*as_min([r.metrics[m] for m, _ in objectives], [d for _, d in objectives]),
                 r.metrics.get(metrics.COMPUTE, math.inf), r.config.label())  # fmt: skip
 
+    def paired(self, a, b, metric: str):
+        """a's figure of a timed metric against b's (paired.Comparison) from the rounds both ran in; None
+        when they share none."""
+        sa, sb = a.metrics.get(SESSIONS), b.metrics.get(SESSIONS)
+        if not (sa and sb):
+            return None
+        ka, kb = self.key(a), self.key(b)
+        first, second = (sa, sb) if ka <= kb else (sb, sa)  # one order per pair: the test is mirrored exactly
+        # keyed by the sessions too: a race adds sessions to records, and the comparison is then made anew
+        cache = (min(ka, kb), max(ka, kb), metric, tuple(first), tuple(second))
+        if cache not in self._comparisons:
+            ra, rb = paired.shared_rounds(first, second, metric)
+            self._comparisons[cache] = paired.compare(ra, rb) if ra else None
+        found = self._comparisons[cache]
+        return found if found is None or ka <= kb else found.reversed()
+
     def larger(self, a, b, metric: str) -> int:
         """+1: a's figure of a timed metric is larger than b's beyond noise, -1: smaller, 0: not separated."""
-        sa, sb = a.metrics.get(SESSIONS), b.metrics.get(SESSIONS)
-        if sa and sb:
-            ka, kb = self.key(a), self.key(b)
-            first, second = (sa, sb) if ka <= kb else (sb, sa)  # one order per pair: the test is mirrored exactly
-            # keyed by the sessions too: a race adds sessions to records, and the comparison is then made anew
-            cache = (min(ka, kb), max(ka, kb), metric, tuple(first), tuple(second))
-            if cache not in self._comparisons:
-                ra, rb = paired.shared_rounds(first, second, metric)
-                self._comparisons[cache] = paired.compare(ra, rb) if ra else None
-            found = self._comparisons[cache]
-            if found is not None:
-                return found.sign if ka <= kb else found.reversed().sign
+        found = self.paired(a, b, metric)
+        if found is not None:
+            return found.sign
         xa, xb = a.metrics[metric], b.metrics[metric]
         low, high = metrics.interval_columns(metric)
         if all(r.metrics.get(c) is not None for r in (a, b) for c in (low, high)):
@@ -108,6 +115,12 @@ class Judge:
         if not (self.timed and sa and sb) or any(paired.shared_rounds(sa, sb, m)[0] for m, _ in self.timed):
             return False
         return all(abs(math.log(a.metrics[m] / b.metrics[m])) <= math.log(BETWEEN_SESSIONS) for m, _ in self.timed)
+
+    def settled(self, a, b) -> bool:
+        """Every timed objective's paired interval lies within the practical threshold (paired.Comparison.settled):
+        equivalent beyond noise, so more rounds would not separate them."""
+        found = [self.paired(a, b, m) for m, _ in self.timed]
+        return bool(found) and all(c is not None and c.settled for c in found)
 
     def tied(self, a, b) -> bool:
         """No timed objective separates a and b (there is one at least)."""
@@ -162,9 +175,11 @@ def close_calls(recs: list, spec, judge: Judge = None) -> list:
     """Pairs of records, both timed in interleaved rounds, whose undecided timed order decides whether one
     of them is on the front: a front record f and another x that f is no worse than on every
     deterministic objective and that no timed objective separates from f (separated in x's favour, f
-    would not dominate x; in f's, f would), or that only the intervals of different sessions separate
-    (Judge.unpaired), where no front record dominates x beyond noise, paired, on every timed objective
-    (then more rounds could not bring x back). Each pair once, the higher ranked first."""
+    would not dominate x; in f's, f would) while one at least is not settled within the practical
+    threshold (Judge.settled: more rounds would not separate those), or that only the intervals of
+    different sessions separate (Judge.unpaired), where no front record dominates x beyond noise,
+    paired, on every timed objective (then more rounds could not bring x back). Each pair once, the
+    higher ranked first."""
     judge = judge or Judge(spec)
     feasible = [r for r in recs if r.feasible]
     front = noise_front(feasible, spec, judge)
@@ -176,7 +191,8 @@ def close_calls(recs: list, spec, judge: Judge = None) -> list:
         if any(judge.dominates(f, x) and 0 not in judge.signs(x, f) and not judge.unpaired(x, f) for f in rivals):
             continue  # beaten beyond noise by a front config: more rounds cannot bring it back
         for f in rivals:
-            if f.metrics.get(SESSIONS) and judge.no_worse(f, x)[0] and (judge.tied(x, f) or judge.unpaired(x, f)):
+            undecided = (judge.tied(x, f) and not judge.settled(x, f)) or judge.unpaired(x, f)
+            if f.metrics.get(SESSIONS) and judge.no_worse(f, x)[0] and undecided:
                 pair = (f, x) if judge.rank(f) <= judge.rank(x) else (x, f)
                 if pair not in pairs:
                     pairs.append(pair)

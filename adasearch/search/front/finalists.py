@@ -11,13 +11,14 @@ round of every session (one call of the interleaved timer) it was timed in, whic
 comparisons (measure/paired.py) read.
 
 Racing the close calls (as irace's F-race and Maron & Moore's Hoeffding races spend measurement only on
-candidates still undecided): when pairs whose timed order decides the front are not separated
-(pareto.close_calls), just those configs are timed again together, in sessions of interleaved rounds
-(as many as measure/interleaved.rounds_for allows) at RACE_VISIT of the re-timing's budget per config
-(the paired test counts rounds, not repetitions), until every such pair is separated or the budget is spent:
-RACE_SESSIONS sessions, and at most RACE_SHARE of the time the re-timing itself took. Pairs still not
-separated then are equivalent (pareto.equivalents lists them), and the run's notes say how many pairs
-were raced and how many stayed equivalent.
+candidates still undecided): when pairs whose timed order decides the front are neither separated nor
+settled within the practical threshold (beyond_noise.close_calls), just those configs are timed again
+together, in sessions of interleaved rounds (as many as measure/interleaved.rounds_for allows) at
+RACE_VISIT of the re-timing's budget per config (the paired test counts rounds, not repetitions), until
+every such pair is separated or settled, or the budget is spent: RACE_SESSIONS sessions, and at most
+RACE_SHARE of the time the re-timing itself took. Pairs still not separated then are equivalent
+(beyond_noise.equivalents lists them), and the run's notes say how many pairs were raced and how many
+stayed equivalent.
 """
 
 from __future__ import annotations
