@@ -76,7 +76,8 @@ def test_a_race_spends_rounds_only_on_ties_more_rounds_could_break():
         t * (1.08 if i % 2 else 1 / 1.08) for i, t in enumerate(c.metrics[SESSIONS]["1"]["latency_p50_ms"])
     ]
     judge = Judge(SPEC)
-    settled, straddling = judge.paired(b, a, "latency_p50_ms"), judge.paired(c, a, "latency_p50_ms")
+    settled = judge.paired_comparison(b, a, "latency_p50_ms")
+    straddling = judge.paired_comparison(c, a, "latency_p50_ms")
     assert settled.low == settled.high == pytest.approx(0.98)
     assert (straddling.low, straddling.high) == (pytest.approx(0.98 / 1.08), pytest.approx(0.98 * 1.08))
     assert judge.tied(a, b) and judge.settled(a, b) and judge.tied(a, c) and not judge.settled(a, c)

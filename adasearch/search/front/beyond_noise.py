@@ -48,7 +48,7 @@ class Judge:
         return (*as_min([r.metrics[m] for m, _ in objectives], [d for _, d in objectives]),
                 r.metrics.get(metrics.COMPUTE, math.inf), r.config.label())  # fmt: skip
 
-    def paired(self, a, b, metric: str):
+    def paired_comparison(self, a, b, metric: str):
         """a's figure of a timed metric against b's (paired.Comparison) from the rounds both ran in; None
         when they share none."""
         sa, sb = a.metrics.get(SESSIONS), b.metrics.get(SESSIONS)
@@ -66,7 +66,7 @@ class Judge:
 
     def larger(self, a, b, metric: str) -> int:
         """+1: a's figure of a timed metric is larger than b's beyond noise, -1: smaller, 0: not separated."""
-        found = self.paired(a, b, metric)
+        found = self.paired_comparison(a, b, metric)
         if found is not None:
             return found.sign
         xa, xb = a.metrics[metric], b.metrics[metric]
@@ -119,7 +119,7 @@ class Judge:
     def settled(self, a, b) -> bool:
         """Every timed objective's paired interval lies within the practical threshold (paired.Comparison.settled):
         equivalent beyond noise, so more rounds would not separate them."""
-        found = [self.paired(a, b, m) for m, _ in self.timed]
+        found = [self.paired_comparison(a, b, m) for m, _ in self.timed]
         return bool(found) and all(c is not None and c.settled for c in found)
 
     def tied(self, a, b) -> bool:
