@@ -159,8 +159,8 @@ def run_state(load: str, runs: int, folder: Path, cache: Path, spec: Path) -> tu
     """(a Run of each run, seconds per run) of `runs` fresh runs on a quiet or a busy machine."""
     hog = None
     if load == "busy":
-        # The timeout only ends a hog this process could not (killed itself); it must outlast every run, each
-        # allowed RUN_TIMEOUT_S: at 1800 s in all, it ran out in the 3rd of 5 busy runs (2026-12-07): 2 ran quiet.
+        # The timeout is for a bench killed before it can stop the load; the finally below stops it otherwise.
+        # It must outlast every run (each allowed RUN_TIMEOUT_S): at 1800 s in all it ran out in the 3rd of 5.
         hog = subprocess.Popen(["sh", "-c", f"exec timeout {runs * RUN_TIMEOUT_S + 60} yes > /dev/null"])
     try:
         start = time.perf_counter()
