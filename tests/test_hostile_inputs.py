@@ -151,7 +151,7 @@ def test_export_refuses_to_pick_by_nan_figures(finished, tmp_path):
 
 
 def test_a_latency_model_with_absurd_figures_is_refused():
-    model = LatencyModel({"t": 1, "batch_size": 4}, 4, {"embed_read:n8:b4": 10.0}, [[10.0, 1.0]], 1.0, [1.0])
+    model = LatencyModel({"t": 1, "batch_size": 4}, 4, {"embed_read:n8:b4": 10.0}, [[10.0, 1.0]], [[10.0, 1.0]], [1.0])
     doc = json.loads(json.dumps(model.to_dict()))
     assert LatencyModel.from_dict(doc).parts == model.parts
     absurd = {**doc, "parts": {k: v * 1e300 for k, v in doc["parts"].items()}}

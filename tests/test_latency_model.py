@@ -52,7 +52,7 @@ def test_static_prediction_equals_a_direct_timing_under_a_fake_clock():
     clock = FlopClock()
     lm = _profiled(model, x, STATIC, clock)
     # The reference forwards are exactly their parts' sum: the calibration is the identity.
-    assert [r for _, r in lm.curve] == pytest.approx([1.0, 1.0]) and lm.exit_factor == 1.0
+    assert [r for _, r in lm.curve] == pytest.approx([1.0, 1.0]) and lm.exit_curve == []
     assert lm.noise == [1.0] * len(lm.noise)
     with clock.mode:
         fns = [lambda b, c=c: model.run(b, c) for c in STATIC]
@@ -66,7 +66,7 @@ def test_static_prediction_equals_a_direct_timing_under_a_fake_clock():
     plan = make_plan(model.cfg)
     without = {k: v for k, v in lm.parts.items() if not k.startswith("readout:")}
     with pytest.raises(KeyError):
-        LatencyModel(lm.fingerprint, 2, without, [[1.0, 1.0]], 1.0, [1.0]).predict(plan)
+        LatencyModel(lm.fingerprint, 2, without, [[1.0, 1.0]], [], [1.0]).predict(plan)
 
 
 def test_exit_prediction_under_a_fake_clock_when_every_sample_stops_at_one_depth():
@@ -82,13 +82,13 @@ def test_exit_prediction_under_a_fake_clock_when_every_sample_stops_at_one_depth
         direct = time_interleaved([lambda b: model.run(b, config)], [x], sync=lambda: None, budget_s=0.0, rounds=1,
                                   clock=clock)[0]  # fmt: skip
     assert out.exit_depth.tolist() == [2, 2, 2, 2]
-    assert lm.exit_factor == pytest.approx(1.0)  # the exit reference took exactly its parts, too
+    assert [r for _, r in lm.exit_curve] == pytest.approx([1.0])  # the exit reference took exactly its parts, too
     plan = make_plan(model.cfg, **config.to_dict())
     assert lm.predict(plan, [[2, 2, 2, 2]])[P50] == pytest.approx(direct[P50], rel=1e-9)
     assert lm.predict(plan, [[2, 2, 2, 2]])[P50] < lm.predict(plan, [[4, 4, 4, 4]])[P50]
 
 
-def _hand_model(noise=(1.0,), curve=((0.0, 2.0), (100.0, 2.0)), exit_factor=1.0) -> LatencyModel:
+def _hand_model(noise=(1.0,), curve=((0.0, 2.0), (100.0, 2.0)), exit_curve=((0.0, 1.0),)) -> LatencyModel:
     """Parts with hand-set times (ms): a block costs 1 + 1 per active sample, profiled at 1, 2 and 4."""
     parts = {"embed_read:n8:b4": 10.0}
     for b in (1, 2, 4):
@@ -96,7 +96,8 @@ def _hand_model(noise=(1.0,), curve=((0.0, 2.0), (100.0, 2.0)), exit_factor=1.0)
         parts[f"exit:n8:b{b}"] = 0.5 * b
         parts[f"stop:n8:b{b}"] = 0.5 * b + 0.125
         parts[f"readout:n8:b{b}"] = 0.25 * b
-    return LatencyModel({"t": 1, "batch_size": 4}, 4, parts, [list(p) for p in curve], exit_factor, list(noise))
+    return LatencyModel({"t": 1, "batch_size": 4}, 4, parts, [list(p) for p in curve], [list(p) for p in exit_curve],
+                        list(noise))  # fmt: skip
 
 
 def test_early_exit_prediction_from_known_exit_depths_by_hand():
@@ -115,9 +116,11 @@ def test_early_exit_prediction_from_known_exit_depths_by_hand():
     # Nobody stops early: three blocks on 4, two checks that stop nobody, the readout on 4.
     assert lm.batch_sum(plan, [3, 3, 3, 3]) == pytest.approx(10 + 3 * 5 + 2 * 2.0 + 1.0)
     # Two timed batches, noise ratios 0.9, 1, 1.5: percentiles of the 6-point mixture. An exit config runs as
-    # its parts, so the static curve (a whole forward is 2 x its parts) does not apply: only the exit factor.
-    lm = _hand_model(noise=(0.9, 1.0, 1.5), exit_factor=1.5)
-    sums = [1.5 * by_hand, 1.5 * (10 + 5 + 2.125)]
+    # its parts, so the static curve (a whole forward is 2 x its parts) does not apply: only the exit curve, at the
+    # median of the batches' plain sums (here the mean of the two).
+    lm = _hand_model(noise=(0.9, 1.0, 1.5), exit_curve=((10.0, 1.0), (30.0, 2.0)))
+    ratio = 1.0 + (((by_hand + 17.125) / 2) - 10.0) / 20.0
+    sums = [ratio * by_hand, ratio * (10 + 5 + 2.125)]
     mixture = [s * r for s in sums for r in (0.9, 1.0, 1.5)]
     got = lm.predict(plan, [[1, 2, 3, 3], [1, 1, 1, 1]])
     for name, q in ((P50, 50), (P90, 90), (P99, 99)):
@@ -147,10 +150,11 @@ def test_the_calibration_curve_interpolates_between_references_and_holds_its_end
 
 
 def test_round_trip_and_refusals():
-    lm = _hand_model(noise=(0.9, 1.1), exit_factor=1.25)
+    lm = _hand_model(noise=(0.9, 1.1), exit_curve=((30.0, 1.5), (10.0, 1.25)))
     doc = json.loads(json.dumps(lm.to_dict()))
     back = LatencyModel.from_dict(doc)
-    assert back.parts == lm.parts and back.noise == lm.noise and back.curve == lm.curve and back.exit_factor == 1.25
+    assert back.parts == lm.parts and back.noise == lm.noise and back.curve == lm.curve
+    assert back.exit_curve == [[10.0, 1.25], [30.0, 1.5]]  # sorted by sum, as the curve
     plan = make_plan(random_model().cfg, num_tokens=8, mat_dim=8, depth=3, depth_tau=0.9, token_grans=[2, 4, 8])
     needed = part_keys(plan, 4)
     same = {"t": 1, "batch_size": 4}
@@ -159,15 +163,16 @@ def test_round_trip_and_refusals():
     assert why == "built for another target (t 1 -> 2)"
     assert "lacks 1 parts" in back.why_unusable(same, needed + ["block:n16:h20:g2-4-8-16:b4"])
     for broken in ({}, {**doc, "version": 99}, {**doc, "parts": {"a": "x"}}, {**doc, "noise": []},
-                   {**doc, "calibration": {"curve": [[1.0, float("nan")]], "exit_factor": 1.0}},
-                   {**doc, "calibration": {"curve": [], "exit_factor": 1.0}}):  # fmt: skip
+                   {**doc, "calibration": {"curve": [[1.0, float("nan")]], "exit_curve": []}},
+                   {**doc, "calibration": {"curve": [[1.0, 1.0]]}},  # a version-3 model's exit factor, no curve
+                   {**doc, "calibration": {"curve": [], "exit_curve": []}}):  # fmt: skip
         with pytest.raises(ValueError):
             LatencyModel.from_dict(broken)
 
 
 def test_exit_references_pair_each_timing_with_the_batch_it_ran():
-    """Two timing batches whose samples stop at different depths: under the FLOP clock the exit factor is
-    exactly 1 only if every timing of the exit reference is divided by the prediction of its own batch."""
+    """Two timing batches whose samples stop at different depths: under the FLOP clock the exit reference's
+    ratio is exactly 1 only if every timing of the exit reference is divided by the prediction of its own batch."""
     model = random_model().requires_grad_(False)
     torch.manual_seed(3)
     batches = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16) * 3]
@@ -182,7 +187,7 @@ def test_exit_references_pair_each_timing_with_the_batch_it_ran():
     clock = FlopClock()
     with clock.mode:
         lm = profile(model, batches, plans, refs, fingerprint={"t": 1}, clock=clock, rounds=3)
-    assert lm.exit_factor == pytest.approx(1.0, rel=1e-9)
+    assert [r for _, r in lm.exit_curve] == pytest.approx([1.0], rel=1e-9)
     assert lm.exit_noise == pytest.approx([1.0] * len(lm.exit_noise))
 
 
@@ -192,9 +197,32 @@ def test_a_malformed_model_is_refused_not_crashed_on():
     for broken, why in (
         ({**doc, "parts": {**doc["parts"], "block:n8": 1.0}}, "is not kind:n<tokens>"),
         ({**doc, "noise": [0.0]}, "positive finite"),
-        ({**doc, "calibration": {"curve": [[1.0, 1.0]], "exit_factor": 0.0}}, "positive finite"),
+        ({**doc, "calibration": {"curve": [[1.0, 1.0]], "exit_curve": [[1.0, 0.0]]}}, "positive finite"),
         ({**doc, "exit_noise": [float("nan")]}, "positive finite"),
         ({**doc, "batch_size": 8}, "not its fingerprint's"),
     ):
         with pytest.raises(ValueError, match=why):
             LatencyModel.from_dict(broken)
+
+
+def test_reanchoring_gives_each_exit_reference_its_own_point_on_the_exit_curve():
+    """Under load a heavy exit forward takes more over its parts than a light one: a light and a heavy
+    reference, timed at 1.1 and 2.1 x their plain sums, are each predicted exactly again, and a config
+    between them gets the ratio interpolated at its sum, not one factor shared by all."""
+    cfg = random_model().cfg
+    plan = make_plan(cfg, num_tokens=8, mat_dim=8, depth=3, depth_tau=0.9, token_grans=[2, 4, 8])
+    lm = _hand_model(exit_curve=((0.0, 1.0),))
+    light, heavy, middle = [[1, 1, 1, 1]], [[3, 3, 3, 3]], [[1, 2, 3, 3]]
+    assert lm.batch_sum(plan, light[0]) == pytest.approx(17.125) and lm.batch_sum(plan, heavy[0]) == pytest.approx(30)
+    anchored = lm.reanchored([], [(plan, light, 17.125 * 1.1), (plan, heavy, 30 * 2.1)])
+    assert np.ravel(anchored.exit_curve).tolist() == pytest.approx([17.125, 1.1, 30.0, 2.1])
+    assert anchored.curve == lm.curve  # no static timing: the static curve stays
+    assert anchored.predict(plan, light)[P50] == pytest.approx(17.125 * 1.1)
+    assert anchored.predict(plan, heavy)[P50] == pytest.approx(30 * 2.1)
+    by_hand = 10 + (5 + 2.125) + (4 + 1.625) + 3.0 + 0.5
+    ratio = 1.1 + (by_hand - 17.125) / (30 - 17.125) * (2.1 - 1.1)
+    assert anchored.predict(plan, middle)[P50] == pytest.approx(ratio * by_hand)
+    # With no exit timing the exit curve stays too; a static timing moves only the static curve.
+    static = make_plan(cfg, num_tokens=8, mat_dim=8, depth=3, token_grans=[2, 4, 8])
+    again = anchored.reanchored([(static, 3 * anchored.batch_sum(static))], [])
+    assert again.exit_curve == anchored.exit_curve and again.curve == [[anchored.batch_sum(static), 3.0]]

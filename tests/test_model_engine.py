@@ -70,7 +70,8 @@ def test_auto_picks_the_model_engine_and_pareto_csv_carries_the_contract(model_r
     assert doc["fingerprint"]["batch_size"] == 1 and doc["fingerprint"]["dtype"] == "float32"
     assert any(k.startswith("block:") for k in doc["parts"])
     assert len(doc["calibration"]["curve"]) == 5  # five static references along the MACs
-    assert sum(r["exits"] for r in doc["references"]) == 2  # and two that exit
+    assert sum(r["exits"] for r in doc["references"]) == 3  # and three that exit: the points of the exit curve
+    assert len(doc["calibration"]["exit_curve"]) == 3
 
 
 def test_a_resume_adds_nothing_and_reuses_the_latency_model(model_run):

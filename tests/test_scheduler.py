@@ -123,7 +123,7 @@ def test_figure_predictor_uses_a_latency_model_profiled_at_that_batch_size():
     plan = model.plan(**entry.config.to_dict())
     keys = part_keys(plan, 1) + part_keys(plan, 4)
     parts = {k: (0.5 if k.endswith(":b4") else 0.25) for k in keys}
-    lm = LatencyModel({"batch_size": 1}, 1, parts, [[0.0, 1.0], [100.0, 1.0]], 1.0, [1.0])
+    lm = LatencyModel({"batch_size": 1}, 1, parts, [[0.0, 1.0], [100.0, 1.0]], [], [1.0])
     p = FigurePredictor(batch_size=1, latency_model=lm, model=model)
     # at b=4: embedding+read, 3 blocks and the readout, 0.5 ms each (calibration 1, noise 1)
     assert p.predict_ms(entry, 4) == pytest.approx(0.5 * len(part_keys(plan, 4)))

@@ -19,6 +19,7 @@ from adasearch.metrics import SEARCH_NAMES as metric_names
 ACCURACY_BATCH = 256  # accuracy does not depend on the batch size; a big batch is just faster
 LATENCY_BATCHES = 8  # distinct real batches cycled while timing, so early exits are realistic
 REFERENCE_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)  # of MACs: the static configs a latency model is calibrated on
+EXIT_REFERENCE_QUANTILES = (0.0, 0.5, 1.0)  # of the exit configs' expected MACs: the points of the exit curve
 
 
 @dataclass(frozen=True)
@@ -237,8 +238,8 @@ class Evaluator:
     def profile_latency(self, configs: list, progress=None, seed: int = 0):
         """A latency model (measure/latency_model.py) of this target for every part `configs` use,
         calibrated on whole forwards of references among them: the static forms at the quantiles
-        REFERENCE_QUANTILES of their MACs, and, when some can exit, the exit configs at the median
-        and the top of theirs."""
+        REFERENCE_QUANTILES of their MACs, and, when some can exit, the exit configs at the
+        EXIT_REFERENCE_QUANTILES of theirs (the exit curve needs its light end: most fronts' fast end exits)."""
         from adasearch.measure.latency_model import profile
 
         def at_quantiles(candidates: list, quantiles) -> list:
@@ -250,7 +251,7 @@ class Evaluator:
         exiting = [c for c, p in zip(configs, plans) if any(t is not None for t in p.taus[:-1])]
         references = [(c.to_dict(), self.model.plan(**c.to_dict()), None) for c in static]
         references += [(c.to_dict(), self.model.plan(**c.to_dict()), self.timing_exit_depths(c))
-                       for c in (at_quantiles(exiting, (0.5, 1.0)) if exiting else [])]  # fmt: skip
+                       for c in (at_quantiles(exiting, EXIT_REFERENCE_QUANTILES) if exiting else [])]  # fmt: skip
         return profile(self.model, self.latency_batches(), plans, references, fingerprint=self.latency_fingerprint(),
                        sync=_synchronizer(self.device), progress=progress, seed=seed, runtime=self.runtime)  # fmt: skip
 

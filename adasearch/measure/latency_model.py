@@ -26,10 +26,15 @@ interpolated at its sum (the `curve`; it takes in what lies outside the parts, a
 back to back costs more or less than running each alone; under compile or CUDA graphs, also what one
 graph of the whole saves over one per part). An exit config runs as its parts with the host's checks
 between them, under every runtime, and switches paths from image to image, which costs more than the
-parts timed each on its own path: each timing of an exit reference is divided by the plain sum of the
-batch it ran (not the static curve's: that one measures whole graphs, which an exit config is not,
-and it bent exit predictions by depth under compile); the median of those ratios is the
-`exit_factor` of every config that can exit, and the ratios over it are the noise of such configs.
+parts timed each on its own path, so exit configs have a curve of their own (`exit_curve`), never the
+static one (that one measures whole graphs, which an exit config is not, and it bent exit predictions
+by depth under compile). Each exit reference gives one point: its timings, each divided by the plain
+sum of the batch it ran, have a median ratio, placed at the median of its batches' plain sums. An exit
+config's batch sums are scaled by the ratio interpolated at the median of its own. One factor for all
+(the median of the references' ratios) was wrong under load, where a long forward's ratio grows: on a
+busy 2-core machine, a light and a heavy exit reference at 1.1 and 2.1 predicted the light exit
+configs, most of the fast end of a front, half again slower than they ran. The ratios over each
+reference's own are the noise of exit configs.
 The static references' timings over their own medians are the noise of static configs.
 
 Prediction (`predict`) for a config at batch B, on the images the timer cycles through: each image's
@@ -58,7 +63,7 @@ import torch
 from adasearch.metrics import P50, P90, P99, THROUGHPUT
 from adasearch.model.adaperceiver import LayerPlan
 
-VERSION = 3  # 2: the runtime's call part (call:bB); 3: exit configs scale the plain sum
+VERSION = 4  # 2: the runtime's call part (call:bB); 3: exit configs scale the plain sum; 4: by an exit curve
 ROUNDS = 12
 REPS = 3  # timed calls of a part (or a reference forward) per visit
 LONG_MS = 50.0  # a call at least this long is timed once per visit (after its warm-up)
@@ -102,10 +107,10 @@ class LatencyModel:
     batch_size: int
     parts: dict  # part key -> median ms
     curve: list  # [[sum of parts ms, whole forward / sum]] of the static references, by sum
-    exit_factor: float  # median of the exit references' timings / their batch's plain sum of parts, in [0.5, 2]
+    exit_curve: list  # [[median plain batch sum ms, median timing / its batch's plain sum]] of the exit references
     noise: list  # ratios of the static references' timings to their medians
     references: list = field(default_factory=list)  # [{"config", "median_ms", "sum_ms", "exits"}]
-    exit_noise: list = field(default_factory=list)  # the exit references' timings / factor x batch prediction
+    exit_noise: list = field(default_factory=list)  # the exit references' ratios over their own median ratio
     rounds: int = ROUNDS
     _index: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -149,13 +154,20 @@ class LatencyModel:
         sums, ratios = zip(*self.curve)
         return total_ms * float(np.interp(total_ms, sums, ratios))
 
+    def exit_ratio(self, batch_sums: Sequence[float]) -> float:
+        """What an exit config takes over its plain sums of parts: the exit curve at their median."""
+        if not self.exit_curve:
+            return 1.0
+        sums, ratios = zip(*self.exit_curve)
+        return float(np.interp(float(np.median(batch_sums)), sums, ratios))
+
     def predict(self, plan: LayerPlan, exit_depths: Optional[Sequence[Sequence[int]]] = None) -> dict:
         """{p50, p90, p99 (ms per batch), throughput} of a config, from the exit depths of each timed batch."""
-        batches = [None] if exit_depths is None else list(exit_depths)
-        exits = exit_depths is not None
-        noise = self.exit_noise if exits and self.exit_noise else self.noise
-        sums = np.array([self.exit_factor * self.batch_sum(plan, d) if exits else self.calibrated(self.batch_sum(plan))
-                         for d in batches])  # fmt: skip
+        if exit_depths is None:
+            sums, noise = np.array([self.calibrated(self.batch_sum(plan))]), self.noise
+        else:
+            plain = np.array([self.batch_sum(plan, d) for d in exit_depths])
+            sums, noise = self.exit_ratio(plain) * plain, self.exit_noise or self.noise
         mixture = (sums[:, None] * np.asarray(noise)[None, :]).ravel()
         p50, p90, p99 = np.percentile(mixture, [50, 90, 99])
         return {
@@ -168,16 +180,23 @@ class LatencyModel:
     def reanchored(self, static: list, exiting: list) -> LatencyModel:
         """This model with its calibration re-taken from new timings of its references: static is
         [(plan, measured p50)], exiting [(plan, exit depths per batch, measured p50)]. The parts stay;
-        the curve and the exit factor follow the machine at the moment of those timings."""
+        both curves follow the machine at the moment of those timings (a curve with no new timing stays)."""
         curve = {}
         for plan, p50 in static:
             total = self.batch_sum(plan)
             if total > 0 and p50 > 0:
                 curve[total] = p50 / total
-        out = replace(self, curve=[[s, r] for s, r in sorted(curve.items())] or self.curve, exit_factor=1.0)
-        factors = [p50 / out.predict(plan, exits)[P50] for plan, exits, p50 in exiting if p50 > 0]
-        out.exit_factor = float(np.clip(np.median(factors), 0.5, 2.0)) if factors else self.exit_factor
-        return out
+        plain = replace(self, exit_curve=[])  # predicts each exit reference from its plain sums
+        exit_curve = {}
+        for plan, exits, p50 in exiting:
+            sums = [self.batch_sum(plan, d) for d in exits]
+            if p50 > 0 and min(sums) > 0:
+                exit_curve[float(np.median(sums))] = p50 / plain.predict(plan, exits)[P50]
+        return replace(
+            self,
+            curve=[[s, r] for s, r in sorted(curve.items())] or self.curve,
+            exit_curve=[[s, r] for s, r in sorted(exit_curve.items())] or self.exit_curve,
+        )
 
     # ---------------------------------------------------------------- storage
 
@@ -187,7 +206,7 @@ class LatencyModel:
             "fingerprint": self.fingerprint,
             "batch_size": self.batch_size,
             "rounds": self.rounds,
-            "calibration": {"curve": self.curve, "exit_factor": self.exit_factor},
+            "calibration": {"curve": self.curve, "exit_curve": self.exit_curve},
             "references": self.references,
             "noise": self.noise,
             "exit_noise": self.exit_noise,
@@ -208,7 +227,7 @@ class LatencyModel:
                 batch_size=int(doc["batch_size"]),
                 parts=parts,
                 curve=sorted([float(a), float(b)] for a, b in cal["curve"]),
-                exit_factor=float(cal["exit_factor"]),
+                exit_curve=sorted([float(a), float(b)] for a, b in cal["exit_curve"]),
                 noise=noise,
                 references=list(doc.get("references", [])),
                 exit_noise=[float(r) for r in doc.get("exit_noise", [])],
@@ -221,8 +240,8 @@ class LatencyModel:
             raise ValueError(f"malformed (part {bad_key!r} is not kind:n<tokens>:...:b<batch>)")
         if model.batch_size != model.fingerprint.get("batch_size"):
             raise ValueError(f"malformed (batch_size {model.batch_size} is not its fingerprint's)")
-        sums = [s for s, _ in model.curve]
-        figures = [*parts.values(), *noise, *model.exit_noise, *(r for _, r in model.curve), model.exit_factor]
+        sums = [s for s, _ in model.curve + model.exit_curve]
+        figures = [*parts.values(), *noise, *model.exit_noise, *(r for _, r in model.curve + model.exit_curve)]
         if not np.isfinite([*figures, *sums]).all() or min(figures, default=1.0) <= 0 or min(sums, default=0) < 0:
             raise ValueError("malformed (a time, ratio or factor that is not a positive finite number)")
         if max([*figures, *sums]) > MAX_FIGURE:
@@ -369,7 +388,7 @@ def profile(
             if progress:
                 progress(r + 1, rounds)
     parts = {k: float(np.median(samples[k])) for k in keys}
-    lm = LatencyModel(fingerprint, batch_size, parts, [[1.0, 1.0]], 1.0, [1.0], rounds=rounds)
+    lm = LatencyModel(fingerprint, batch_size, parts, [[1.0, 1.0]], [], [1.0], rounds=rounds)
     refs, noise, static, exit_ratios = [], [], [], []
     for i, (config, plan, exits) in enumerate(references):
         times = np.array(samples[f"forward:{i}"])
@@ -380,12 +399,16 @@ def profile(
         refs.append({"config": config, "median_ms": median, "sum_ms": lm.batch_sum(plan), "exits": exits is not None})
     lm = lm.reanchored(static, [])  # the curve, from the static references
     lm.noise = sorted(noise) or [1.0]
+    exit_curve = {}
     for i, (_, plan, exits) in enumerate(references):
         if exits is not None:  # each timing against the plain sum of the batch it ran (the warm-ups are not timed)
-            predicted = [lm.batch_sum(plan, exits[b]) for b in ran_on[i]]
-            exit_ratios += [t / p for t, p in zip(samples[f"forward:{i}"], predicted) if p > 0]
-    if exit_ratios:
-        lm.exit_factor = float(np.clip(np.median(exit_ratios), 0.5, 2.0))
-        lm.exit_noise = sorted(float(r / lm.exit_factor) for r in exit_ratios)
+            sums = [lm.batch_sum(plan, exits[b]) for b in ran_on[i]]
+            ratios = [t / p for t, p in zip(samples[f"forward:{i}"], sums) if p > 0]
+            if ratios:
+                own = float(np.median(ratios))
+                exit_curve[float(np.median([lm.batch_sum(plan, d) for d in exits]))] = own
+                exit_ratios += [r / own for r in ratios]
+    lm.exit_curve = [[s, r] for s, r in sorted(exit_curve.items())]
+    lm.exit_noise = sorted(exit_ratios)
     lm.references = refs
     return lm

@@ -105,10 +105,12 @@ def profile_spec(spec, progress: bool = True, console=None) -> LatencyModel:
         table.add_row(key, f"{ms:.4g}")
     console.print(table)
     spread = float(np.percentile(model.noise, 90)) if model.noise else 1.0
+    ratios = [r for _, r in model.exit_curve]
+    exits = f", {min(ratios):.3g}-{max(ratios):.3g} x where it can exit ({len(ratios)} references)" if ratios else ""
     console.print(
         f"{len(model.parts)} parts for {len(configs)} configs; a whole forward is "
         f"{min(r for _, r in model.curve):.3g}-{max(r for _, r in model.curve):.3g} x its sum of parts "
-        f"({len(model.curve)} references), x{model.exit_factor:.3g} more where it can exit; "
+        f"({len(model.curve)} references){exits}; "
         f"p90 of the noise x{spread:.3f} of the median"
     )
     console.print(f"target: {', '.join(f'{k} {v}' for k, v in model.fingerprint.items() if v is not None)}")
