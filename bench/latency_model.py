@@ -163,9 +163,9 @@ def main():
         if hog is not None and hog.poll() is not None:
             raise SystemExit("the busy load (yes) ended before the cases did: the table would mix states")
     finally:
-        if hog is not None:
-            hog.kill()
-            hog.wait()
+        if hog is not None:  # SIGTERM: timeout passes it on to yes (a SIGKILL would leave yes running)
+            hog.terminate()
+            hog.wait(timeout=10)
     machine = "; one core kept busy (yes > /dev/null) throughout" if args.busy else ""
     save_table(
         args.name,
