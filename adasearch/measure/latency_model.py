@@ -31,10 +31,9 @@ static one (that one measures whole graphs, which an exit config is not, and it 
 by depth under compile). Each exit reference gives one point: its timings, each divided by the plain
 sum of the batch it ran, have a median ratio, placed at the median of its batches' plain sums. An exit
 config's batch sums are scaled by the ratio interpolated at the median of its own. One factor for all
-(the median of the references' ratios) was wrong under load, where a long forward's ratio grows: on a
-busy 2-core machine, a light and a heavy exit reference at 1.1 and 2.1 predicted the light exit
-configs, most of the fast end of a front, half again slower than they ran. The ratios over each
-reference's own are the noise of exit configs.
+(the median of the references' ratios, version 3) misjudged both ends under load, where a long exit
+forward can take more over its parts than a short one (bench/latency_model.py --busy prints both).
+The ratios over each reference's own are the noise of exit configs.
 The static references' timings over their own medians are the noise of static configs.
 
 Prediction (`predict`) for a config at batch B, on the images the timer cycles through: each image's
