@@ -15,7 +15,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from adasearch import DeploymentConfig
 from adasearch.measure.interleaved import time_interleaved
-from adasearch.measure.latency_model import LatencyModel, active_sizes, part_keys, profile
+from adasearch.measure.latency_model import (
+    EXIT_RATIO_BOUNDS,
+    LatencyModel,
+    active_sizes,
+    exit_curve,
+    part_keys,
+    profile,
+)
 from adasearch.metrics import P50, P90, P99, THROUGHPUT
 from adasearch.model.adaperceiver import make_plan
 from tests.helpers import random_model
@@ -164,7 +171,8 @@ def test_round_trip_and_refusals():
     assert "lacks 1 parts" in back.why_unusable(same, needed + ["block:n16:h20:g2-4-8-16:b4"])
     for broken in ({}, {**doc, "version": 99}, {**doc, "parts": {"a": "x"}}, {**doc, "noise": []},
                    {**doc, "calibration": {"curve": [[1.0, float("nan")]], "exit_curve": []}},
-                   {**doc, "calibration": {"curve": [[1.0, 1.0]]}},  # a version-3 model's exit factor, no curve
+                   {**doc, "calibration": {"curve": [[1.0, 1.0]]}},  # no exit curve
+                   {**doc, "version": 3, "calibration": {"curve": [[1.0, 1.0]], "exit_factor": 1.0}},
                    {**doc, "calibration": {"curve": [], "exit_curve": []}}):  # fmt: skip
         with pytest.raises(ValueError):
             LatencyModel.from_dict(broken)
@@ -188,6 +196,9 @@ def test_exit_references_pair_each_timing_with_the_batch_it_ran():
     with clock.mode:
         lm = profile(model, batches, plans, refs, fingerprint={"t": 1}, clock=clock, rounds=3)
     assert [r for _, r in lm.exit_curve] == pytest.approx([1.0], rel=1e-9)
+    # Its point lies at the median of the plain sums of the batches the timer cycles (all of them, not only
+    # those a round happened to run).
+    assert lm.exit_curve[0][0] == pytest.approx(float(np.median([lm.batch_sum(plans[0], d) for d in exits])))
     assert lm.exit_noise == pytest.approx([1.0] * len(lm.exit_noise))
 
 
@@ -206,23 +217,39 @@ def test_a_malformed_model_is_refused_not_crashed_on():
 
 
 def test_reanchoring_gives_each_exit_reference_its_own_point_on_the_exit_curve():
-    """Under load a heavy exit forward takes more over its parts than a light one: a light and a heavy
-    reference, timed at 1.1 and 2.1 x their plain sums, are each predicted exactly again, and a config
-    between them gets the ratio interpolated at its sum, not one factor shared by all."""
+    """Under load a heavy exit forward can take more over its parts than a light one: a light and a heavy
+    reference, each timed on two batches of different sums under a noise that is not flat, are each predicted
+    exactly again, and a config between them gets the ratio interpolated at its median sum."""
     cfg = random_model().cfg
     plan = make_plan(cfg, num_tokens=8, mat_dim=8, depth=3, depth_tau=0.9, token_grans=[2, 4, 8])
     lm = _hand_model(exit_curve=((0.0, 1.0),))
-    light, heavy, middle = [[1, 1, 1, 1]], [[3, 3, 3, 3]], [[1, 2, 3, 3]]
-    assert lm.batch_sum(plan, light[0]) == pytest.approx(17.125) and lm.batch_sum(plan, heavy[0]) == pytest.approx(30)
-    anchored = lm.reanchored([], [(plan, light, 17.125 * 1.1), (plan, heavy, 30 * 2.1)])
-    assert np.ravel(anchored.exit_curve).tolist() == pytest.approx([17.125, 1.1, 30.0, 2.1])
+    lm.exit_noise = [0.9, 1.0, 1.5]
+    light, heavy, middle = [[1, 1, 1, 1], [1, 1, 2, 2]], [[3, 3, 3, 3], [2, 3, 3, 3]], [[1, 2, 3, 3]]
+    # By hand (see test_early_exit_prediction_from_known_exit_depths_by_hand for the parts):
+    assert [lm.batch_sum(plan, d) for d in light] == pytest.approx([17.125, 10 + 5 + 2.125 + 3 + 1.125])
+    assert [lm.batch_sum(plan, d) for d in heavy] == pytest.approx([30.0, 10 + 5 + 2 + 5 + 2.125 + 4 + 0.75])
+    x_light, x_heavy = (17.125 + 21.25) / 2, (30.0 + 28.875) / 2  # the medians of two batch sums
+    plain = {name: float(np.percentile([s * r for s in sums for r in (0.9, 1.0, 1.5)], 50))
+             for name, sums in (("light", [17.125, 21.25]), ("heavy", [30.0, 28.875]))}  # fmt: skip
+    measured = {"light": 1.1 * plain["light"], "heavy": 2.1 * plain["heavy"]}
+    anchored = lm.reanchored([], [(plan, light, measured["light"]), (plan, heavy, measured["heavy"])])
+    assert np.ravel(anchored.exit_curve).tolist() == pytest.approx([x_light, 1.1, x_heavy, 2.1])
     assert anchored.curve == lm.curve  # no static timing: the static curve stays
-    assert anchored.predict(plan, light)[P50] == pytest.approx(17.125 * 1.1)
-    assert anchored.predict(plan, heavy)[P50] == pytest.approx(30 * 2.1)
+    assert anchored.predict(plan, light)[P50] == pytest.approx(measured["light"])
+    assert anchored.predict(plan, heavy)[P50] == pytest.approx(measured["heavy"])
     by_hand = 10 + (5 + 2.125) + (4 + 1.625) + 3.0 + 0.5
-    ratio = 1.1 + (by_hand - 17.125) / (30 - 17.125) * (2.1 - 1.1)
-    assert anchored.predict(plan, middle)[P50] == pytest.approx(ratio * by_hand)
+    ratio = 1.1 + (by_hand - x_light) / (x_heavy - x_light) * (2.1 - 1.1)
+    assert anchored.predict(plan, middle)[P50] == pytest.approx(ratio * by_hand)  # noise median 1.0
     # With no exit timing the exit curve stays too; a static timing moves only the static curve.
     static = make_plan(cfg, num_tokens=8, mat_dim=8, depth=3, token_grans=[2, 4, 8])
     again = anchored.reanchored([(static, 3 * anchored.batch_sum(static))], [])
     assert again.exit_curve == anchored.exit_curve and again.curve == [[anchored.batch_sum(static), 3.0]]
+
+
+def test_exit_curve_points_are_bounded_and_one_per_sum():
+    """A disturbed timing cannot put a point beyond EXIT_RATIO_BOUNDS; references of one median sum share a
+    point (their median), so that interpolation is defined."""
+    low, high = EXIT_RATIO_BOUNDS
+    assert exit_curve([(20.0, 1.2), (10.0, 50.0), (30.0, 0.01)]) == [[10.0, high], [20.0, 1.2], [30.0, low]]
+    assert exit_curve([(10.0, 1.0), (10.0, 2.0), (10.0, 1.2), (5.0, 1.0)]) == [[5.0, 1.0], [10.0, 1.2]]
+    assert exit_curve([]) == []

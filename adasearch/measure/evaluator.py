@@ -19,7 +19,7 @@ from adasearch.metrics import SEARCH_NAMES as metric_names
 ACCURACY_BATCH = 256  # accuracy does not depend on the batch size; a big batch is just faster
 LATENCY_BATCHES = 8  # distinct real batches cycled while timing, so early exits are realistic
 REFERENCE_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)  # of MACs: the static configs a latency model is calibrated on
-EXIT_REFERENCE_QUANTILES = (0.0, 0.5, 1.0)  # of the exit configs' expected MACs: the points of the exit curve
+EXIT_REFERENCE_QUANTILES = (0.0, 0.5, 1.0)  # of the exit configs' expected MACs: the exit curve's points
 
 
 @dataclass(frozen=True)
@@ -242,16 +242,18 @@ class Evaluator:
         EXIT_REFERENCE_QUANTILES of theirs (the exit curve needs its light end: most fronts' fast end exits)."""
         from adasearch.measure.latency_model import profile
 
-        def at_quantiles(candidates: list, quantiles) -> list:
-            ranked = sorted(set(candidates), key=lambda c: (self.cost.config_macs(c), c.label()))
+        def at_quantiles(candidates: list, quantiles, macs=self.cost.config_macs) -> list:
+            ranked = sorted(set(candidates), key=lambda c: (macs(c), c.label()))
             return list(dict.fromkeys(ranked[round(q * (len(ranked) - 1))] for q in quantiles))
 
         plans = [self.model.plan(**c.to_dict()) for c in configs]
         static = at_quantiles([replace(c, depth_tau=None) for c in configs], REFERENCE_QUANTILES)
         exiting = [c for c, p in zip(configs, plans) if any(t is not None for t in p.taus[:-1])]
         references = [(c.to_dict(), self.model.plan(**c.to_dict()), None) for c in static]
-        references += [(c.to_dict(), self.model.plan(**c.to_dict()), self.timing_exit_depths(c))
-                       for c in (at_quantiles(exiting, EXIT_REFERENCE_QUANTILES) if exiting else [])]  # fmt: skip
+        if exiting:  # by expected MACs (the samples that stop early run less), as close to their sums as can be known
+            fractions = {c: a.exit_fractions for c, a in self.accuracy.measure(exiting).items()}
+            chosen = at_quantiles(exiting, EXIT_REFERENCE_QUANTILES, lambda c: self.cost.config_macs(c, fractions[c]))
+            references += [(c.to_dict(), self.model.plan(**c.to_dict()), self.timing_exit_depths(c)) for c in chosen]
         return profile(self.model, self.latency_batches(), plans, references, fingerprint=self.latency_fingerprint(),
                        sync=_synchronizer(self.device), progress=progress, seed=seed, runtime=self.runtime)  # fmt: skip
 

@@ -20,21 +20,24 @@ also timed at the active counts in active_sizes(B) and interpolated linearly in 
 
 Whole forwards of a few reference configs are timed in the same rounds, cycling through the timing
 images as the timer does: static configs at quantiles of the space's MACs, and (when the space has
-exits) a couple of exit configs. They calibrate the sum of parts: a static reference gives the ratio
-of its whole forward to its sum of parts, and a static config's sum is scaled by the ratio
-interpolated at its sum (the `curve`; it takes in what lies outside the parts, and what running parts
-back to back costs more or less than running each alone; under compile or CUDA graphs, also what one
-graph of the whole saves over one per part). An exit config runs as its parts with the host's checks
-between them, under every runtime, and switches paths from image to image, which costs more than the
-parts timed each on its own path, so exit configs have a curve of their own (`exit_curve`), never the
-static one (that one measures whole graphs, which an exit config is not, and it bent exit predictions
-by depth under compile). Each exit reference gives one point: its timings, each divided by the plain
-sum of the batch it ran, have a median ratio, placed at the median of its batches' plain sums. An exit
-config's batch sums are scaled by the ratio interpolated at the median of its own. One factor for all
-(the median of the references' ratios, version 3) misjudged both ends under load, where a long exit
-forward can take more over its parts than a short one (bench/latency_model.py --busy prints both).
-The ratios over each reference's own are the noise of exit configs.
-The static references' timings over their own medians are the noise of static configs.
+exits) three exit configs, the lightest, median and heaviest by expected MACs. They calibrate the sum of
+parts: a static reference gives the ratio of its whole forward to its sum of parts, and a static
+config's sum is scaled by the ratio interpolated at its sum (the `curve`; it takes in what lies outside
+the parts, and what running parts back to back costs more or less than running each alone; under compile
+or CUDA graphs, also what one graph of the whole saves over one per part). An exit config runs as its
+parts with the host's checks between them, under every runtime, and switches paths from image to image,
+which costs more than the parts timed each on its own path, so exit configs have a curve of their own
+(`exit_curve`), never the static one (that one measures whole graphs, which an exit config is not, and
+it bent exit predictions by depth under compile). Each exit reference gives one point, placed at the
+median of its batches' plain sums: when profiling, the median of its timings each divided by the plain
+sum of the batch it ran; when re-anchored, its p50 over the p50 predicted from its plain sums. An exit
+config's batch sums are scaled by the ratio interpolated at the median of its own. A point is kept
+within EXIT_RATIO_BOUNDS (one disturbed timing of a reference moves every config on its side of the
+curve), and references with the same median sum share a point, their median. One factor for all (the
+median of the references' ratios, version 3) misjudged both ends under load, where a long exit forward
+can take more over its parts than a short one (bench/latency_model.py --busy prints both). The ratios
+over each reference's own are the noise of exit configs. The static references' timings over their own
+medians are the noise of static configs.
 
 Prediction (`predict`) for a config at batch B, on the images the timer cycles through: each image's
 exit depth (known exactly from the accuracy cache) gives, per batch, the samples running each block
@@ -66,6 +69,7 @@ VERSION = 4  # 2: the runtime's call part (call:bB); 3: exit configs scale the p
 ROUNDS = 12
 REPS = 3  # timed calls of a part (or a reference forward) per visit
 LONG_MS = 50.0  # a call at least this long is timed once per visit (after its warm-up)
+EXIT_RATIO_BOUNDS = (0.25, 4.0)  # an exit curve's ratios: room for a loaded machine, none for an absurd timing
 NEVER = 2.0  # a confidence threshold no sample reaches: an exit check that splits off nobody
 MAX_FIGURE = 3.6e6  # ms in an hour: no part or forward takes longer, and no ratio or factor comes near it
 PART_KEY = re.compile(r"(embed_read|exit|stop|readout):n\d+:b\d+|block:n\d+:h\d+:g(none|\d+(-\d+)*):b\d+|call:b\d+")
@@ -106,7 +110,7 @@ class LatencyModel:
     batch_size: int
     parts: dict  # part key -> median ms
     curve: list  # [[sum of parts ms, whole forward / sum]] of the static references, by sum
-    exit_curve: list  # [[median plain batch sum ms, median timing / its batch's plain sum]] of the exit references
+    exit_curve: list  # [[median plain batch sum ms, timing over plain sums]] of the exit references (docstring)
     noise: list  # ratios of the static references' timings to their medians
     references: list = field(default_factory=list)  # [{"config", "median_ms", "sum_ms", "exits"}]
     exit_noise: list = field(default_factory=list)  # the exit references' ratios over their own median ratio
@@ -186,15 +190,15 @@ class LatencyModel:
             if total > 0 and p50 > 0:
                 curve[total] = p50 / total
         plain = replace(self, exit_curve=[])  # predicts each exit reference from its plain sums
-        exit_curve = {}
+        points = []
         for plan, exits, p50 in exiting:
             sums = [self.batch_sum(plan, d) for d in exits]
             if p50 > 0 and min(sums) > 0:
-                exit_curve[float(np.median(sums))] = p50 / plain.predict(plan, exits)[P50]
+                points.append((float(np.median(sums)), p50 / plain.predict(plan, exits)[P50]))
         return replace(
             self,
             curve=[[s, r] for s, r in sorted(curve.items())] or self.curve,
-            exit_curve=[[s, r] for s, r in sorted(exit_curve.items())] or self.exit_curve,
+            exit_curve=exit_curve(points) or self.exit_curve,
         )
 
     # ---------------------------------------------------------------- storage
@@ -263,6 +267,15 @@ class LatencyModel:
         if missing:
             return f"lacks {len(missing)} parts this space needs (e.g. {missing[0]})"
         return None
+
+
+def exit_curve(points: Iterable[tuple]) -> list:
+    """[[sum, ratio]] by sum from (median plain sum, ratio) points: ratios within EXIT_RATIO_BOUNDS, and
+    one point per sum (the median of those that share it), so that interpolation is defined."""
+    by_sum: dict = {}
+    for total, ratio in points:
+        by_sum.setdefault(total, []).append(float(np.clip(ratio, *EXIT_RATIO_BOUNDS)))
+    return [[s, float(np.median(r))] for s, r in sorted(by_sum.items())]
 
 
 # -------------------------------------------------------------------- profiling
@@ -398,16 +411,16 @@ def profile(
         refs.append({"config": config, "median_ms": median, "sum_ms": lm.batch_sum(plan), "exits": exits is not None})
     lm = lm.reanchored(static, [])  # the curve, from the static references
     lm.noise = sorted(noise) or [1.0]
-    exit_curve = {}
+    points = []
     for i, (_, plan, exits) in enumerate(references):
         if exits is not None:  # each timing against the plain sum of the batch it ran (the warm-ups are not timed)
             sums = [lm.batch_sum(plan, exits[b]) for b in ran_on[i]]
-            ratios = [t / p for t, p in zip(samples[f"forward:{i}"], sums) if p > 0]
+            ratios = [t / p for t, p in zip(samples[f"forward:{i}"], sums) if p > 0 and t > 0]
             if ratios:
                 own = float(np.median(ratios))
-                exit_curve[float(np.median([lm.batch_sum(plan, d) for d in exits]))] = own
+                points.append((float(np.median([lm.batch_sum(plan, d) for d in exits])), own))
                 exit_ratios += [r / own for r in ratios]
-    lm.exit_curve = [[s, r] for s, r in sorted(exit_curve.items())]
+    lm.exit_curve = exit_curve(points)
     lm.exit_noise = sorted(exit_ratios)
     lm.references = refs
     return lm
