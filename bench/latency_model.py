@@ -64,7 +64,8 @@ def compare(evaluator, configs: list, budget_s: float, rounds: int = 8) -> tuple
     ratios = ratios[1:] if len(ratios) == 3 else ratios
     shared = replace(anchored, exit_curve=[[0.0, float(np.clip(np.median(ratios), 0.5, 2.0))]] if ratios else [])
     errors = ({P50: [], P90: []}, {P50: [], P90: []}, {P50: []})
-    configs = [c for c in configs if c not in set(anchors)]  # the references are predicted exactly, by design
+    references = set(anchors)
+    configs = [c for c in configs if c not in references]  # the references are predicted exactly, by design
     for c in configs:
         for lm, out in zip((model, anchored, shared), errors):
             predicted = evaluator.predict_latency(lm, c)
