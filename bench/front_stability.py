@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _load import one_core_busy
 from _table import save_table
 
 from adasearch.search.front.pareto import hypervolume
@@ -157,23 +158,15 @@ def main():
 
 def run_state(load: str, runs: int, folder: Path, cache: Path, spec: Path) -> tuple:
     """(a Run of each run, seconds per run) of `runs` fresh runs on a quiet or a busy machine."""
-    hog = None
-    if load == "busy":
-        # The timeout is for a bench killed before it can stop the load; the finally below stops it otherwise.
-        # It must outlast every run (each allowed RUN_TIMEOUT_S): at 1800 s in all it ran out in the 3rd of 5.
-        hog = subprocess.Popen(["sh", "-c", f"exec timeout {runs * RUN_TIMEOUT_S + 60} yes > /dev/null"])
-    try:
+    # The load's timeout is for a bench killed before it can stop the load; leaving the block stops it otherwise.
+    # It must outlast every run (each allowed RUN_TIMEOUT_S): at 1800 s in all it ran out in the 3rd of 5.
+    with one_core_busy(load == "busy", runs * RUN_TIMEOUT_S + 60) as still_busy:
         start = time.perf_counter()
         done = []
         for i in range(runs):
-            if hog is not None and hog.poll() is not None:
-                raise SystemExit(f"the busy load (yes) ended before busy run {i}: the table would mix states")
+            still_busy(f"busy run {i}")
             done.append(run_once(folder / f"{load}-{i}", cache, spec))
         return done, (time.perf_counter() - start) / runs
-    finally:
-        if hog is not None:
-            hog.terminate()
-            hog.wait(timeout=10)
 
 
 def summarise(load: str, done: list, wall) -> list:

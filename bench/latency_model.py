@@ -22,7 +22,6 @@ both kinds, also for its static configs and its exit configs alone (they are cal
 
 import argparse
 import random
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _load import one_core_busy  # noqa: E402
 from _table import save_table  # noqa: E402
 
 from adasearch import AdaPerceiver, AdaPerceiverConfig, DeploymentConfig  # noqa: E402
@@ -161,18 +161,11 @@ def main():
     parser.add_argument("--name", default="latency_model")
     parser.add_argument("--busy", action="store_true", help="keep one core busy (yes > /dev/null) through the cases")
     args = parser.parse_args()
-    # Bounded: it cannot outlive a crashed bench by more than its timeout. Stopped by PID, never by name.
-    hog = subprocess.Popen(["sh", "-c", "exec timeout 7200 yes > /dev/null"]) if args.busy else None
-    try:
+    with one_core_busy(args.busy, 7200) as still_busy:
         rows = demo_cases(args.device, args.dtype, args.batch_sizes, args.runtime)
         if not args.quick:
             rows += in1k_case(args.device, args.dtype, args.batch_sizes[0], args.runtime)
-        if hog is not None and hog.poll() is not None:
-            raise SystemExit("the busy load (yes) ended before the cases did: the table would mix states")
-    finally:
-        if hog is not None:  # SIGTERM: timeout passes it on to yes (a SIGKILL would leave yes running)
-            hog.terminate()
-            hog.wait(timeout=10)
+        still_busy("the cases ended")
     machine = "; one core kept busy (yes > /dev/null) throughout" if args.busy else ""
     save_table(
         args.name,
