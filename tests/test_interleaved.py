@@ -15,6 +15,7 @@ from adasearch.measure.interleaved import (
     round_robin_order,
     rounds_for,
     time_interleaved,
+    typical_ms,
 )
 
 
@@ -127,3 +128,30 @@ def test_a_session_whose_calls_turn_slow_stops_once_it_took_overrun_times_its_bu
     out = time_interleaved([run, run], [torch.zeros(1, 1)], sync=lambda: None, budget_s=0.125, clock=clock)
     assert [len(o[ROUND_FIGURES]["latency_p50_ms"]) for o in out] == [9, 9]
     assert [o["latency_reps"] for o in out] == [18, 18]
+
+
+def test_typical_ms_is_the_median_over_batches_of_each_batchs_median_by_hand():
+    # Two passes through 4 batches (call j ran batch j % 4), the last batch an image that runs deeper.
+    times = np.array([1.0, 1.2, 0.9, 3.0, 1.1, 1.0, 1.3, 3.2])
+    # per batch: median(1.0, 1.1) = 1.05, median(1.2, 1.0) = 1.1, median(0.9, 1.3) = 1.1, median(3.0, 3.2) = 3.1
+    assert typical_ms(times, 4) == pytest.approx(1.1)
+    assert float(np.median(times)) == pytest.approx(1.15)  # the pooled median: (1.1 + 1.2) / 2
+    assert figures(times, 1, 4)["latency_p50_ms"] == pytest.approx(1.1)
+    assert figures(times, 1, 4)["latency_p90_ms"] == pytest.approx(np.percentile(times, 90))  # the tail: every call
+    assert typical_ms(times, 1) == pytest.approx(1.15)  # one batch: the pooled median
+    assert typical_ms(times[:3], 4) == pytest.approx(1.0)  # fewer calls than batches: the batches that ran
+
+
+def test_typical_ms_of_an_exit_config_does_not_move_with_the_machines_noise():
+    """5 of 8 images stop after one block (1 ms), 3 run on (2 ms): the pooled median is the light group's
+    upper tail, so it grows with the per-call noise; the median over the batches' medians stays put."""
+    rng = np.random.default_rng(0)
+    cost = np.array([1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 2.0, 1.0])
+    passes = 200
+
+    def timed(cv):
+        return np.tile(cost, passes) * rng.lognormal(0.0, cv, size=cost.size * passes)
+
+    quiet, noisy = timed(0.02), timed(0.25)
+    assert typical_ms(noisy, 8) / typical_ms(quiet, 8) == pytest.approx(1.0, abs=0.03)
+    assert np.median(noisy) / np.median(quiet) > 1.1  # 80th percentile of the 1 ms group: exp(0.84 x 0.25)

@@ -122,15 +122,18 @@ def test_early_exit_prediction_from_known_exit_depths_by_hand():
     assert lm.batch_sum(plan, [1, 1, 1, 1]) == pytest.approx(10 + 5 + 2.125)
     # Nobody stops early: three blocks on 4, two checks that stop nobody, the readout on 4.
     assert lm.batch_sum(plan, [3, 3, 3, 3]) == pytest.approx(10 + 3 * 5 + 2 * 2.0 + 1.0)
-    # Two timed batches, noise ratios 0.9, 1, 1.5: percentiles of the 6-point mixture. An exit config runs as
-    # its parts, so the static curve (a whole forward is 2 x its parts) does not apply: only the exit curve, at the
-    # median of the batches' plain sums (here the mean of the two).
+    # Two timed batches, noise ratios 0.9, 1, 1.5: p90 and p99 are percentiles of the 6-point mixture; p50, as
+    # the timer takes it, each batch's median (its sum x the median ratio, 1.0), then their median: their mean.
+    # An exit config runs as its parts, so the static curve (a whole forward is 2 x its parts) does not apply:
+    # only the exit curve, at the median of the batches' plain sums (here the mean of the two).
     lm = _hand_model(noise=(0.9, 1.0, 1.5), exit_curve=((10.0, 1.0), (30.0, 2.0)))
     ratio = 1.0 + (((by_hand + 17.125) / 2) - 10.0) / 20.0
     sums = [ratio * by_hand, ratio * (10 + 5 + 2.125)]
     mixture = [s * r for s in sums for r in (0.9, 1.0, 1.5)]
     got = lm.predict(plan, [[1, 2, 3, 3], [1, 1, 1, 1]])
-    for name, q in ((P50, 50), (P90, 90), (P99, 99)):
+    assert got[P50] == pytest.approx((sums[0] + sums[1]) / 2)
+    assert got[P50] < float(np.percentile(mixture, 50))  # the pooled median: the heavy batch's noise pulls it up
+    for name, q in ((P90, 90), (P99, 99)):
         assert got[name] == pytest.approx(float(np.percentile(mixture, q)))
     assert got[THROUGHPUT] == pytest.approx(4 * 1e3 / np.mean(mixture))
 
@@ -229,8 +232,7 @@ def test_reanchoring_gives_each_exit_reference_its_own_point_on_the_exit_curve()
     assert [lm.batch_sum(plan, d) for d in light] == pytest.approx([17.125, 10 + 5 + 2.125 + 3 + 1.125])
     assert [lm.batch_sum(plan, d) for d in heavy] == pytest.approx([30.0, 10 + 5 + 2 + 5 + 2.125 + 4 + 0.75])
     x_light, x_heavy = (17.125 + 21.25) / 2, (30.0 + 28.875) / 2  # the medians of two batch sums
-    plain = {name: float(np.percentile([s * r for s in sums for r in (0.9, 1.0, 1.5)], 50))
-             for name, sums in (("light", [17.125, 21.25]), ("heavy", [30.0, 28.875]))}  # fmt: skip
+    plain = {"light": x_light * 1.0, "heavy": x_heavy * 1.0}  # p50: the median batch x the noise's median
     measured = {"light": 1.1 * plain["light"], "heavy": 2.1 * plain["heavy"]}
     anchored = lm.reanchored([], [(plan, light, measured["light"]), (plan, heavy, measured["heavy"])])
     assert np.ravel(anchored.exit_curve).tolist() == pytest.approx([x_light, 1.1, x_heavy, 2.1])

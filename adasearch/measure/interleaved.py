@@ -6,7 +6,8 @@ are timed round-robin: rounds (ROUNDS to MAX_ROUNDS), each visiting every config
 order (seeded), with a warm-up after every config change and an equal share of the time budget per
 visit. Noise then lands on all of them alike.
 
-Each figure (p50, p90, p99 per batch, and throughput) pools the repetitions of all rounds. Its 95 %
+Each figure (p50, p90, p99 per batch, and throughput) pools the repetitions of all rounds (p50 as the
+median over the timing batches of each one's median: typical_ms says why). Its 95 %
 interval is a percentile bootstrap over rounds: BOOTSTRAP resamples of the rounds with replacement
 (seeded), the figure recomputed from each resample's pooled repetitions, and the 2.5th and 97.5th
 percentiles of those. Rounds, not repetitions, are resampled because repetitions within one round
@@ -69,21 +70,45 @@ def round_robin_order(n: int, rounds: int, seed: int) -> list:
     return order
 
 
-def figures(times_ms: np.ndarray, batch_size: int) -> dict:
-    """The timed figures of pooled repetitions (ms per batch)."""
-    p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
-    return {P50: float(p50), P90: float(p90), P99: float(p99), THROUGHPUT: batch_size * 1e3 / float(times_ms.mean())}
+def typical_ms(times_ms: np.ndarray, n_batches: int) -> float:
+    """The p50 of calls that cycled through n_batches batches (call j ran batch j % n_batches): the median
+    over the batches of each batch's median call.
+
+    Not the median of the pooled calls. An early-exit config's batches take different times (at batch 1
+    some images stop after one block, others run on), and the pooled median of two such groups sits in
+    the upper tail of the larger one, as far up as the per-call noise spreads it: with 5 of the 8 timing
+    images stopping after block 1 it is that group's 80th percentile. On a noisy hour that put
+    N1-wfull-d2-tau0.9 19 % above N1-wfull-d2-tau0.8, whose images all stop after block 1 (2026-12-07,
+    bench/results/front_stability_exitcurve2.md's quiet-1 run), and its prediction, made with the noise of
+    another moment, 19 % below it. A batch's median takes the noise out first; the median over the
+    batches is then the typical input's cost. A static config's batches cost alike: both agree there."""
+    times_ms = np.asarray(times_ms, dtype=float)
+    per_batch = [np.median(times_ms[k::n_batches]) for k in range(min(max(n_batches, 1), times_ms.size))]
+    return float(np.median(per_batch))
+
+
+def figures(times_ms: np.ndarray, batch_size: int, n_batches: int = 1) -> dict:
+    """The timed figures of pooled repetitions (ms per batch) that cycled through n_batches batches in
+    order: p50 by typical_ms; p90, p99 and throughput over every call (the tail is the noise's too)."""
+    p90, p99 = np.percentile(times_ms, [90, 99])
+    return {
+        P50: typical_ms(times_ms, n_batches),
+        P90: float(p90),
+        P99: float(p99),
+        THROUGHPUT: batch_size * 1e3 / float(times_ms.mean()),
+    }
 
 
 def bootstrap_intervals(rounds_ms: Sequence[np.ndarray], batch_size: int, seed: int = 0,
-                        resamples: int = BOOTSTRAP) -> dict:  # fmt: skip
-    """{NAME_ci_low: ..., NAME_ci_high: ...} for every timed figure, by a percentile bootstrap over rounds."""
+                        resamples: int = BOOTSTRAP, n_batches: int = 1) -> dict:  # fmt: skip
+    """{NAME_ci_low: ..., NAME_ci_high: ...} for every timed figure, by a percentile bootstrap over rounds
+    (each round's calls are whole passes through n_batches batches, so that a resample's pool stays in order)."""
     rng = np.random.default_rng(seed)
     k = len(rounds_ms)
     draws = {name: [] for name in TIMED}
     for _ in range(resamples):
         pooled = np.concatenate([rounds_ms[i] for i in rng.integers(0, k, size=k)])
-        for name, value in figures(pooled, batch_size).items():
+        for name, value in figures(pooled, batch_size, n_batches).items():
             draws[name].append(value)
     out = {}
     for name, values in draws.items():
@@ -138,8 +163,9 @@ def time_interleaved(
     for i, per_round in enumerate(samples):
         rounds_ms = [np.array(t) for t in per_round]
         pooled = np.concatenate(rounds_ms)
-        per_round = [figures(t, batch_size) for t in rounds_ms]
-        out.append({**figures(pooled, batch_size), **bootstrap_intervals(rounds_ms, batch_size, seed=seed + i),
+        per_round = [figures(t, batch_size, len(batches)) for t in rounds_ms]
+        intervals = bootstrap_intervals(rounds_ms, batch_size, seed=seed + i, n_batches=len(batches))
+        out.append({**figures(pooled, batch_size, len(batches)), **intervals,
                     "latency_reps": int(pooled.size),
                     ROUND_FIGURES: {name: [f[name] for f in per_round] for name in TIMED}})  # fmt: skip
     return out
