@@ -95,12 +95,28 @@ def test_a_long_chain_never_collapses():
     assert len(pareto_front(points, ["maximize", "minimize"])) == 10
 
 
-def test_equal_accuracy_within_noise_keeps_both_and_lists_each_as_the_others_alternative():
+def test_equal_accuracy_within_noise_is_one_point_the_fewest_macs_stand_for_it_the_other_is_its_alternative():
     a, b = rec(0, 0.95, 1.00, macs=300), rec(1, 0.95, 1.01, macs=200)
-    front = front_of([b, a], SPEC)
-    assert numbers(front) == [0, 1]
-    eq = equivalents(front, [a, b], SPEC)
-    assert eq == {config_key(a.config): [b.config.label()], config_key(b.config): [a.config.label()]}
+    assert not Judge(SPEC).dominates(a, b) and not Judge(SPEC).dominates(b, a)  # neither beats the other
+    for order in ([a, b], [b, a]):
+        front = front_of(order, SPEC)
+        assert numbers(front) == [1]  # b: fewer MACs, though its point figure is 1 % slower
+        assert equivalents(front, order, SPEC) == {config_key(b.config): [a.config.label()]}
+
+
+def test_a_chain_of_equal_accuracy_ties_is_one_point_whatever_the_order_of_records():
+    """A ~ B (2 %), B ~ C (2.5 %), A and C separated (4.5 %), all of one accuracy. A dominates C (as accurate,
+    faster beyond noise); A and B are one point, and B, with the fewest MACs, stands for it; A and C (tied
+    with B) are its alternatives. A 5 % slower config of that accuracy, D, is dominated by A and B alike."""
+    a, b, c = rec(0, 0.95, 1.000, macs=300), rec(1, 0.95, 1.020, macs=100), rec(2, 0.95, 1.045, macs=200)
+    d = rec(3, 0.95, 1.071, macs=50)
+    judge = Judge(SPEC)
+    assert judge.tied(a, b) and judge.tied(b, c) and judge.dominates(a, c) and not judge.tied(a, c)
+    assert judge.dominates(b, d) and judge.dominates(a, d)
+    for order in itertools.permutations([a, b, c, d]):
+        front = front_of(list(order), SPEC)
+        assert numbers(front) == [1]
+        assert equivalents(front, list(order), SPEC) == {config_key(b.config): [a.config.label(), c.config.label()]}
 
 
 def test_more_rounds_can_separate_what_eight_could_not():
