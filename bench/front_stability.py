@@ -148,7 +148,9 @@ def main():
             f"Accuracy is cached after a first warm-up run; the {runs} runs of each row differ only in timing.",
             "The front beyond noise: timed objectives count only when the paired per-round test separates two "
             "configs (measure/paired.py, 3 % practical threshold); close calls raced in more interleaved rounds "
-            "(search/front/finalists.py).",
+            "(search/front/finalists.py); configs equal on accuracy that no timed objective separates are one "
+            "point, the fewest MACs standing for it (from 2026-12-07's front_stability_onepoint on). p50: each "
+            "timing batch's median, then their median (from that table on; before, the median of all calls).",
             "`auto` picks engine: model for this spec: every config predicted by a fresh latency model of the "
             "target, the candidates re-timed interleaved. Before it (exhaustive, brief per-trial timing, "
             "interleaved re-timing, tie rule, MACs-proxy candidates): 0.48-0.63 quiet, 0.32-0.56 busy.",
