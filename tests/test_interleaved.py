@@ -12,6 +12,7 @@ from adasearch.measure.interleaved import (
     VISIT_CALLS,
     bootstrap_intervals,
     figures,
+    resample_counts,
     round_robin_order,
     rounds_for,
     time_interleaved,
@@ -155,3 +156,26 @@ def test_typical_ms_of_an_exit_config_does_not_move_with_the_machines_noise():
     quiet, noisy = timed(0.02), timed(0.25)
     assert typical_ms(noisy, 8) / typical_ms(quiet, 8) == pytest.approx(1.0, abs=0.03)
     assert np.median(noisy) / np.median(quiet) > 1.1  # 80th percentile of the 1 ms group: exp(0.84 x 0.25)
+
+
+def test_the_bootstrap_gives_the_figures_of_each_resamples_pool_exactly():
+    """Computed from counts as weights, all resamples at once: the same intervals as building every
+    resample's pool of rounds and taking `figures` of it (rounds of one or two passes through 8 batches)."""
+    rng = np.random.default_rng(1)
+    cost = np.array([1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 2.0])
+    rounds = []
+    for _ in range(40):
+        passes = int(rng.integers(1, 3))
+        rounds.append(np.tile(cost, passes) * rng.lognormal(0.0, 0.2, size=8 * passes))
+    got = bootstrap_intervals(rounds, 4, seed=5, resamples=300, n_batches=8)
+    counts = resample_counts(len(rounds), 300, 5)
+    assert counts.shape == (300, 40) and (counts.sum(axis=1) == 40).all()
+    draws: dict = {}
+    for row in counts:
+        pooled = np.concatenate([rounds[r] for r in range(len(rounds)) for _ in range(row[r])])
+        for name, value in figures(pooled, 4, 8).items():
+            draws.setdefault(name, []).append(value)
+    for name, values in draws.items():
+        low, high = np.percentile(values, [2.5, 97.5])
+        assert got[name + "_ci_low"] == pytest.approx(low, rel=1e-12)
+        assert got[name + "_ci_high"] == pytest.approx(high, rel=1e-12)
