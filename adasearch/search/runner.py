@@ -265,7 +265,7 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                         with SearchProgress(ctx, engine.planned(), progress) as bar:
                             _search(ctx, engine, bar)
                             if not ctx.stop:  # Ctrl-C while measuring more: keep what is stored, re-time nothing
-                                retime_finalists(ctx, trials.records(ctx.study, spec, final))
+                                retime_finalists(ctx, trials.records(ctx.study, spec, final), only_new=True)
                         if ctx.stop:
                             break
                         final = ctx.study.user_attrs.get("final_metrics", {})
