@@ -29,7 +29,8 @@ from adasearch.spec import RunSpec
 SPEC = RunSpec(objectives=["accuracy", "latency_p50_ms"])
 CONFIGS, RUNS = 40, 20
 NOISE = 0.14  # per visit (why: above)
-BUDGET_S, CALL_MS = 1.0, 0.7  # the re-timing's budget per config (spec default) and a demo config's call
+BUDGET_S = SPEC.search.final_latency_budget_s  # the re-timing's budget per config: the spec's default
+CALL_MS = 0.7  # a demo config's call
 
 
 def ground_truth(seed: int = 1234) -> list:
