@@ -143,7 +143,7 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
     say, since the engine proposed it because it doubts them; the re-timed front is timed in the same
     rounds, and those rounds are added to its records as a race's are (their figures stay), so that every
     new config pairs with every front config. Re-timing every candidate again took most of a fallback
-    round: a demo run that fell back three times on 2026-12-07 took 442 s, against 117 s without."""
+    round: a demo run that fell back three times on 2026-12-07 took 442 s, against 118-126 s without."""
     budget_s = ctx.spec.search.final_latency_budget_s
     final = dict(ctx.study.user_attrs.get("final_metrics", {}))
     retimed: set = {int(k) for k in final} if only_new else set()
