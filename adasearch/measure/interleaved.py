@@ -78,10 +78,9 @@ def typical_ms(times_ms: np.ndarray, n_batches: int) -> float:
     Not the median of the pooled calls. An early-exit config's batches take different times (at batch 1
     some images stop after one block, others run on), and the pooled median of two such groups sits in
     the upper tail of the larger one, as far up as the per-call noise spreads it: with 5 of the 8 timing
-    images stopping after block 1 it is that group's 80th percentile. On a noisy hour that put
-    N1-wfull-d2-tau0.9 19 % above N1-wfull-d2-tau0.8, whose images all stop after block 1 (2026-12-07,
-    bench/results/front_stability_exitcurve2.md's quiet-1 run), and its prediction, made with the noise of
-    another moment, 19 % below it. A batch's median takes the noise out first; the median over the
+    images stopping after block 1 it is that group's 80th percentile, so it grows with the machine's noise
+    (tests/test_interleaved.py: over 10 % between per-call noise of 2 % and 25 %), and a prediction made with
+    the noise of another moment misses it. A batch's median takes the noise out first; the median over the
     batches is then the typical input's cost. A static config's batches cost alike: both agree there."""
     times_ms, n = np.asarray(times_ms, dtype=float), max(n_batches, 1)
     if times_ms.size and times_ms.size % n == 0:  # whole passes: one row per pass, one column per batch
@@ -108,8 +107,8 @@ def bootstrap_intervals(rounds_ms: Sequence[np.ndarray], batch_size: int, seed: 
 
     A resample is how many times it draws each round (resample_counts); its figures are those of `figures`
     on the pool of the drawn rounds, computed from the counts as weights (_weighted_percentiles) for all
-    resamples at once: the same numbers, without building a thousand pools per config (which took about
-    a fifth of a demo run's time)."""
+    resamples at once: the same numbers (tests/test_interleaved.py), without building a thousand pools per
+    config, nine medians each."""
     counts = resample_counts(len(rounds_ms), resamples, seed)
     n = max(n_batches, 1)
     rounds_ms = [np.asarray(t, dtype=float) for t in rounds_ms]

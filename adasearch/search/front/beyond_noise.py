@@ -158,8 +158,8 @@ def _one_per_point(front: list, judge: Judge) -> list:
     first label, stands for the configs equal to it on every deterministic objective that no timed
     objective separates from it; they are its `equivalent` (equivalents). Left to the timing, such a
     group is on the front whole or in part as the noise separates its members or not: on 2026-12-07's
-    quiet demo runs, three to seven configs of accuracy 0.973, within about 4 % of each other in time
-    (bench/results/front_stability_exitcurve2.md). Front order is kept."""
+    quiet demo runs, three to seven configs of accuracy 0.973 (bench/results/front_stability_exitcurve2.md,
+    the share of runs each config was on the front). Front order is kept."""
     kept: list = []
     for r in sorted(front, key=lambda r: (r.metrics.get(metrics.COMPUTE, math.inf), r.config.label())):
         if not any(judge.same_point(k, r) for k in kept):

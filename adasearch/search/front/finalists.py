@@ -142,8 +142,8 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
     before): every record not re-timed yet gets figures (one per config), whatever its predicted figures
     say, since the engine proposed it because it doubts them; the re-timed front is timed in the same
     rounds, and those rounds are added to its records as a race's are (their figures stay), so that every
-    new config pairs with every front config. Re-timing every candidate again took most of a fallback
-    round: a demo run that fell back three times on 2026-12-07 took 442 s, against 118-126 s without."""
+    new config pairs with every front config. Re-timing every candidate again made each fallback round
+    cost about as much as the first re-timing."""
     budget_s = ctx.spec.search.final_latency_budget_s
     final = dict(ctx.study.user_attrs.get("final_metrics", {}))
     retimed: set = {int(k) for k in final} if only_new else set()
