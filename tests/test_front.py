@@ -85,6 +85,31 @@ def test_a_race_spends_rounds_only_on_ties_more_rounds_could_break():
     assert close_calls([a, b, c], SPEC) == [(a, c)]
 
 
+def test_a_race_among_some_configs_takes_only_their_close_calls():
+    """A fallback round races only the pairs with a config it added (race's `among`): the close call (a, c)
+    of the test above is raced when c is among them, and not when only b (in no close call) is."""
+    from adasearch.search.front.beyond_noise import race
+
+    def straddling():
+        a, b, c = rec(0, 0.97, 1.0), rec(1, 0.96, 0.98), rec(2, 0.96, 0.98)
+        rounds = c.metrics[SESSIONS]["1"]["latency_p50_ms"]
+        c.metrics[SESSIONS]["1"]["latency_p50_ms"] = [t * (1.08 if i % 2 else 1 / 1.08) for i, t in enumerate(rounds)]
+        return a, b, c
+
+    for among, expected in (({"b"}, []), ({"c"}, [["a", "c"]]), (None, [["a", "c"]])):
+        recs = straddling()
+        names = {r.config: n for r, n in zip(recs, "abc")}
+        keys = {n: config_key(r.config) for r, n in zip(recs, "abc")}
+        timed = []
+
+        def time_configs(configs, timed=timed, names=names):
+            timed.append([names[c] for c in configs])
+            return None  # the budget is spent: one look at what would be raced
+
+        race(recs, SPEC, time_configs, 3, None if among is None else {keys[n] for n in among})
+        assert timed == expected, among
+
+
 def test_a_long_chain_never_collapses():
     """Ten configs, each 2 % faster and 0.005 less accurate than the one before: every neighbour is
     within noise. The front keeps every second one (4 % apart, separated); the point rule keeps all ten."""

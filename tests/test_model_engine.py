@@ -164,3 +164,37 @@ def test_model_engine_where_it_cannot_run_is_one_line(tmp_path):
     one_line_error(CliRunner().invoke(main, ["run", str(off), "--no-progress"]), "engine: model", "engine: optuna")
     untimed = write_run_spec(tmp_path / "b", {"num_tokens": [4, 8]}, objectives=["accuracy", "gmacs"], engine="model")
     one_line_error(CliRunner().invoke(main, ["run", str(untimed), "--no-progress"]), "times nothing")
+
+
+def test_fallback_rounds_stop_once_a_rounds_proposals_all_stay_off_the_front(tmp_path, cache):
+    """Every finalist 1.5x slower than predicted (a bad miss). After a fallback round whose one proposal came
+    out off the front, the engine stops with a note; when that proposal reached the front, it proposes the
+    next config the model puts in play (here the unmeasured one predicted fastest)."""
+    from adasearch.search.context import prepare
+    from adasearch.search.engines.model import ModelEngine
+    from adasearch.search.trials import TrialRecord
+    from adasearch.spec import load_spec
+
+    space = {"num_tokens": [1, 2, 4, 8], "depth": [1, 2]}
+    ctx = prepare(load_spec(write_run_spec(tmp_path, space, name="m", objectives=["accuracy", P50], limit=60)))
+    configs = list(ctx.space.unique().items())[:4]
+    low, high = interval_columns(P50)
+
+    def record(i, accuracy, ms, measured=True):
+        figures = {"accuracy": accuracy, predicted_column(P50): ms / 1.5 if measured else ms, P50: ms}
+        if measured:
+            figures.update({low: 0.99 * ms, high: 1.01 * ms})
+        return TrialRecord(i, configs[i][0], configs[i][1], figures, True, {})
+
+    finalists = [record(0, 0.97, 2.0), record(1, 0.95, 1.0), record(2, 0.90, 1.5)]  # 2 is off the front
+    for proposed, goes_on in ((2, False), (1, True)):
+        engine = ModelEngine(ctx)
+        engine.predicted = [*finalists, record(3, 0.93, 0.9, measured=False)]
+        engine.rounds, engine.proposed = 1, {configs[proposed][0]}
+        assert engine.retimed(finalists) is goes_on
+        if goes_on:
+            assert [p.config for p in engine.todo] == [configs[3][0]]
+        else:
+            assert ctx.notes[-1] == (
+                "latency model: the 1 configs measured in fallback round 1 all stayed off the front; no more rounds"
+            )

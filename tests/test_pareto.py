@@ -130,3 +130,25 @@ def test_the_macs_proxy_front_is_re_timed_whatever_the_brief_timings_said():
     recs = [fast_by_noise, cheap_but_slow_briefly, accurate, dominated, second_layer]
     assert [r.number for r in candidates(recs, spec)] == [0, 2, 4, 1]  # 1 only through the MACs proxy
     assert [r.number for r in proxy_front(recs, spec)] == [1, 2]
+
+
+def test_timing_twins_are_folded_into_the_best_of_them_before_choosing_candidates():
+    """Configs with one timing trace run the same operations on the timing images: only those no twin beats
+    on accuracy stay (equal ones: the fewest MACs, then the first label); configs of other traces, and twins
+    that break another untimed constraint, are untouched."""
+    from adasearch.search.front.finalists import fold_twins
+
+    def rec(n, acc, lat, macs, violations=()):
+        metrics = {"accuracy": acc, "latency_p50_ms": lat, "macs": macs}
+        return TrialRecord(n, DeploymentConfig(num_tokens=n + 1), {}, metrics, not violations,
+                           {v: 1.0 for v in violations})  # fmt: skip
+
+    recs = [rec(0, 0.95, 1.0, 300), rec(1, 0.97, 1.1, 400), rec(2, 0.97, 0.9, 200), rec(3, 0.97, 0.8, 200),
+            rec(4, 0.90, 0.7, 100), rec(5, 0.99, 0.5, 50, violations=("macs",))]  # fmt: skip
+    trace = {r.config: "same" for r in recs} | {recs[4].config: "other"}
+    spec = RunSpec(objectives=["accuracy", "latency_p50_ms"])
+    # 0: beaten on accuracy by 1, 2, 3; 1: equal to 2 and 3, more MACs; 3: equal MACs, label N4 after N3 (2)
+    assert [r.number for r in fold_twins(recs, spec, trace.get)] == [2, 4, 5]
+    # candidates fold first: the slower twin 2 stands for the point even though 3's figure is faster
+    assert [r.number for r in candidates(recs, spec, trace.get)] == [2, 4]
+    assert 3 in [r.number for r in candidates(recs, spec)]  # without the traces, 3 would be re-timed

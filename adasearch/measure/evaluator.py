@@ -222,6 +222,24 @@ class Evaluator:
         depths = self.accuracy.exit_depths(config)
         return [depths[k * b : (k + 1) * b].tolist() for k in range(len(self.latency_batches()))]
 
+    def timing_trace(self, config: DeploymentConfig) -> tuple:
+        """What a forward of config runs on each latency batch: per block run, how many of the batch's rows
+        still run it, its tokens, granularities and FFN width, and whether an exit check (a readout) follows;
+        then whether the last block's readout runs. Configs with one trace run the same operations on the
+        images they are timed on (an exit config's threshold and a depth cap its images never reach change
+        none), so their timings differ by noise alone (finalists.fold_twins)."""
+        plan = self.model.plan(**config.to_dict())
+        trace = []
+        for depths in self.timing_exit_depths(config):
+            ran = max(depths)
+            blocks = tuple(
+                (sum(d > i for d in depths), plan.tokens[i], plan.grans[i], plan.hidden[i],
+                 plan.taus[i] is not None and i != plan.depth - 1)
+                for i in range(ran)
+            )  # fmt: skip
+            trace.append((blocks, ran == plan.depth))
+        return tuple(trace)
+
     def latency_fingerprint(self) -> dict:
         """What part timings depend on: the target (device and its name, torch, threads, dtype, batch
         size) and the architecture (not the weights: they change no shape)."""

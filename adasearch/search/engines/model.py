@@ -14,7 +14,8 @@ re-timed figures (`retimed`). If the prediction missed badly on them (more than 
 re-timed finalists off by more than MISS at p50), the summary says so and the engine falls back to
 measuring: it proposes the configs that could still be on the front if they were as much faster than
 predicted as the most over-predicted finalist was (at most the per-round limit), those are re-timed,
-and so on for at most FALLBACK_ROUNDS rounds per run. A model that is wrong never decides silently.
+and so on for at most FALLBACK_ROUNDS rounds per run, and only while the last round's proposals reach the
+front (when none does, the model's error lies off the front). A model that is wrong never decides silently.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from adasearch.search import trials
 from adasearch.search.context import RunContext
 from adasearch.search.engines.base import Engine, Proposal
 from adasearch.search.front.beyond_noise import front_of
-from adasearch.search.front.finalists import NEAR, candidates
+from adasearch.search.front.finalists import NEAR, candidates, fold_twins
 from adasearch.search.latency_profile import latency_model_for
 
 VERIFY_LIMIT = 50  # configs proposed per round
@@ -75,6 +76,7 @@ class ModelEngine(Engine):
         self.limit = min(VERIFY_LIMIT, ctx.spec.search.trials)  # configs proposed per round
         self.predicted: list = []  # TrialRecords of every config, timed figures predicted
         self.todo: list = []  # proposals of the current round
+        self.proposed: set = set()  # configs of the last fallback round's proposals (this process's)
         # Fallback rounds are counted per study, so that resuming does not start the count again.
         self.rounds = int(ctx.study.user_attrs.get(ROUNDS_ATTR, 0)) if ctx.study is not None else 0
         self.optimism = 1.0  # measured / predicted of the most over-predicted finalist (fallback)
@@ -120,12 +122,16 @@ class ModelEngine(Engine):
     def start(self) -> None:
         if not self.predicted:
             self._predict_all()
-            self.todo = self._propose(candidates(self.predicted, self.ctx.spec))
+            self.todo = self._propose(
+                candidates(self.predicted, self.ctx.spec, self.ctx.measurer.evaluator.timing_trace)
+            )
 
     def ask(self) -> list:
         if not self.predicted:
             self._predict_all()
-            self.todo = self._propose(candidates(self.predicted, self.ctx.spec))
+            self.todo = self._propose(
+                candidates(self.predicted, self.ctx.spec, self.ctx.measurer.evaluator.timing_trace)
+            )
         todo, self.todo = self.todo, []
         return todo
 
@@ -153,10 +159,21 @@ class ModelEngine(Engine):
             if misses > BAD_SHARE * len(pairs):
                 self.ctx.notes.append(f"latency model: still missing after {self.rounds} rounds of measuring more")
             return False
+        if self.proposed and not self.proposed & {r.config for r in front_of(records, self.ctx.spec)}:
+            # The configs most likely to be on the front if the model is that optimistic came out off it: its
+            # error lies elsewhere than where the front is. A next round would chase the anchors' noise: the
+            # in-play set moves with the calibration re-taken each round, and on a noisy machine the exit
+            # configs' misses alone keep the share of misses up.
+            self.ctx.notes.append(
+                f"latency model: the {len(self.proposed)} configs measured in fallback round {self.rounds} all "
+                f"stayed off the front; no more rounds"
+            )
+            return False
         self.rounds += 1
         self.ctx.study.set_user_attr(ROUNDS_ATTR, self.rounds)
         self.optimism = max(0.5, min(self.optimism, *(m / p for p, m in pairs)))
         self.todo = self._propose(self._in_play(records))
+        self.proposed = {p.config for p in self.todo}
         missed = f"latency model: missed badly ({misses} of {len(pairs)} off by more than {MISS:.0%})"
         if self.todo:
             self.ctx.notes.append(
@@ -182,7 +199,8 @@ class ModelEngine(Engine):
             viol = trials.violations(self.ctx.spec, metrics)
             scaled.append(trials.TrialRecord(r.number, r.config, r.params, metrics, not viol, viol))
         original = {r.config: r for r in self.predicted}  # proposed with the model's figures, not the scaled ones
-        return [original[r.config] for r in front_of(scaled + list(records), self.ctx.spec) if r.config not in known]
+        both = fold_twins(scaled + list(records), self.ctx.spec, self.ctx.measurer.evaluator.timing_trace)
+        return [original[r.config] for r in front_of(both, self.ctx.spec) if r.config not in known]
 
 
 def predicted_figures(figures: dict) -> dict:

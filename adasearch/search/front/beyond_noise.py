@@ -217,18 +217,20 @@ def close_calls(recs: list, spec, judge: Judge = None) -> list:
     return pairs
 
 
-def race(recs: list, spec, time_configs, sessions: int) -> tuple[int, int]:
+def race(recs: list, spec, time_configs, sessions: int, among: set | None = None) -> tuple[int, int]:
     """Race the close calls of `recs` (close_calls) in at most `sessions` more sessions of interleaved
     rounds. time_configs(configs) times a prefix of those configs together (as many as its budget
     allows) and returns (session id, {config: {metric: [figure per round]}}), or None when the budget is
     spent. The configs come pair by pair, the pairs raced least so far first (then by rank), so that
     pairs that never separate do not starve the others. Each session's rounds are added to the records
     of its configs (SESSIONS), so the next comparisons pool them. Returns (pairs raced, of which still
-    not separated at the end: equivalent)."""
+    not separated at the end: equivalent). among: config keys (Judge.key); when given, only the close calls
+    with one of them are raced."""
     judge = Judge(spec)
     raced: dict = {}  # (key, key) -> sessions it was raced in
     for _ in range(sessions):
         pairs = [(judge.key(a), judge.key(b), a, b) for a, b in close_calls(recs, spec, judge)]
+        pairs = [p for p in pairs if among is None or {p[0], p[1]} & among]
         pairs.sort(key=lambda p: raced.get(p[:2], 0))  # stable: rank order within a count
         timed = time_configs(list(dict.fromkeys(r.config for *_, a, b in pairs for r in (a, b)))) if pairs else None
         if timed is None:

@@ -32,7 +32,7 @@ from adasearch.metrics import COMPUTE, REGISTRY, TIMED_METRICS
 from adasearch.search import trials
 from adasearch.search.context import RunContext
 from adasearch.search.front.beyond_noise import SESSIONS, front_of, race
-from adasearch.search.front.pareto import dominates, pareto_front
+from adasearch.search.front.pareto import as_min, dominates, pareto_front
 from adasearch.spec import RunSpec
 
 RETIMING = "re-timing finalists"  # the progress line's description
@@ -42,18 +42,21 @@ RACE_SHARE = 0.5  # of the re-timing's timing time, at most, spent racing
 RACE_VISIT = 0.5  # of the re-timing's budget per config, per config in a race: rounds, not repetitions, pair up
 
 
-def candidates(recs: list, spec: RunSpec) -> list:
+def candidates(recs: list, spec: RunSpec, trace=None) -> list:
     """The trials worth re-timing: the front, and when latency is measured, also the next
     non-dominated layer (at most twice the front's size), since a trial can be pushed off the front
     by timing noise alone, and the front with each timed objective replaced by MACs: a set that brief
     timings cannot change, so the configs most likely to be fastest are re-timed on every run; then the
     configs within NEAR of the front (near_front), which a timing or prediction error could put on it,
-    so that which configs are re-timed does not turn on that error; and the near misses."""
+    so that which configs are re-timed does not turn on that error; and the near misses. trace (config ->
+    Evaluator.timing_trace): when given, timing twins are folded first (fold_twins)."""
     directions = [o.direction for o in spec.objectives]
     first: dict = {}
     for r in recs:  # one trial per config (samplers can repeat one): the first, so it is timed once
         first.setdefault(r.config, r)
     recs = list(first.values())
+    if trace is not None and spec.needs_latency:
+        recs = fold_twins(recs, spec, trace)
     remaining = [r for r in recs if r.feasible] or list(recs)
     chosen: list = []
     for layer in range(2 if spec.needs_latency else 1):
@@ -68,6 +71,32 @@ def candidates(recs: list, spec: RunSpec) -> list:
         chosen += near_front(recs, spec, chosen, limit=len(chosen))
         chosen += near_misses(recs, spec, chosen, limit=len(chosen))
     return chosen
+
+
+def fold_twins(recs: list, spec: RunSpec, trace) -> list:
+    """recs without the timing twins of better ones. Twins run the same operations on the timing images
+    (trace: config -> Evaluator.timing_trace, equal) and break the same untimed constraints, so their timed
+    figures differ by noise alone: N8-wfull-d4-tau0.8 and seven more exit configs of the demo whose 8
+    timing images all stop by block 4 (bench/results/front_stability_exitcurve2.md saw three to seven of
+    them on one front, as the noise separated them). Timing them all spends the re-timing on that noise,
+    and the front beyond noise would take the best of them anyway: one a twin beats on a deterministic
+    objective and equals on the rest is dominated; among equals, the fewest MACs, then the first label,
+    stand for the point (beyond_noise._one_per_point). So only those are kept."""
+    fixed = [(o.metric, o.direction) for o in spec.objectives if not REGISTRY[o.metric].timed]
+    groups: dict = {}
+    for r in recs:
+        groups.setdefault((trace(r.config), frozenset(set(r.violations) - TIMED_METRICS)), []).append(r)
+    kept: set = set()
+    for members in groups.values():
+        ranked = sorted(members, key=lambda r: (r.metrics.get(COMPUTE, math.inf), r.config.label()))
+        values = [as_min([r.metrics[m] for m, _ in fixed], [d for _, d in fixed]) for r in ranked]
+        for i, v in enumerate(values):
+            beaten = any(
+                all(a <= b for a, b in zip(w, v)) and (w != v or j < i) for j, w in enumerate(values) if j != i
+            )
+            if not beaten:
+                kept.add(id(ranked[i]))
+    return [r for r in recs if id(r) in kept]
 
 
 def proxy_front(recs: list, spec: RunSpec) -> list:
@@ -143,7 +172,8 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
     say, since the engine proposed it because it doubts them; the re-timed front is timed in the same
     rounds, and those rounds are added to its records as a race's are (their figures stay), so that every
     new config pairs with every front config. Re-timing every candidate again made each fallback round
-    cost about as much as the first re-timing."""
+    cost about as much as the first re-timing. Its race takes only the close calls with a config it re-timed:
+    the others were raced to their end before, and racing them again in each round was most of its time."""
     budget_s = ctx.spec.search.final_latency_budget_s
     final = dict(ctx.study.user_attrs.get("final_metrics", {}))
     retimed: set = {int(k) for k in final} if only_new else set()
@@ -151,8 +181,9 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
     if only_new:  # what the engine proposed to measure, whatever its predicted figures: it doubts them
         todo = list({r.config: r for r in sorted(recs, key=lambda r: -r.number) if r.number not in retimed}.values())
     else:
-        todo = candidates(recs, ctx.spec)
+        todo = candidates(recs, ctx.spec, ctx.measurer.evaluator.timing_trace)
     companions = [r for r in front_of(recs, ctx.spec) if r.number in retimed] if only_new else []
+    new_keys: set = set()  # configs first re-timed by this call
     while todo:
         ctx.status(RETIMING, len(retimed), len(retimed) + len(todo))
         # Interleaved: the candidates share every moment's load instead of each getting its own window.
@@ -175,11 +206,14 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
             final[str(r.number)] = {**r.metrics, **timed[r.config], **(predict(r.config) if predict else {}),
                                     SESSIONS: {session: rounds}}  # fmt: skip
             retimed.add(r.number)
+            new_keys.add(trials.config_key(r.config))
         ctx.study.set_user_attr("final_metrics", final)  # an interrupted round of re-timing keeps what it did
         todo = [r for r in front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec) if r.number not in retimed]
         if not todo and retimed and spent_s and not raced:
             raced = True
-            race_close_calls(ctx, final, RACE_SHARE * spent_s)  # racing can move the front: re-time who joins
+            # A fallback round races only the pairs its configs are in: the others were raced before.
+            among = new_keys if only_new else None
+            race_close_calls(ctx, final, RACE_SHARE * spent_s, among)  # racing can move the front: re-time who joins
             front = front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec)
             todo = [r for r in front if r.number not in retimed]
     ctx.study.set_user_attr("final_metrics", final)
@@ -196,11 +230,11 @@ def _timed_session(ctx: RunContext, configs: list, budget_s: float, final: dict)
     return str(session), timer(configs, budget_s, seed=ctx.spec.search.seed + session - 1)
 
 
-def race_close_calls(ctx: RunContext, final: dict, budget_s: float) -> None:
+def race_close_calls(ctx: RunContext, final: dict, budget_s: float, among: set | None = None) -> None:
     """pareto.race on the run's records: each session times the close calls' configs (as many as fit) at
     RACE_VISIT of the re-timing's budget per config, while budget_s lasts; the rounds are stored with
-    every re-timed trial of those configs. A note says how many pairs were raced and how many stayed
-    equivalent."""
+    every re-timed trial of those configs. among: config keys; only pairs with one of them are raced
+    (None: every close call). A note says how many pairs were raced and how many stayed equivalent."""
     spec, per_config = ctx.spec, RACE_VISIT * ctx.spec.search.final_latency_budget_s
     left = [budget_s]
 
@@ -218,7 +252,7 @@ def race_close_calls(ctx: RunContext, final: dict, budget_s: float) -> None:
         ctx.study.set_user_attr("final_metrics", final)
         return session, rounds
 
-    raced, stayed = race(trials.records(ctx.study, spec, final), spec, time_configs, RACE_SESSIONS)
+    raced, stayed = race(trials.records(ctx.study, spec, final), spec, time_configs, RACE_SESSIONS, among)
     if raced:
         ctx.notes.append(
             f"racing: {raced} close pairs timed in up to {RACE_SESSIONS} more sessions of interleaved rounds; "

@@ -1,0 +1,37 @@
+"""Evaluator.timing_trace on the shipped demo and its digits: configs with one trace run the same operations on
+the timing images, so their forwards there give the same logits and exit depths; finalists.fold_twins relies on
+it to time only one of them."""
+
+import itertools
+
+import torch
+
+from adasearch import DeploymentConfig
+from adasearch.measure.evaluator import Hardware, build_evaluator
+
+
+def test_configs_with_one_timing_trace_compute_the_same_on_the_timing_images(tmp_path):
+    evaluator = build_evaluator("demo", "digits", Hardware(threads=1), limit=64, cache_dir=tmp_path)
+    configs = [
+        DeploymentConfig(num_tokens=n, depth=d, depth_tau=t)
+        for n, d, t in itertools.product([1, 8], [2, 3, 4, 5, None], [None, 0.8, 0.9, 0.95])
+    ]
+    traces = {c: evaluator.timing_trace(c) for c in configs}
+    twins = [(a, b) for a, b in itertools.combinations(configs, 2) if traces[a] == traces[b]]
+    assert len(twins) >= 3, "the demo's exit configs that stop before their cap should share traces"
+    assert all(a.depth_tau is not None and b.depth_tau is not None for a, b in twins)  # a static one checks no exit
+    assert len(set(traces.values())) > len(configs) // 4  # not one trace for everything
+    with torch.inference_mode():
+        for a, b in twins:
+            for batch in evaluator.latency_batches():
+                out_a = evaluator.model.run(batch, a)
+                out_b = evaluator.model.run(batch, b)
+                assert torch.equal(out_a.logits, out_b.logits), (a.label(), b.label())
+                assert torch.equal(out_a.exit_depth, out_b.exit_depth)
+    # the trace follows the timing images' exits: one that reaches its cap is no twin of one that runs on
+    capped, free = (
+        DeploymentConfig(num_tokens=8, depth=2, depth_tau=0.99),
+        DeploymentConfig(num_tokens=8, depth_tau=0.99),
+    )
+    assert max(max(d) for d in evaluator.timing_exit_depths(free)) > 2
+    assert evaluator.timing_trace(capped) != evaluator.timing_trace(free)
