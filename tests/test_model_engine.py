@@ -67,6 +67,9 @@ def test_auto_picks_the_model_engine_and_pareto_csv_carries_the_contract(model_r
     assert 0 < len(trials) <= VERIFY_LIMIT * (1 + FALLBACK_ROUNDS) < NETWORKS
     assert set(trials["timing"]) <= {"predicted", "re-timed"}
     assert "latency model: profiled" in output and "re-timed finalists within" in output
+    # exit configs whose timing images all stop before their cap are timing twins: one of each group is proposed
+    twins = re.search(r"timing twins: (\d+) of 468 configs", output)
+    assert twins and int(twins.group(1)) > 0, output
     doc = json.loads((out / "latency_model.json").read_text())
     assert doc["fingerprint"]["batch_size"] == 1 and doc["fingerprint"]["dtype"] == "float32"
     assert any(k.startswith("block:") for k in doc["parts"])

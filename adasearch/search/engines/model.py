@@ -119,19 +119,25 @@ class ModelEngine(Engine):
                 out.append(Proposal(r.config, encode(r.params), predicted=timed))
         return out
 
+    def _first_round(self) -> None:
+        """Predict every config and propose the candidates, timing twins folded (finalists.fold_twins)."""
+        self._predict_all()
+        trace = self.ctx.measurer.evaluator.timing_trace
+        folded = len(self.predicted) - len(fold_twins(self.predicted, self.ctx.spec, trace))
+        if folded:
+            self.ctx.notes.append(
+                f"timing twins: {folded} of {len(self.predicted)} configs run the same operations on the timing "
+                f"images as another at least as good on every untimed objective, and are left to it"
+            )
+        self.todo = self._propose(candidates(self.predicted, self.ctx.spec, trace))
+
     def start(self) -> None:
         if not self.predicted:
-            self._predict_all()
-            self.todo = self._propose(
-                candidates(self.predicted, self.ctx.spec, self.ctx.measurer.evaluator.timing_trace)
-            )
+            self._first_round()
 
     def ask(self) -> list:
         if not self.predicted:
-            self._predict_all()
-            self.todo = self._propose(
-                candidates(self.predicted, self.ctx.spec, self.ctx.measurer.evaluator.timing_trace)
-            )
+            self._first_round()
         todo, self.todo = self.todo, []
         return todo
 
