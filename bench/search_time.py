@@ -13,6 +13,7 @@ tree over base). "Busy" keeps one core busy (`yes > /dev/null`, started and stop
 """
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -32,7 +33,7 @@ RUN_TIMEOUT_S = 1800
 
 def run_once(tree: Path, cache: Path, out: Path) -> float:
     """Wall seconds of one demo run of `tree`'s code into `out`."""
-    env = {"ADASEARCH_CACHE": str(cache), "PYTHONPATH": str(tree), "PATH": str(Path(sys.executable).parent)}
+    env = {**os.environ, "ADASEARCH_CACHE": str(cache), "PYTHONPATH": str(tree)}
     cmd = [sys.executable, "cli.py", "run", "examples/demo-cpu.yaml", "--output", str(out), "--no-progress"]
     began = time.perf_counter()
     subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True, timeout=RUN_TIMEOUT_S)
