@@ -1,14 +1,14 @@
 """Finalists: which trials are re-timed with the longer budget, and the re-timing itself.
 
-Brief per-trial timings are noisy (sub-millisecond demo configs especially), so a config can be
-pushed on or off the front by noise alone. The candidates (the front, the next non-dominated layer,
-and near misses of timed constraints) are timed again, interleaved (measure/interleaved.py: shuffled
-round-robin rounds, search.final_latency_budget_s each, 95 % bootstrap intervals), and the front is
-recomputed from those figures, where timed objectives count only beyond noise (pareto.front_of). The
-re-timed figures are stored in the study's `final_metrics` attribute, keyed by trial number, so a later
-run (or an interrupted one) keeps them; with them, under pareto.SESSIONS, each config's figure in every
-round of every session (one call of the interleaved timer) it was timed in, which is what the paired
-comparisons (measure/paired.py) read.
+Brief per-trial timings are noisy (sub-millisecond demo configs especially), so a config can be pushed
+on or off the front by noise alone. The candidates (the front, the next non-dominated layer, and near
+misses of timed constraints; of timing twins, only the best: fold_twins) are timed again, interleaved
+(measure/interleaved.py: shuffled round-robin rounds, search.final_latency_budget_s each, 95 % bootstrap
+intervals), and the front is recomputed from those figures, where timed objectives count only beyond
+noise (pareto.front_of). The re-timed figures are stored in the study's `final_metrics` attribute, keyed
+by trial number, so a later run (or an interrupted one) keeps them; with them, under pareto.SESSIONS,
+each config's figure in every round of every session (one call of the interleaved timer) it was timed
+in, which is what the paired comparisons (measure/paired.py) read.
 
 Racing the close calls (as irace's F-race and Maron & Moore's Hoeffding races spend measurement only on
 candidates still undecided): when pairs whose timed order decides the front are neither separated nor
