@@ -152,3 +152,5 @@ def test_timing_twins_are_folded_into_the_best_of_them_before_choosing_candidate
     # candidates fold first: the slower twin 2 stands for the point even though 3's figure is faster
     assert [r.number for r in candidates(recs, spec, trace.get)] == [2, 4]
     assert 3 in [r.number for r in candidates(recs, spec)]  # without the traces, 3 would be re-timed
+    unknown = {**trace, recs[0].config: None, recs[1].config: None}  # no trace without a pass: twins of none
+    assert [r.number for r in fold_twins(recs, spec, unknown.get)] == [0, 1, 2, 4, 5]

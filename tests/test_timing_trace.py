@@ -16,7 +16,12 @@ def test_configs_with_one_timing_trace_compute_the_same_on_the_timing_images(tmp
         DeploymentConfig(num_tokens=n, depth=d, depth_tau=t)
         for n, d, t in itertools.product([1, 8], [2, 3, 4, 5, None], [None, 0.8, 0.9, 0.95])
     ]
+    unmeasured = DeploymentConfig(num_tokens=8, depth_tau=0.8)
+    assert evaluator.timing_trace(unmeasured) is None  # its exits need a pass: the trace does not run one
+    assert not evaluator.accuracy.measured(unmeasured)
+    evaluator.accuracy.measure(configs)  # the search measures accuracy first
     traces = {c: evaluator.timing_trace(c) for c in configs}
+    assert None not in traces.values()
     twins = [(a, b) for a, b in itertools.combinations(configs, 2) if traces[a] == traces[b]]
     assert len(twins) >= 3, "the demo's exit configs that stop before their cap should share traces"
     assert all(a.depth_tau is not None and b.depth_tau is not None for a, b in twins)  # a static one checks no exit

@@ -275,6 +275,16 @@ class AccuracyEngine:
         self._direct(config, False)
         return self._load_or_compute("direct", config.to_json(), lambda: None)["exit"]
 
+    def measured(self, config: DeploymentConfig) -> bool:
+        """Whether exit_depths(config) needs no pass: a static config, or one whose pass is in the cache
+        (a Ray driver lacks those its nodes ran alone)."""
+        plan = make_plan(self.model.cfg, **config.to_dict())
+        if all(t is None for t in plan.taus[:-1]):
+            return True
+        if self.shareable(config):
+            return self._cached("anytime", structural_key(self.model, config))
+        return self._cached("direct", config.to_json())
+
     # ------------------------------------------------------------------ direct path
 
     def _direct(self, config: DeploymentConfig, keep_predictions: bool) -> AccuracyResult:

@@ -222,12 +222,15 @@ class Evaluator:
         depths = self.accuracy.exit_depths(config)
         return [depths[k * b : (k + 1) * b].tolist() for k in range(len(self.latency_batches()))]
 
-    def timing_trace(self, config: DeploymentConfig) -> tuple:
+    def timing_trace(self, config: DeploymentConfig) -> Optional[tuple]:
         """What a forward of config runs on each latency batch: per block run, how many of the batch's rows
         still run it, its tokens, granularities and FFN width, and whether an exit check (a readout) follows;
         then whether the last block's readout runs. Configs with one trace run the same operations on the
         images they are timed on (an exit config's threshold and a depth cap its images never reach change
-        none), so their timings differ by noise alone (finalists.fold_twins)."""
+        none), so their timings differ by noise alone (finalists.fold_twins). None when the images' exits are
+        not known without a pass of their own (a config whose accuracy another node measured): no twin of any."""
+        if not self.accuracy.measured(config):
+            return None
         plan = self.model.plan(**config.to_dict())
         trace = []
         for depths in self.timing_exit_depths(config):

@@ -85,7 +85,10 @@ def fold_twins(recs: list, spec: RunSpec, trace) -> list:
     fixed = [(o.metric, o.direction) for o in spec.objectives if not REGISTRY[o.metric].timed]
     groups: dict = {}
     for r in recs:
-        groups.setdefault((trace(r.config), frozenset(set(r.violations) - TIMED_METRICS)), []).append(r)
+        key = trace(r.config)  # None: not known without a pass, a group of its own
+        groups.setdefault((key if key is not None else id(r), frozenset(set(r.violations) - TIMED_METRICS)), []).append(
+            r
+        )
     kept: set = set()
     for members in groups.values():
         ranked = sorted(members, key=lambda r: (r.metrics.get(COMPUTE, math.inf), r.config.label()))
