@@ -76,19 +76,19 @@ def candidates(recs: list, spec: RunSpec, trace=None) -> list:
 def fold_twins(recs: list, spec: RunSpec, trace) -> list:
     """recs without the timing twins of better ones. Twins run the same operations on the timing images
     (trace: config -> Evaluator.timing_trace, equal) and break the same untimed constraints, so their timed
-    figures differ by noise alone: N8-wfull-d4-tau0.8 and seven more exit configs of the demo whose 8
-    timing images all stop by block 4 (bench/results/front_stability_exitcurve2.md saw three to seven of
-    them on one front, as the noise separated them). Timing them all spends the re-timing on that noise,
+    figures differ by noise alone: all 8 of the demo's timing images stop after block 1 under
+    N8-wfull-d4-tau0.8, so N8-wfull-d2-, -d3-, -d5- and -dall-tau0.8 are its twins (such configs of one
+    accuracy were on the front three to seven at a time, as the noise separated them:
+    bench/results/front_stability_exitcurve2.md). Timing them all spends the re-timing on that noise,
     and the front beyond noise would take the best of them anyway: one a twin beats on a deterministic
     objective and equals on the rest is dominated; among equals, the fewest MACs, then the first label,
     stand for the point (beyond_noise._one_per_point). So only those are kept."""
     fixed = [(o.metric, o.direction) for o in spec.objectives if not REGISTRY[o.metric].timed]
     groups: dict = {}
     for r in recs:
-        key = trace(r.config)  # None: not known without a pass, a group of its own
-        groups.setdefault((key if key is not None else id(r), frozenset(set(r.violations) - TIMED_METRICS)), []).append(
-            r
-        )
+        ops = trace(r.config)
+        ops = id(r) if ops is None else ops  # None: not known without a pass; a group of its own
+        groups.setdefault((ops, frozenset(set(r.violations) - TIMED_METRICS)), []).append(r)
     kept: set = set()
     for members in groups.values():
         ranked = sorted(members, key=lambda r: (r.metrics.get(COMPUTE, math.inf), r.config.label()))
