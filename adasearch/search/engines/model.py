@@ -122,14 +122,14 @@ class ModelEngine(Engine):
     def _first_round(self) -> None:
         """Predict every config and propose the candidates, timing twins folded (finalists.fold_twins)."""
         self._predict_all()
-        trace = self.ctx.measurer.evaluator.timing_trace
-        folded = len(self.predicted) - len(fold_twins(self.predicted, self.ctx.spec, trace))
+        unfolded = fold_twins(self.predicted, self.ctx.spec, self.ctx.measurer.evaluator.timing_trace)
+        folded = len(self.predicted) - len(unfolded)
         if folded:
             self.ctx.notes.append(
                 f"timing twins: {folded} of {len(self.predicted)} configs run the same operations on the timing "
                 f"images as another at least as good on every untimed objective, and are left to it"
             )
-        self.todo = self._propose(candidates(self.predicted, self.ctx.spec, trace))
+        self.todo = self._propose(candidates(unfolded, self.ctx.spec))  # one record per config: folded once
 
     def start(self) -> None:
         if not self.predicted:

@@ -32,7 +32,7 @@ from adasearch.metrics import COMPUTE, REGISTRY, TIMED_METRICS
 from adasearch.search import trials
 from adasearch.search.context import RunContext
 from adasearch.search.front.beyond_noise import SESSIONS, front_of, race
-from adasearch.search.front.pareto import as_min, dominates, pareto_front
+from adasearch.search.front.pareto import dominates, pareto_front
 from adasearch.spec import RunSpec
 
 RETIMING = "re-timing finalists"  # the progress line's description
@@ -77,7 +77,8 @@ def fold_twins(recs: list, spec: RunSpec, trace) -> list:
     """recs without the timing twins of better ones. Twins run the same operations on the timing images
     (trace: config -> Evaluator.timing_trace, equal) and break the same untimed constraints, so their timed
     figures differ by noise alone: all 8 of the demo's timing images stop after block 1 under
-    N8-wfull-d4-tau0.8, so N8-wfull-d2-, -d3-, -d5- and -dall-tau0.8 are its twins (such configs of one
+    N8-wfull-d4-tau0.8, so N8-wfull-d2-, -d3-, -d5- and -dall-tau0.8 are its twins (tests/test_timing_trace.py;
+    such configs of one
     accuracy were on the front three to seven at a time, as the noise separated them:
     bench/results/front_stability_exitcurve2.md). Timing them all spends the re-timing on that noise,
     and the front beyond noise would take the best of them anyway: one a twin beats on a deterministic
@@ -89,15 +90,13 @@ def fold_twins(recs: list, spec: RunSpec, trace) -> list:
         ops = trace(r.config)
         ops = id(r) if ops is None else ops  # None: not known without a pass; a group of its own
         groups.setdefault((ops, frozenset(set(r.violations) - TIMED_METRICS)), []).append(r)
+    directions = [d for _, d in fixed]
     kept: set = set()
     for members in groups.values():
         ranked = sorted(members, key=lambda r: (r.metrics.get(COMPUTE, math.inf), r.config.label()))
-        values = [as_min([r.metrics[m] for m, _ in fixed], [d for _, d in fixed]) for r in ranked]
-        for i, v in enumerate(values):
-            beaten = any(
-                all(a <= b for a, b in zip(w, v)) and (w != v or j < i) for j, w in enumerate(values) if j != i
-            )
-            if not beaten:
+        values = [[r.metrics[m] for m, _ in fixed] for r in ranked]
+        for i, v in enumerate(values):  # kept unless a twin dominates it, or equals it and ranks before it
+            if not any(dominates(w, v, directions) or (w == v and j < i) for j, w in enumerate(values)):
                 kept.add(id(ranked[i]))
     return [r for r in recs if id(r) in kept]
 
