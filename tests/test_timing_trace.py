@@ -3,6 +3,7 @@ the timing images, so their forwards there give the same logits and exit depths;
 it to time only one of them."""
 
 import itertools
+from pathlib import Path
 
 import torch
 
@@ -40,3 +41,21 @@ def test_configs_with_one_timing_trace_compute_the_same_on_the_timing_images(tmp
     )
     assert max(max(d) for d in evaluator.timing_exit_depths(free)) > 2
     assert evaluator.timing_trace(capped) != evaluator.timing_trace(free)
+
+
+def test_the_twins_the_readme_names_on_the_demo_run(tmp_path, monkeypatch):
+    """examples/demo-cpu.yaml's timing images all stop after block 1 under N8-wfull-d4-tau0.8, so the same config
+    with depth cap 2, 3, 5 or none is its twin; with threshold 0.9 it is not (README, "timing twins")."""
+    from adasearch.search.context import prepare
+    from adasearch.spec import load_spec
+
+    monkeypatch.setenv("ADASEARCH_CACHE", str(tmp_path / "cache"))
+    demo_spec = Path(__file__).resolve().parents[1] / "examples" / "demo-cpu.yaml"
+    spec = load_spec(demo_spec).with_overrides(output=str(tmp_path / "out"))
+    evaluator = prepare(spec, storage=False).measurer.evaluator
+    configs = [DeploymentConfig(num_tokens=8, depth=d, depth_tau=t) for d, t in
+               [(4, 0.8), (2, 0.8), (3, 0.8), (5, 0.8), (None, 0.8), (4, 0.9)]]  # fmt: skip
+    evaluator.accuracy.measure(configs)
+    assert all(depths == [1] for depths in evaluator.timing_exit_depths(configs[0]))
+    traces = [evaluator.timing_trace(c) for c in configs]
+    assert traces[1:5] == [traces[0]] * 4 and traces[5] != traces[0]
