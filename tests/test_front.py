@@ -87,11 +87,12 @@ def test_a_race_spends_rounds_only_on_ties_more_rounds_could_break():
 
 def test_a_race_among_some_configs_takes_only_their_close_calls():
     """A fallback round races only the pairs with a config it added (race's `among`): the close call (a, c)
-    of the test above is raced when c is among them, and not when only b (in no close call) is."""
+    of the test above (c 5 % faster here, so that the race's rounds could separate it: not futile) is raced
+    when c is among them, and not when only b (in no close call) is."""
     from adasearch.search.front.beyond_noise import race
 
     def straddling():
-        a, b, c = rec(0, 0.97, 1.0), rec(1, 0.96, 0.98), rec(2, 0.96, 0.98)
+        a, b, c = rec(0, 0.97, 1.0), rec(1, 0.96, 0.98), rec(2, 0.96, 0.95)
         rounds = c.metrics[SESSIONS]["1"]["latency_p50_ms"]
         c.metrics[SESSIONS]["1"]["latency_p50_ms"] = [t * (1.08 if i % 2 else 1 / 1.08) for i, t in enumerate(rounds)]
         return a, b, c
@@ -108,6 +109,29 @@ def test_a_race_among_some_configs_takes_only_their_close_calls():
 
         race(recs, SPEC, time_configs, 3, None if among is None else {keys[n] for n in among})
         assert timed == expected, among
+
+
+def test_a_race_drops_the_pairs_its_rounds_could_not_separate():
+    """c is 2 % faster than a in the median, its rounds scattering 8 % either way (the close call above): even
+    with 3 sessions of MAX_ROUNDS more rounds the interval, narrowed as the square root of the rounds, would
+    not clear 3 % (paired.Comparison.futile), so the race spends none on it. d, 6 % faster, could clear it:
+    raced. With one session left the same holds; close_calls without more_rounds keeps both."""
+    from adasearch.search.front.beyond_noise import race
+
+    a, c, d = rec(0, 0.97, 1.0), rec(1, 0.96, 0.98), rec(2, 0.96, 0.94)
+    for r in (c, d):
+        rounds = r.metrics[SESSIONS]["1"]["latency_p50_ms"]
+        r.metrics[SESSIONS]["1"]["latency_p50_ms"] = [t * (1.08 if i % 2 else 1 / 1.08) for i, t in enumerate(rounds)]
+    assert close_calls([a, c, d], SPEC) == [(a, d), (a, c)]  # d ranks first: as accurate, faster
+    timed = []
+
+    def time_configs(configs):
+        timed.append([r.config.num_tokens for r in (a, c, d) if r.config in configs])
+        return None
+
+    race([a, c, d], SPEC, time_configs, 3)
+    assert timed == [[1, 3]]  # a and d (num_tokens n + 1)
+    assert close_calls([a, c, d], SPEC, more_rounds=128) == [(a, d)]
 
 
 def test_a_long_chain_never_collapses():
@@ -188,6 +212,22 @@ def test_configs_only_the_intervals_of_different_sessions_separate_are_close_cal
     assert not Judge(SPEC).unpaired(a, b) and numbers(front_of([a, b, c], SPEC)) == [0, 2]
 
 
+def test_beaten_takes_only_configs_a_front_config_separates_from_on_every_timed_objective():
+    """The configs a re-timing stops visiting (finalists._stop_beaten): b is as accurate as a and 1.5x slower
+    in every round, beaten; c is less accurate and 2 % slower, tied within noise, so a close call, not beaten;
+    d is more accurate, on the front; e is 3x slower but timed in another session (unpaired, within the
+    factor the machine's speed moves by between sessions); f has no rounds; g is infeasible."""
+    from adasearch.search.front.beyond_noise import beaten
+
+    a, b, c, d = rec(0, 0.95, 1.0), rec(1, 0.95, 1.5), rec(2, 0.94, 1.02), rec(3, 0.97, 2.0)
+    e, f, g = rec(4, 0.94, 1.9, session="2"), rec(5, 0.90, 3.0, rounds=False), rec(6, 0.90, 3.0)
+    g.feasible = False
+    assert numbers(front_of([a, b, c, d, e, f, g], SPEC)) == [0, 3]
+    assert numbers(beaten([a, b, c, d, e, f, g], SPEC)) == [1]
+    b.metrics[SESSIONS]["1"]["latency_p50_ms"] = [1.02 * t for t in DRIFT]  # 2 % slower: tied, no longer beaten
+    assert beaten([a, b, c, d], SPEC) == []
+
+
 def test_deterministic_objectives_alone_are_the_plain_pareto_front():
     spec = RunSpec(objectives=["accuracy", "gmacs"])
     recs = [rec(i, acc, 1.0) for i, acc in enumerate([0.9, 0.95, 0.93])]
@@ -235,8 +275,8 @@ def test_a_run_races_its_close_calls_and_lists_the_equivalents(tmp_path, monkeyp
 
     interleaved, sessions = Evaluator.time_interleaved, []
 
-    def all_alike(self, configs, budget_s, seed=0):
-        out = interleaved(self, configs, budget_s, seed=seed)
+    def all_alike(self, configs, budget_s, seed=0, stop=None):
+        out = interleaved(self, configs, budget_s, seed=seed, stop=stop)
         first = out[configs[0]][ROUND_FIGURES]
         for config, figures in out.items():
             odd = zlib.crc32(config.label().encode()) % 2
@@ -270,6 +310,41 @@ def test_a_run_races_its_close_calls_and_lists_the_equivalents(tmp_path, monkeyp
     assert CliRunner().invoke(main, ["report", str(out)]).exit_code == 0
     page = (out / "report.html").read_text()
     assert "<th>equivalent</th>" in page and next(e for e in listed.values() if e).split("; ")[0] in page
+
+
+def test_a_re_timing_stops_timing_the_configs_a_front_config_has_beaten(tmp_path):
+    """A real run, every round timed: N1 at depth 3 and 6 are less accurate than N8 at depth 1 (0.83 and 0.88
+    against 0.94 on these 100 digits) and over 1.6x slower, so the re-timing's first check (after 16 of its
+    rounds) stops them; the configs it stopped have no figures after that round, and none is on the front."""
+    import optuna
+    from click.testing import CliRunner
+
+    from adasearch.cli import main
+    from adasearch.measure.interleaved import STOP_MIN_ROUNDS, STOPPED
+    from adasearch.search import trials
+    from adasearch.spec import load_spec
+    from tests.helpers import write_run_spec
+
+    space = {"num_tokens": [1, 8, 32], "depth": [1, 3, 6]}
+    spec_path = write_run_spec(tmp_path, space, objectives=("accuracy", "latency_p50_ms"), engine="exhaustive",
+                               final_latency_budget_s=0.2)  # fmt: skip
+    r = CliRunner().invoke(main, ["run", str(spec_path), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}")
+    final = study.user_attrs["final_metrics"]
+    recs = trials.records(study, load_spec(spec_path), final)
+    stopped = {r.config.label(): final[str(r.number)][STOPPED] for r in recs if STOPPED in final.get(str(r.number), {})}
+    assert {"N1-wfull-d3", "N1-wfull-dall"} <= set(stopped)
+    for r in recs:
+        if r.config.label() in stopped:
+            done, rounds = stopped[r.config.label()]
+            first = final[str(r.number)][SESSIONS]["1"]["latency_p50_ms"]
+            assert done >= STOP_MIN_ROUNDS and len(first) == rounds > done
+            assert None not in first[:done] and first[done:] == [None] * (rounds - done)
+    front = {r.config.label() for r in front_of(recs, load_spec(spec_path))}
+    assert front and not front & set(stopped)
+    assert f"re-timing: {len(stopped)} of " in " ".join(yaml_notes(out))
 
 
 def yaml_notes(out) -> list:

@@ -19,8 +19,8 @@ import statistics
 import numpy as np
 
 from adasearch.config import DeploymentConfig
-from adasearch.measure.interleaved import ROUNDS, rounds_for
-from adasearch.search.front.beyond_noise import SESSIONS, front_of, race
+from adasearch.measure.interleaved import ROUNDS, rounds_for, stop_checks
+from adasearch.search.front.beyond_noise import SESSIONS, beaten, front_of, race
 from adasearch.search.front.finalists import RACE_SESSIONS, RACE_SHARE, RACE_VISIT
 from adasearch.search.front.pareto import pareto_front
 from adasearch.search.trials import TrialRecord
@@ -58,29 +58,50 @@ class Machine:
         return np.asarray(latency)[:, None] * self.speed * drift[None, :] * noise * burst
 
 
-def records(truth: list, rounds: np.ndarray) -> list:
+def records(truth: list, rounds: np.ndarray, visited: list = None) -> list:
+    """The configs' records after a session of `rounds`; config i visited in its first visited[i] rounds only
+    (None in the rest), and its point figure theirs."""
     out = []
     for i, ((acc, _), per_round) in enumerate(zip(truth, rounds)):
-        metrics = {"accuracy": acc, "latency_p50_ms": float(np.median(per_round)), "macs": float(i),
-                   SESSIONS: {"1": {"latency_p50_ms": per_round.tolist()}}}  # fmt: skip
+        n = len(per_round) if visited is None else visited[i]
+        timed = per_round[:n].tolist() + [None] * (len(per_round) - n)
+        metrics = {"accuracy": acc, "latency_p50_ms": float(np.median(per_round[:n])), "macs": float(i),
+                   SESSIONS: {"1": {"latency_p50_ms": timed}}}  # fmt: skip
         out.append(TrialRecord(i, DeploymentConfig(num_tokens=i + 1), {}, metrics, True, {}))
     return out
+
+
+def stopped_early(truth: list, rounds: np.ndarray) -> list:
+    """How many rounds each config is visited in when, as the re-timing does (finalists._stop_beaten), the
+    configs beaten beyond noise by the front of the rounds so far are visited no more from each check on."""
+    visited = [rounds.shape[1]] * len(truth)
+    for done in sorted(stop_checks(rounds.shape[1])):
+        live = [i for i, n in enumerate(visited) if n > done]
+        for r in beaten([records(truth, rounds[:, :done])[i] for i in live], SPEC):
+            visited[r.number] = done
+    return visited
 
 
 def mean_jaccard(fronts: list) -> float:
     return statistics.mean(len(a & b) / len(a | b) for a, b in itertools.combinations(fronts, 2))
 
 
-def simulate(truth: list, rounds: int, race_rounds: int) -> tuple[list, list, float, float]:
-    """(point fronts, fronts beyond noise, pairs raced a run, of them equivalent a run) over RUNS runs."""
+def simulate(truth: list, rounds: int, race_rounds: int, stop: bool = True) -> tuple:
+    """(point fronts, fronts beyond noise, pairs raced a run, of them equivalent a run, the share of the
+    session's visits the re-timing made) over RUNS runs. stop: configs beaten beyond noise are visited no
+    more from the timer's checks on (stopped_early)."""
     point_fronts, noise_fronts = [], []
-    raced = stayed = 0
+    raced = stayed = visits = 0
     for seed in range(RUNS):
         machine = Machine(seed)
-        recs = records(truth, machine.rounds([t for _, t in truth], rounds))
-        points = [(r.metrics["accuracy"], r.metrics["latency_p50_ms"]) for r in recs]
-        point_fronts.append({recs[i].number for i in pareto_front(points, ["maximize", "minimize"])})
-        budget = [RACE_SHARE / RACE_VISIT * CONFIGS]  # in race visits: the run's share of its re-timing
+        figures = machine.rounds([t for _, t in truth], rounds)
+        full = records(truth, figures)
+        points = [(r.metrics["accuracy"], r.metrics["latency_p50_ms"]) for r in full]
+        point_fronts.append({full[i].number for i in pareto_front(points, ["maximize", "minimize"])})
+        visited = stopped_early(truth, figures) if stop else [rounds] * CONFIGS
+        recs = records(truth, figures, visited)
+        visits += sum(visited) / rounds / CONFIGS / RUNS
+        budget = [RACE_SHARE / RACE_VISIT * sum(visited) / rounds]  # in race visits: a share of the re-timing's
 
         def time_configs(configs, machine=machine, budget=budget):
             configs = configs[: int(budget[0])]  # as the run does: as many as its budget allows
@@ -94,7 +115,7 @@ def simulate(truth: list, rounds: int, race_rounds: int) -> tuple[list, list, fl
         pairs, still = race(recs, SPEC, time_configs, RACE_SESSIONS)
         raced, stayed = raced + pairs, stayed + still
         noise_fronts.append({r.number for r in front_of(recs, SPEC)})
-    return point_fronts, noise_fronts, raced / RUNS, stayed / RUNS
+    return point_fronts, noise_fronts, raced / RUNS, stayed / RUNS, visits
 
 
 def describe(fronts: list) -> str:
@@ -104,12 +125,16 @@ def describe(fronts: list) -> str:
 def test_the_front_beyond_noise_holds_still_where_the_point_front_does_not():
     truth = ground_truth()
     rounds, race_rounds = rounds_for(BUDGET_S, CALL_MS), rounds_for(RACE_VISIT * BUDGET_S, CALL_MS)
-    points, fronts, raced, stayed = simulate(truth, rounds, race_rounds)
+    points, fronts, raced, stayed, visits = simulate(truth, rounds, race_rounds)
+    _, every_round, *_ = simulate(truth, rounds, race_rounds, stop=False)
     _, few_fronts, *_ = simulate(truth, ROUNDS, ROUNDS)
     print(f"\nmean pairwise Jaccard over {RUNS} simulated runs: point rule {describe(points)}; beyond noise, "
           f"{rounds} rounds and races of {race_rounds}: {describe(fronts)}, {raced:.1f} pairs raced a run, "
-          f"{stayed:.1f} stayed equivalent; beyond noise, {ROUNDS} rounds: {describe(few_fronts)}")  # fmt: skip
+          f"{stayed:.1f} stayed equivalent, {visits:.0%} of the session's visits made (the beaten stopped); "
+          f"every config every round: {describe(every_round)}; beyond noise, {ROUNDS} rounds: "
+          f"{describe(few_fronts)}")  # fmt: skip
     assert mean_jaccard(fronts) >= 0.9
+    assert visits < 0.8  # stopping the beaten saves visits (about a third here)
     assert mean_jaccard(fronts) > mean_jaccard(points)
     assert mean_jaccard(fronts) > mean_jaccard(few_fronts)  # at this noise, rounds are what hold it still
     assert min(map(len, fronts)) >= 5  # stability that does not come from a collapsed front

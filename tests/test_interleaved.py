@@ -9,12 +9,15 @@ from adasearch.measure.interleaved import (
     OVERRUN,
     ROUND_FIGURES,
     ROUNDS,
+    STOP_MIN_ROUNDS,
+    STOPPED,
     VISIT_CALLS,
     bootstrap_intervals,
     figures,
     resample_counts,
     round_robin_order,
     rounds_for,
+    stop_checks,
     time_interleaved,
     typical_ms,
 )
@@ -129,6 +132,80 @@ def test_a_session_whose_calls_turn_slow_stops_once_it_took_overrun_times_its_bu
     out = time_interleaved([run, run], [torch.zeros(1, 1)], sync=lambda: None, budget_s=0.125, clock=clock)
     assert [len(o[ROUND_FIGURES]["latency_p50_ms"]) for o in out] == [9, 9]
     assert [o["latency_reps"] for o in out] == [18, 18]
+
+
+def test_stop_checks_come_at_fractions_of_the_session_never_before_the_minimum():
+    assert STOP_MIN_ROUNDS == 16
+    assert stop_checks(128) == {16, 32, 64, 96}
+    assert stop_checks(40) == {16, 20, 30}  # 40 / 8 = 5 and 40 / 4 = 10: too few rounds yet, asked at 16
+    assert stop_checks(16) == set() and stop_checks(8) == set()
+
+
+def test_a_config_stop_names_is_visited_no_more_and_its_later_rounds_are_none():
+    """Three configs, 32 rounds: stop is asked after rounds 16 and 24 (stop_checks) about the configs still
+    timed, with their figures of the rounds so far; it stops config 1 at the first check."""
+    clock, calls, asked = FakeClock(), [], []
+
+    def make(i):
+        def run(x):
+            calls.append(i)
+            clock.now += (i + 1) * 2.0**-10
+
+        return run
+
+    def stop(done, figures):
+        asked.append((done, sorted(figures), {len(f["latency_p50_ms"]) for f in figures.values()}))
+        return [1]
+
+    out = time_interleaved([make(i) for i in range(3)], [torch.zeros(1, 1)], sync=lambda: None, budget_s=0.5,
+                           rounds=32, warmup=1, min_reps=2, clock=clock, stop=stop)  # fmt: skip
+    assert asked == [(16, [0, 1, 2], {16}), (24, [0, 2], {24})]
+    stopped = out[1][ROUND_FIGURES]["latency_p50_ms"]
+    assert all(x is not None for x in stopped[:16]) and stopped[16:] == [None] * 16
+    assert out[1][STOPPED] == [16, 32] and STOPPED not in out[0] and STOPPED not in out[2]
+    # 16 visits of a warm-up and 8 calls of 2**-9 s (its share, 0.5 s / 32 rounds, is 2**-6 s): half of 32
+    assert out[1]["latency_reps"] == 16 * 8 and calls.count(1) == 16 * (1 + 8)
+    assert out[0]["latency_reps"] == 32 * 16 and calls.count(0) == 32 * (1 + 16)
+    assert out[1]["latency_p50_ms"] == pytest.approx(2 * 2.0**-10 * 1e3)  # from the rounds it was timed in
+    assert out[1]["latency_p50_ms_ci_low"] == pytest.approx(out[1]["latency_p50_ms_ci_high"])
+
+
+def test_a_stopped_configs_figures_are_scaled_to_the_whole_session():
+    """The machine runs 2x slow in the first 16 of 32 rounds. Configs 0 and 2, timed every round: their p50 is
+    the middle of 32 calls at 2x and 32 at 1x, 1.5x their time, and over the first 16 rounds alone 2x. Config
+    1, stopped after round 16, was timed only at 2x: scaled by the others' 1.5 / 2, its p50 is 1.5x its time
+    too, as if it had been timed with them throughout. Its rounds stay as they were timed."""
+    clock, rounds_seen = FakeClock(), []
+    ms = [2.0**-10, 2.0**-9, 2.0**-8]
+
+    def make(i):
+        def run(x):
+            clock.now += ms[i] * (2 if len(rounds_seen) <= 16 else 1)
+
+        return run
+
+    def stop(done, figures):
+        return [1]
+
+    import adasearch.measure.interleaved as interleaved
+
+    def visits(n, rounds, seed):  # the seeded rounds, counted as the timer reaches them (the clock reads them)
+        for r, visit in enumerate(round_robin_order(n, rounds, seed)):
+            rounds_seen.append(r)
+            yield visit
+
+    original = interleaved.round_robin_order
+    interleaved.round_robin_order = visits
+    try:
+        # no budget: every visit is min_reps calls, so a config timed throughout has as many calls at 2x as at 1x
+        out = time_interleaved([make(i) for i in range(3)], [torch.zeros(1, 1)], sync=lambda: None, budget_s=0.0,
+                               rounds=32, warmup=1, min_reps=2, clock=clock, stop=stop)  # fmt: skip
+    finally:
+        interleaved.round_robin_order = original
+    assert out[1][STOPPED] == [16, 32]
+    assert [o["latency_p50_ms"] for o in out] == pytest.approx([1.5 * t * 1e3 for t in ms])
+    assert out[1][ROUND_FIGURES]["latency_p50_ms"][:16] == pytest.approx([2 * ms[1] * 1e3] * 16)
+    assert out[1]["latency_p50_ms_ci_low"] == pytest.approx(1.5 * ms[1] * 1e3)
 
 
 def test_typical_ms_is_the_median_over_batches_of_each_batchs_median_by_hand():

@@ -110,8 +110,8 @@ def test_configs_that_join_the_front_after_re_timing_are_re_timed_too(tmp_path, 
 
     interleaved, rounds = Evaluator.time_interleaved, []
 
-    def slow_first_round(self, configs, budget_s, seed=0):
-        out = interleaved(self, configs, budget_s, seed=seed)
+    def slow_first_round(self, configs, budget_s, seed=0, stop=None):
+        out = interleaved(self, configs, budget_s, seed=seed, stop=stop)
         rounds.append(len(configs))
         if len(rounds) == 1:  # the first candidates come out 50x slower than their brief timings
             for figures in out.values():

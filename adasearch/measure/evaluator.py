@@ -177,7 +177,8 @@ class Evaluator:
         measurement.env = {**self.environment(), "latency_reps": lat.reps, "warmup": lat.warmup}
         return measurement
 
-    def time_interleaved(self, configs: list, budget_s: float, seed: int = 0, rounds: Optional[int] = None) -> dict:
+    def time_interleaved(self, configs: list, budget_s: float, seed: int = 0, rounds: Optional[int] = None,
+                         stop=None) -> dict:  # fmt: skip
         """{config: metrics} for `configs` timed round-robin in shuffled rounds (measure/interleaved.py),
         budget_s of timing each, with 95 % bootstrap intervals of every timed figure, and peak memory.
 
@@ -186,7 +187,8 @@ class Evaluator:
         group's forwards are released before the next is built. A session's rounds are then numbered across
         its groups, and each config's ROUND_FIGURES has None in the rounds of the other groups: configs of
         different groups share no round, so no paired comparison pairs them. Without `rounds`,
-        interleaved.rounds_for chooses them, group by group."""
+        interleaved.rounds_for chooses them, group by group. stop(rounds done, {config: its ROUND_FIGURES so
+        far}) -> configs to visit no more: interleaved.time_interleaved's `stop`, asked of each group's configs."""
         from adasearch.measure.interleaved import ROUND_FIGURES, time_interleaved
 
         configs = list(dict.fromkeys(configs))
@@ -195,8 +197,8 @@ class Evaluator:
         out, group_rounds = {}, []
         for g, members in enumerate(groups):
             fns = [self.runner(configs[i]) for i in members]  # built (compiled, captured, exported) before any round
-            timed = time_interleaved(fns, batches, sync=_synchronizer(self.device), budget_s=budget_s,
-                                     rounds=rounds, seed=seed + g)  # fmt: skip
+            timed = time_interleaved(fns, batches, sync=_synchronizer(self.device), budget_s=budget_s, rounds=rounds,
+                                     seed=seed + g, stop=_asked_of(stop, [configs[i] for i in members]))  # fmt: skip
             del fns
             if len(groups) > 1:
                 self.runtime.release()
@@ -340,3 +342,16 @@ def build_evaluator(
     evaluator = Evaluator(model, search, hardware, cache_dir=cache_dir, latency_budget_s=latency_budget_s)
     evaluator.heldout = heldout
     return evaluator
+
+
+def _asked_of(stop, group: list):
+    """interleaved.time_interleaved's stop for one group of configs (in the order of its run_fns), from a
+    stop that takes and returns configs; None without one."""
+    if stop is None:
+        return None
+
+    def asked(rounds_done: int, figures: dict) -> list:
+        stopped = set(stop(rounds_done, {group[i]: f for i, f in figures.items()}))
+        return [i for i, c in enumerate(group) if c in stopped]
+
+    return asked

@@ -46,10 +46,13 @@ ROUNDS = 8  # the fewest rounds a timing is split into
 MAX_ROUNDS = 128  # the most (why: above)
 VISIT_CALLS = 8  # timed calls the median config's visit holds at least, when rounds are chosen by rounds_for
 OVERRUN = 3.0  # a session of rounds_for's rounds stops (after ROUNDS at least) once it took this many times its budget
+STOP_CHECKS = (1 / 8, 1 / 4, 1 / 2, 3 / 4)  # of a session's rounds, after which `stop` is asked (why: finalists)
+STOP_MIN_ROUNDS = 16  # the fewest rounds done at a check
 BOOTSTRAP = 1000
 CHUNK = 100  # bootstrap resamples computed at once (their weight matrices held in memory)
 TIMED = (P50, P90, P99, THROUGHPUT)
 ROUND_FIGURES = "round_figures"  # {figure name: [its value in each round]}, beside the pooled figures
+STOPPED = "stopped_after_rounds"  # [rounds it was visited in, the session's rounds]: only a config `stop` stopped
 
 
 def rounds_for(budget_s: float, call_ms: float) -> int:
@@ -175,6 +178,7 @@ def time_interleaved(
     min_reps: int = 2,
     seed: int = 0,
     clock=None,
+    stop=None,
 ) -> list:
     """Per run_fn (one per config): {figures..., intervals..., "latency_reps": n, ROUND_FIGURES: {...}}.
     Each of `rounds` rounds visits every config once in a fresh random order; a visit warms up, then
@@ -183,7 +187,13 @@ def time_interleaved(
     call), and the session stops early, after ROUNDS rounds at least, once it has taken OVERRUN times its
     budget: calls that turn slow after that one call (another process takes a core) would otherwise
     stretch every visit's whole passes far past its share. A run on 12-07 with one core kept busy spent
-    over 18 minutes where it was meant to spend about 6."""
+    over 18 minutes where it was meant to spend about 6.
+
+    stop(rounds done, {index: {figure name: [its value in each round so far, None where not visited]}}) ->
+    the indices of configs to visit no more, asked after the rounds in stop_checks: a race that drops the
+    configs already decided (search/front/finalists.py). A stopped config's figures and intervals are those
+    of the rounds it was visited in; its ROUND_FIGURES hold None in the rest, which no pair shares, and
+    STOPPED says when it stopped. Configs already stopped are not asked about again."""
     import time
 
     clock = clock or time.perf_counter
@@ -192,30 +202,70 @@ def time_interleaved(
     if rounds is None:
         rounds = rounds_for(budget_s, float(np.median([_call_ms(fn, batches[0], sync, clock) for fn in run_fns])))
         cap_s = OVERRUN * budget_s * len(run_fns)
-    samples = [[[] for _ in range(rounds)] for _ in run_fns]
+    samples = [[None] * rounds for _ in run_fns]
+    per_round = [[None] * rounds for _ in run_fns]  # each visit's figures, as soon as it is taken
     share = budget_s / rounds
+    checks, stopped = stop_checks(rounds) if stop else set(), {}
     began = clock()
     with torch.inference_mode():
         for r, visit in enumerate(round_robin_order(len(run_fns), rounds, seed)):
             if r >= ROUNDS and clock() - began > cap_s:
-                samples = [per_config[:r] for per_config in samples]  # whole rounds only: they stay paired
+                samples, per_round = [s[:r] for s in samples], [f[:r] for f in per_round]  # whole rounds: paired
                 break
+            if r in checks:
+                for i in stop(r, {i: _by_name(per_round[i][:r]) for i in range(len(run_fns)) if i not in stopped}):
+                    stopped.setdefault(i, r)
             for i in visit:
+                if i in stopped:
+                    continue
                 fn = run_fns[i]
                 for w in range(warmup):
                     fn(batches[w % len(batches)])
                 sync()
                 samples[i][r] = _visit(fn, batches, sync, clock, share, min_reps)
+                per_round[i][r] = figures(np.array(samples[i][r]), batch_size, len(batches))
     out = []
-    for i, per_round in enumerate(samples):
-        rounds_ms = [np.array(t) for t in per_round]
+    for i, visits in enumerate(samples):
+        rounds_ms = [np.array(t) for t in visits if t is not None]
         pooled = np.concatenate(rounds_ms)
-        per_round = [figures(t, batch_size, len(batches)) for t in rounds_ms]
         intervals = bootstrap_intervals(rounds_ms, batch_size, seed=seed + i, n_batches=len(batches))
         out.append({**figures(pooled, batch_size, len(batches)), **intervals,
-                    "latency_reps": int(pooled.size),
-                    ROUND_FIGURES: {name: [f[name] for f in per_round] for name in TIMED}})  # fmt: skip
+                    "latency_reps": int(pooled.size), ROUND_FIGURES: _by_name(per_round[i]),
+                    **({STOPPED: [stopped[i], len(visits)]} if i in stopped else {})})  # fmt: skip
+    _to_whole_session(out, samples, stopped, batch_size, len(batches))
     return out
+
+
+def _to_whole_session(out: list, samples: list, stopped: dict, batch_size: int, n_batches: int) -> None:
+    """Scale each stopped config's figures and intervals (in out) to the whole session: by the median, over
+    the configs visited in every round, of each one's whole figure over its figure from only the rounds the
+    stopped config was visited in. The machine's speed moves within a session, and a config stopped after
+    its first rounds would otherwise carry those rounds' speed in its figures: paired comparisons cancel it,
+    the figures a user reads and the latency model's check do not (on the demo, the configs stopped early
+    came out 15-44 % slower than predicted where the others agreed within 5 % in median, before this)."""
+    whole = [i for i in range(len(out)) if i not in stopped]
+    for done in set(stopped.values()) if whole else ():
+        ratios = {name: [] for name in TIMED}
+        for i in whole:
+            part = figures(np.concatenate([np.array(t) for t in samples[i][:done]]), batch_size, n_batches)
+            for name in TIMED:
+                ratios[name].append(out[i][name] / part[name])
+        for i in (i for i, d in stopped.items() if d == done):
+            for name in TIMED:
+                factor = float(np.median(ratios[name]))
+                for column in (name, *interval_columns(name)):
+                    out[i][column] *= factor
+
+
+def stop_checks(rounds: int) -> set:
+    """After which rounds time_interleaved asks its `stop`: at STOP_CHECKS of the session, and never before
+    STOP_MIN_ROUNDS rounds are done (fewer pair too loosely to call anything decided)."""
+    return {k for k in (max(STOP_MIN_ROUNDS, int(rounds * f)) for f in STOP_CHECKS) if k < rounds}
+
+
+def _by_name(per_round: list) -> dict:
+    """{figure name: [its value in each round, None where the config was not visited]}."""
+    return {name: [None if f is None else f[name] for f in per_round] for name in TIMED}
 
 
 def _visit(fn, batches: Sequence[torch.Tensor], sync, clock, share: float, min_reps: int) -> list:

@@ -10,9 +10,17 @@ by trial number, so a later run (or an interrupted one) keeps them; with them, u
 each config's figure in every round of every session (one call of the interleaved timer) it was timed
 in, which is what the paired comparisons (measure/paired.py) read.
 
+The re-timing races as it goes (as irace's F-race drops a candidate once a better one is separated from
+it): at checks from an eighth of the way in on (interleaved.stop_checks), the configs that the front of the
+rounds so far beats beyond noise on every timed objective (beyond_noise.beaten) are visited no more
+(_stop_beaten), their figures scaled to the whole session (interleaved._to_whole_session); the notes say how
+many stopped. Many candidates are re-timed to be sure (the front's next layer, the configs near it), and the
+first rounds show most of them clearly off the front.
+
 Racing the close calls (as irace's F-race and Maron & Moore's Hoeffding races spend measurement only on
 candidates still undecided): when pairs whose timed order decides the front are neither separated nor
-settled within the practical threshold (beyond_noise.close_calls), just those configs are timed again
+settled within the practical threshold, nor so near that the race's rounds could not separate them at their
+current estimate (beyond_noise.close_calls, paired.Comparison.futile), just those configs are timed again
 together, in sessions of interleaved rounds (as many as measure/interleaved.rounds_for allows) at
 RACE_VISIT of the re-timing's budget per config (the paired test counts rounds, not repetitions), until
 every such pair is separated or settled, or the budget is spent: RACE_SESSIONS sessions, and at most
@@ -23,15 +31,16 @@ stayed equivalent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
-from adasearch.measure.interleaved import ROUND_FIGURES
+from adasearch.measure.interleaved import ROUND_FIGURES, STOPPED
 from adasearch.metrics import COMPUTE, REGISTRY, TIMED_METRICS
 from adasearch.search import trials
 from adasearch.search.context import RunContext
-from adasearch.search.front.beyond_noise import SESSIONS, front_of, race
+from adasearch.search.front.beyond_noise import SESSIONS, beaten, front_of, race
 from adasearch.search.front.pareto import dominates, pareto_front
 from adasearch.spec import RunSpec
 
@@ -186,14 +195,16 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
         todo = candidates(recs, ctx.spec, ctx.measurer.evaluator.timing_trace)
     companions = [r for r in front_of(recs, ctx.spec) if r.number in retimed] if only_new else []
     new_keys: set = set()  # configs first re-timed by this call
+    stopped: list = []  # the share of its session's rounds each config stopped early was timed in
     while todo:
         ctx.status(RETIMING, len(retimed), len(retimed) + len(todo))
         # Interleaved: the candidates share every moment's load instead of each getting its own window.
         # The latency model's reference configs (engine: model) share the rounds too: they re-take its
         # calibration at this moment, and the finalists' predictions are made again with it.
         configs = list(dict.fromkeys([r.config for r in todo + companions] + list(ctx.anchors)))
-        session, timed = _timed_session(ctx, configs, budget_s, final)
-        spent_s += budget_s * len(configs)
+        session, timed = _timed_session(ctx, configs, budget_s, final, todo + companions)
+        spent_s += budget_s * sum(_visited_share(timed[c]) for c in configs)
+        stopped += [_visited_share(timed[r.config]) for r in todo if STOPPED in timed[r.config]]
         predict = ctx.reanchor({a: timed[a] for a in ctx.anchors}) if ctx.anchors else None
         for r in companions:
             entry = final[str(r.number)]
@@ -220,16 +231,59 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
             todo = [r for r in front if r.number not in retimed]
     ctx.study.set_user_attr("final_metrics", final)
     ctx.status(RETIMING, len(retimed), len(retimed))
+    if stopped:
+        ctx.notes.append(
+            f"re-timing: {len(stopped)} of {len(retimed)} configs stopped early, beaten beyond noise by a front "
+            f"config (after {min(stopped):.0%}-{max(stopped):.0%} of their session's rounds)"
+        )
     return final
 
 
-def _timed_session(ctx: RunContext, configs: list, budget_s: float, final: dict) -> tuple:
-    """(session id, {config: figures}) of one call of the interleaved timer; ids count up over the study."""
+def _timed_session(ctx: RunContext, configs: list, budget_s: float, final: dict, among: list = ()) -> tuple:
+    """(session id, {config: figures}) of one call of the interleaved timer; ids count up over the study.
+    The records `among` (of configs in the session) race as they are timed: at the timer's checks, those
+    beaten beyond noise by the front of their rounds so far (beyond_noise.beaten) are visited no more
+    (_stop_beaten). A cluster's timer (ctx.retimer) runs on another node and times every round."""
     seen = [int(s) for entry in final.values() for s in entry.get(SESSIONS, {})]
     session = max(seen, default=0) + 1
-    timer = ctx.retimer or ctx.measurer.evaluator.time_interleaved
     # Each session its own seed: its rounds visit the configs in other orders than the earlier ones'.
-    return str(session), timer(configs, budget_s, seed=ctx.spec.search.seed + session - 1)
+    seed = ctx.spec.search.seed + session - 1
+    if ctx.retimer:
+        return str(session), ctx.retimer(configs, budget_s, seed=seed)
+    stop = _stop_beaten(ctx.spec, list(among), str(session)) if among else None
+    return str(session), ctx.measurer.evaluator.time_interleaved(configs, budget_s, seed=seed, stop=stop)
+
+
+def _stop_beaten(spec: RunSpec, among: list, session: str):
+    """The interleaved timer's stop for a session that times the records `among`: the configs that the front
+    of their rounds so far beats beyond noise, paired, on every timed objective (beyond_noise.beaten), so more
+    rounds cannot bring them back, as an F-race drops a candidate once a better one is separated from it. The
+    rest (the front, the close calls, any config not in among: the latency model's anchors) are timed every
+    round. A record's point figures, for the front's order, are its rounds' medians so far.
+
+    In tests/test_front_simulation.py's noisy machine, stopping at interleaved.STOP_CHECKS keeps the front as
+    still as timing every config every round (the test prints both) with about two thirds of the visits."""
+    by_config = {r.config: r for r in among}
+    timed = [o.metric for o in spec.objectives if REGISTRY[o.metric].timed]
+
+    def stop(rounds_done: int, figures: dict) -> list:
+        partial = []
+        for config, rounds in figures.items():
+            r = by_config.get(config)
+            if r is None or all(x is None for x in rounds[timed[0]]):
+                continue
+            points = {m: float(np.median([x for x in rounds[m] if x is not None])) for m in timed}
+            sessions = {**r.metrics.get(SESSIONS, {}), session: rounds}
+            partial.append(dataclasses.replace(r, metrics={**r.metrics, **points, SESSIONS: sessions}))
+        return [r.config for r in beaten(partial, spec)]
+
+    return stop
+
+
+def _visited_share(figures: dict) -> float:
+    """The share of its session's rounds a config was visited in: under 1 when the timer stopped it early."""
+    done, rounds = figures.get(STOPPED, (1, 1))
+    return done / rounds
 
 
 def race_close_calls(ctx: RunContext, final: dict, budget_s: float, among: set | None = None) -> None:
