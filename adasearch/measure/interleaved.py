@@ -241,8 +241,8 @@ def _to_whole_session(out: list, samples: list, stopped: dict, batch_size: int, 
     the configs visited in every round, of each one's whole figure over its figure from only the rounds the
     stopped config was visited in. The machine's speed moves within a session, and a config stopped after
     its first rounds would otherwise carry those rounds' speed in its figures: paired comparisons cancel it,
-    the figures a user reads and the latency model's check do not (on the demo, the configs stopped early
-    came out 15-44 % slower than predicted where the others agreed within 5 % in median, before this)."""
+    the figures a user reads and the latency model's check (engine: model) do not. tests/test_interleaved.py
+    checks it on a machine that runs twice as slow in the first half of the rounds."""
     whole = [i for i in range(len(out)) if i not in stopped]
     for done in set(stopped.values()) if whole else ():
         ratios = {name: [] for name in TIMED}

@@ -30,8 +30,7 @@ class Judge:
     - otherwise (brief per-trial timings, predictions): the figures themselves.
     """
 
-    def __init__(self, spec, threshold: float = paired.PRACTICAL):
-        self.threshold = threshold  # timed figures closer than this (a ratio of 1 + threshold) are never separated
+    def __init__(self, spec):
         self.timed = [(o.metric, o.direction) for o in spec.objectives if metrics.REGISTRY[o.metric].timed]
         self.fixed = [(o.metric, o.direction) for o in spec.objectives if not metrics.REGISTRY[o.metric].timed]
         self._keys: dict = {}
@@ -62,7 +61,7 @@ class Judge:
         cache = (min(ka, kb), max(ka, kb), metric, tuple(first), tuple(second))
         if cache not in self._comparisons:
             ra, rb = paired.shared_rounds(first, second, metric)
-            self._comparisons[cache] = paired.compare(ra, rb, threshold=self.threshold) if ra else None
+            self._comparisons[cache] = paired.compare(ra, rb) if ra else None
         found = self._comparisons[cache]
         return found if found is None or ka <= kb else found.reversed()
 
@@ -75,7 +74,7 @@ class Judge:
         low, high = metrics.interval_columns(metric)
         if all(r.metrics.get(c) is not None for r in (a, b) for c in (low, high)):
             disjoint = a.metrics[low] > b.metrics[high] or b.metrics[low] > a.metrics[high]
-            if not disjoint or abs(math.log(xa / xb)) <= math.log(1 + self.threshold):
+            if not disjoint or abs(math.log(xa / xb)) <= math.log(1 + paired.PRACTICAL):
                 return 0
         return (xa > xb) - (xa < xb)
 
@@ -197,20 +196,17 @@ def equivalents(front: list, recs: list, spec) -> dict:
     }  # fmt: skip
 
 
-def beaten(recs: list, spec, judge: Judge = None, front: list = None, margin: float = None) -> list:
+def beaten(recs: list, spec, judge: Judge = None, front: list = None) -> list:
     """Feasible records timed in interleaved rounds that a record on the front (noise_front) dominates
-    beyond noise, paired, on every timed objective: more rounds cannot bring them back onto it. margin:
-    separated by more than this (a ratio of 1 + margin) on every timed objective, not only by the judge's
-    threshold."""
+    beyond noise, paired, on every timed objective: more rounds cannot bring them back onto it."""
     judge = judge or Judge(spec)
     feasible = [r for r in recs if r.feasible]
     front = noise_front(feasible, spec, judge) if front is None else front
-    strict = judge if margin is None else Judge(spec, threshold=margin)
     return [
         x
         for x in _unique(feasible, judge)
         if x.metrics.get(SESSIONS)
-        and any(f is not x and strict.dominates(f, x) and 0 not in strict.signs(x, f) and not strict.unpaired(x, f)
+        and any(f is not x and judge.dominates(f, x) and 0 not in judge.signs(x, f) and not judge.unpaired(x, f)
                 for f in front)
     ]  # fmt: skip
 
