@@ -87,12 +87,11 @@ def test_a_race_spends_rounds_only_on_ties_more_rounds_could_break():
 
 def test_a_race_among_some_configs_takes_only_their_close_calls():
     """A fallback round races only the pairs with a config it added (race's `among`): the close call (a, c)
-    of the test above (c 5 % faster here, so that the race's rounds could separate it: not futile) is raced
-    when c is among them, and not when only b (in no close call) is."""
+    of the test above is raced when c is among them, and not when only b (in no close call) is."""
     from adasearch.search.front.beyond_noise import race
 
     def straddling():
-        a, b, c = rec(0, 0.97, 1.0), rec(1, 0.96, 0.98), rec(2, 0.96, 0.95)
+        a, b, c = rec(0, 0.97, 1.0), rec(1, 0.96, 0.98), rec(2, 0.96, 0.98)
         rounds = c.metrics[SESSIONS]["1"]["latency_p50_ms"]
         c.metrics[SESSIONS]["1"]["latency_p50_ms"] = [t * (1.08 if i % 2 else 1 / 1.08) for i, t in enumerate(rounds)]
         return a, b, c
@@ -109,29 +108,6 @@ def test_a_race_among_some_configs_takes_only_their_close_calls():
 
         race(recs, SPEC, time_configs, 3, None if among is None else {keys[n] for n in among})
         assert timed == expected, among
-
-
-def test_a_race_drops_the_pairs_its_rounds_could_not_separate():
-    """c is 2 % faster than a in the median, its rounds scattering 8 % either way (the close call above): even
-    with 3 sessions of MAX_ROUNDS more rounds the interval, narrowed as the square root of the rounds, would
-    not clear 3 % (paired.Comparison.futile), so the race spends none on it. d, 6 % faster, could clear it:
-    raced. With one session left the same holds; close_calls without more_rounds keeps both."""
-    from adasearch.search.front.beyond_noise import race
-
-    a, c, d = rec(0, 0.97, 1.0), rec(1, 0.96, 0.98), rec(2, 0.96, 0.94)
-    for r in (c, d):
-        rounds = r.metrics[SESSIONS]["1"]["latency_p50_ms"]
-        r.metrics[SESSIONS]["1"]["latency_p50_ms"] = [t * (1.08 if i % 2 else 1 / 1.08) for i, t in enumerate(rounds)]
-    assert close_calls([a, c, d], SPEC) == [(a, d), (a, c)]  # d ranks first: as accurate, faster
-    timed = []
-
-    def time_configs(configs):
-        timed.append([r.config.num_tokens for r in (a, c, d) if r.config in configs])
-        return None
-
-    race([a, c, d], SPEC, time_configs, 3)
-    assert timed == [[1, 3]]  # a and d (num_tokens n + 1)
-    assert close_calls([a, c, d], SPEC, more_rounds=128) == [(a, d)]
 
 
 def test_a_long_chain_never_collapses():

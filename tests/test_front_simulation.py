@@ -101,7 +101,7 @@ def simulate(truth: list, rounds: int, race_rounds: int, stop: bool = True) -> t
         visited = stopped_early(truth, figures) if stop else [rounds] * CONFIGS
         recs = records(truth, figures, visited)
         visits += sum(visited) / rounds / CONFIGS / RUNS
-        budget = [RACE_SHARE / RACE_VISIT * sum(visited) / rounds]  # in race visits: a share of the re-timing's
+        budget = [RACE_SHARE / RACE_VISIT * CONFIGS]  # in race visits: the run's share of its re-timing's budget
 
         def time_configs(configs, machine=machine, budget=budget):
             configs = configs[: int(budget[0])]  # as the run does: as many as its budget allows

@@ -46,19 +46,6 @@ def test_settled_means_the_whole_interval_lies_within_the_threshold():
     assert Comparison(1.0, 1 / 1.03, 1.03, 8).settled and Comparison(1.0, 1 / 1.03, 1.03, 8).reversed().settled
 
 
-def test_futile_means_the_estimate_would_not_clear_the_threshold_even_with_the_rounds_still_to_come():
-    """Hand-computed, in logs (the threshold: log 1.03 = 0.0296). 1.02 in (0.98, 1.06) over 16 rounds: the
-    half-width (log 1.06 - log 0.98) / 2 = 0.0392 narrows to 0.0196 with 48 more rounds (x sqrt(16 / 64)),
-    and 0.0198 - 0.0196 = 0.0002 stays under it: futile. 1.08 in (1.00, 1.16): 0.0770 - 0.0742 / 2 = 0.0399
-    clears it with 48 more rounds, not futile; with none (0.0770 - 0.0742 = 0.0028), futile. A separated
-    pair is never futile; the test is mirrored."""
-    near, far = Comparison(1.02, 0.98, 1.06, 16), Comparison(1.08, 1.00, 1.16, 16)
-    assert near.futile(48) and near.reversed().futile(48)
-    assert not far.futile(48) and not far.reversed().futile(48)
-    assert far.futile(0) and far.reversed().futile(0)
-    assert not Comparison(1.10, 1.05, 1.15, 16).futile(0)  # separated
-
-
 def test_the_bootstrap_distribution_of_a_median_of_three():
     """Resampling [0.1, 0.2, 0.3] three times with replacement: the median is 0.1 when 2 or 3 draws are
     0.1, probability 3 (1/3)^2 (2/3) + (1/3)^3 = 7/27; 0.3 likewise; 0.2 otherwise, 13/27."""

@@ -66,16 +66,6 @@ class Comparison:
         """Equivalent beyond noise: the whole interval within the threshold, so more rounds would not separate them."""
         return 1 / (1 + self.threshold) <= self.low and self.high <= 1 + self.threshold
 
-    def futile(self, more_rounds: int) -> bool:
-        """Not separated, and would stay so after more_rounds more rounds if the estimate held and the
-        interval narrowed as the square root of the rounds: stochastic curtailment under the current trend,
-        as a sequential trial stops for futility. A race spends no rounds on such a pair."""
-        if self.separated:
-            return False
-        mid, half = math.log(self.ratio), (math.log(self.high) - math.log(self.low)) / 2
-        narrowed = half * math.sqrt(self.rounds / (self.rounds + more_rounds))
-        return abs(mid) - narrowed <= math.log(1 + self.threshold)
-
     def reversed(self) -> Comparison:
         """b against a: the same test, mirrored (exactly, so the order of two configs never matters)."""
         return Comparison(1 / self.ratio, 1 / self.high, 1 / self.low, self.rounds, self.threshold)

@@ -9,7 +9,6 @@ import math
 
 from adasearch import metrics
 from adasearch.measure import paired
-from adasearch.measure.interleaved import MAX_ROUNDS
 from adasearch.search import trials
 from adasearch.search.front.pareto import as_min
 
@@ -123,12 +122,6 @@ class Judge:
         found = [self.paired_comparison(a, b, m) for m, _ in self.timed]
         return bool(found) and all(c is not None and c.settled for c in found)
 
-    def futile(self, a, b, more_rounds: int) -> bool:
-        """Every timed objective's paired comparison would stay unseparated after more_rounds more rounds
-        at its current estimate (paired.Comparison.futile)."""
-        found = [self.paired_comparison(a, b, m) for m, _ in self.timed]
-        return bool(found) and all(c is not None and c.futile(more_rounds) for c in found)
-
     def tied(self, a, b) -> bool:
         """No timed objective separates a and b (there is one at least)."""
         return bool(self.timed) and not any(self.signs(a, b))
@@ -211,16 +204,15 @@ def beaten(recs: list, spec, judge: Judge = None, front: list = None) -> list:
     ]  # fmt: skip
 
 
-def close_calls(recs: list, spec, judge: Judge = None, more_rounds: int = None) -> list:
+def close_calls(recs: list, spec, judge: Judge = None) -> list:
     """Pairs of records, both timed in interleaved rounds, whose undecided timed order decides whether one
     of them is on the front: a front record f and another x that f is no worse than on every
     deterministic objective and that no timed objective separates from f (separated in x's favour, f
     would not dominate x; in f's, f would) while one at least is not settled within the practical
     threshold (Judge.settled: more rounds would not separate those), or that only the intervals of
     different sessions separate (Judge.unpaired), where no front record dominates x beyond noise,
-    paired, on every timed objective (beaten: then more rounds could not bring x back). more_rounds: the
-    most rounds a race could still add; a pair that many would not separate at its current estimate
-    (Judge.futile) is no close call either. Each pair once, the higher ranked first."""
+    paired, on every timed objective (beaten: then more rounds could not bring x back). Each pair once, the
+    higher ranked first."""
     judge = judge or Judge(spec)
     feasible = [r for r in recs if r.feasible]
     front = noise_front(feasible, spec, judge)
@@ -231,8 +223,7 @@ def close_calls(recs: list, spec, judge: Judge = None, more_rounds: int = None) 
             continue
         rivals = [f for f in front if f is not x]
         for f in rivals:
-            undecided = judge.tied(x, f) and not judge.settled(x, f)
-            undecided = (undecided and not (more_rounds and judge.futile(x, f, more_rounds))) or judge.unpaired(x, f)
+            undecided = (judge.tied(x, f) and not judge.settled(x, f)) or judge.unpaired(x, f)
             if f.metrics.get(SESSIONS) and judge.no_worse(f, x)[0] and undecided:
                 pair = (f, x) if judge.rank(f) <= judge.rank(x) else (x, f)
                 if pair not in pairs:
@@ -241,21 +232,18 @@ def close_calls(recs: list, spec, judge: Judge = None, more_rounds: int = None) 
 
 
 def race(recs: list, spec, time_configs, sessions: int, among: set | None = None) -> tuple[int, int]:
-    """Race the close calls of `recs` (close_calls) in at most `sessions` more sessions of interleaved rounds.
-    time_configs(configs) times a prefix of those configs together (as many as its budget allows) and returns
-    (session id, {config: {metric: [figure per round]}}), or None when the budget is spent. Before each session,
-    pairs that the sessions left, at MAX_ROUNDS rounds each, would not separate at their current estimate are
-    dropped (close_calls' more_rounds). The configs come pair by pair, the pairs raced least so far first (then by
-    rank), so that pairs that never separate do not starve the others. Each session's rounds are added to the
-    records of its configs (SESSIONS), so the next comparisons pool them. Returns (pairs raced, of which still not
-    separated at the end: equivalent). among: config keys (Judge.key); when given, only the close calls with one of
-    them are raced."""
+    """Race the close calls of `recs` (close_calls) in at most `sessions` more sessions of interleaved
+    rounds. time_configs(configs) times a prefix of those configs together (as many as its budget
+    allows) and returns (session id, {config: {metric: [figure per round]}}), or None when the budget is
+    spent. The configs come pair by pair, the pairs raced least so far first (then by rank), so that
+    pairs that never separate do not starve the others. Each session's rounds are added to the records
+    of its configs (SESSIONS), so the next comparisons pool them. Returns (pairs raced, of which still
+    not separated at the end: equivalent). among: config keys (Judge.key); when given, only the close calls
+    with one of them are raced."""
     judge = Judge(spec)
     raced: dict = {}  # (key, key) -> sessions it was raced in
-    for done in range(sessions):
-        # the most rounds the race could still add to a pair: a pair they would not separate is not raced
-        more_rounds = (sessions - done) * MAX_ROUNDS
-        pairs = [(judge.key(a), judge.key(b), a, b) for a, b in close_calls(recs, spec, judge, more_rounds)]
+    for _ in range(sessions):
+        pairs = [(judge.key(a), judge.key(b), a, b) for a, b in close_calls(recs, spec, judge)]
         pairs = [p for p in pairs if among is None or {p[0], p[1]} & among]
         pairs.sort(key=lambda p: raced.get(p[:2], 0))  # stable: rank order within a count
         timed = time_configs(list(dict.fromkeys(r.config for *_, a, b in pairs for r in (a, b)))) if pairs else None

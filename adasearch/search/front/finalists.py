@@ -19,12 +19,11 @@ first rounds show most of them clearly off the front.
 
 Racing the close calls (as irace's F-race and Maron & Moore's Hoeffding races spend measurement only on
 candidates still undecided): when pairs whose timed order decides the front are neither separated nor
-settled within the practical threshold, nor so near that the race's rounds could not separate them at their
-current estimate (beyond_noise.close_calls, paired.Comparison.futile), just those configs are timed again
+settled within the practical threshold (beyond_noise.close_calls), just those configs are timed again
 together, in sessions of interleaved rounds (as many as measure/interleaved.rounds_for allows) at
 RACE_VISIT of the re-timing's budget per config (the paired test counts rounds, not repetitions), until
 every such pair is separated or settled, or the budget is spent: RACE_SESSIONS sessions, and at most
-RACE_SHARE of the time the re-timing itself took. Pairs still not separated then are equivalent
+RACE_SHARE of the re-timing's budgeted time. Pairs still not separated then are equivalent
 (beyond_noise.equivalents lists them), and the run's notes say how many pairs were raced and how many
 stayed equivalent.
 """
@@ -47,7 +46,7 @@ from adasearch.spec import RunSpec
 RETIMING = "re-timing finalists"  # the progress line's description
 NEAR = 0.15  # brief timings and predictions this close may swap order; also engine model's MISS, its tolerated error
 RACE_SESSIONS = 3  # extra sessions of interleaved rounds for the close calls, at most
-RACE_SHARE = 0.5  # of the re-timing's timing time, at most, spent racing
+RACE_SHARE = 0.5  # of the re-timing's budgeted time (its configs x its budget each), at most, spent racing
 RACE_VISIT = 0.5  # of the re-timing's budget per config, per config in a race: rounds, not repetitions, pair up
 
 
@@ -203,7 +202,7 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
         # calibration at this moment, and the finalists' predictions are made again with it.
         configs = list(dict.fromkeys([r.config for r in todo + companions] + list(ctx.anchors)))
         session, timed = _timed_session(ctx, configs, budget_s, final, todo + companions)
-        spent_s += budget_s * sum(_visited_share(timed[c]) for c in configs)
+        spent_s += budget_s * len(configs)  # as budgeted: the races keep their share when configs stop early
         stopped += [_visited_share(timed[r.config]) for r in todo if STOPPED in timed[r.config]]
         predict = ctx.reanchor({a: timed[a] for a in ctx.anchors}) if ctx.anchors else None
         for r in companions:
