@@ -323,6 +323,27 @@ def test_a_re_timing_stops_timing_the_configs_a_front_config_has_beaten(tmp_path
     assert f"re-timing: {len(stopped)} of " in " ".join(yaml_notes(out))
 
 
+def test_a_re_timing_under_a_latency_constraint_without_a_timed_objective_times_every_round(tmp_path):
+    """Objectives accuracy and gmacs, latency only a constraint: nothing can beat a config beyond noise, so
+    the re-timing stops none (it raised an IndexError looking for a timed objective)."""
+    import optuna
+    from click.testing import CliRunner
+
+    from adasearch.cli import main
+    from adasearch.measure.interleaved import STOPPED
+    from tests.helpers import write_run_spec
+
+    spec = write_run_spec(tmp_path, {"num_tokens": [1, 8, 32], "depth": [1, 3, 6]}, objectives=("accuracy", "gmacs"),
+                          constraints={"latency_p50_ms": {"max": 100}}, engine="exhaustive",
+                          final_latency_budget_s=0.2)  # fmt: skip
+    r = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    final = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}").user_attrs[
+        "final_metrics"
+    ]
+    assert final and not any(STOPPED in entry for entry in final.values())
+
+
 def yaml_notes(out) -> list:
     from adasearch.yaml_io import read_yaml
 
