@@ -115,7 +115,21 @@ def test_without_rounds_the_median_configs_call_chooses_them_and_visits_time_who
     assert [o["latency_reps"] for o in out] == [20 * 16, 20 * 8, 20 * 8]
     # so every batch is timed alike (batch 0 also takes the warm-up calls: one a visit, and two when the
     # rounds were chosen)
-    assert [seen[2].count(b) for b in range(8)] == [20 + 20 + 2] + [20] * 7
+    assert [seen[2].count(b) for b in range(8)] == [20 + 20 + 2] + [20 + 1] * 7  # the probe's pass: + 1 each
+
+
+def test_the_rounds_follow_a_whole_pass_not_the_first_batch_alone():
+    """Early-exit configs whose first image runs every block (2**-7 s) while the other 7 stop early (2**-10 s):
+    a pass's mean call is 15/8 x 2**-10 s, so 500 ms fits int(500 / (8 x 1.831)) = 34 visits of 8 calls. By the
+    first batch's call alone it would be int(500 / (8 x 7.8125)) = 8."""
+    clock = FakeClock()
+
+    def run(x):
+        clock.now += 2.0**-7 if x.item() == 0 else 2.0**-10
+
+    batches = [torch.full((1, 1), float(b)) for b in range(8)]
+    out = time_interleaved([run] * 3, batches, sync=lambda: None, budget_s=0.5, min_reps=1, clock=clock)
+    assert [len(o[ROUND_FIGURES]["latency_p50_ms"]) for o in out] == [34, 34, 34]
 
 
 def test_a_session_whose_calls_turn_slow_stops_once_it_took_overrun_times_its_budget():

@@ -183,9 +183,10 @@ def time_interleaved(
     """Per run_fn (one per config): {figures..., intervals..., "latency_reps": n, ROUND_FIGURES: {...}}.
     Each of `rounds` rounds visits every config once in a fresh random order; a visit warms up, then
     times whole passes through `batches` for about budget_s / rounds seconds (_visit). Without `rounds`,
-    rounds_for chooses them from the median config's call (each config's timed once after a warm-up
-    call), and the session stops early, after ROUNDS rounds at least, once it has taken OVERRUN times its
-    budget: calls that turn slow after that one call (another process takes a core) would otherwise
+    rounds_for chooses them from the median config's call (each config's mean call over one pass through
+    the batches, after a warm-up call: _call_ms), and the session stops early, after ROUNDS rounds at
+    least, once it has taken OVERRUN times its budget: calls that turn slow after that probe (another
+    process takes a core) would otherwise
     stretch every visit's whole passes far past its share. A run on 12-07 with one core kept busy spent
     over 18 minutes where it was meant to spend about 6.
 
@@ -200,7 +201,7 @@ def time_interleaved(
     batch_size = batches[0].shape[0]
     cap_s = math.inf
     if rounds is None:
-        rounds = rounds_for(budget_s, float(np.median([_call_ms(fn, batches[0], sync, clock) for fn in run_fns])))
+        rounds = rounds_for(budget_s, float(np.median([_call_ms(fn, batches, sync, clock) for fn in run_fns])))
         cap_s = OVERRUN * budget_s * len(run_fns)
     samples = [[None] * rounds for _ in run_fns]
     per_round = [[None] * rounds for _ in run_fns]  # each visit's figures, as soon as it is taken
@@ -293,8 +294,13 @@ def _timed_call(fn, batch: torch.Tensor, sync, clock) -> float:
     return (clock() - start) * 1e3
 
 
-def _call_ms(fn, batch: torch.Tensor, sync, clock) -> float:
-    """One call of fn after one warm-up call, in ms."""
+def _call_ms(fn, batches: Sequence[torch.Tensor], sync, clock) -> float:
+    """fn's mean call over one pass through `batches` (what a visit times), after one warm-up call, in ms.
+
+    Not one call of the first batch: an early-exit config's first image can run every block while most
+    stop after one, and when that holds for many configs the median config's call comes out several times
+    its p50, so a session gets a fraction of the rounds its budget fits, and paired intervals narrow with
+    rounds. tests/test_interleaved.py times such configs on a fake clock."""
     with torch.inference_mode():
-        fn(batch)
-        return _timed_call(fn, batch, sync, clock)
+        fn(batches[0])
+        return float(np.mean([_timed_call(fn, batch, sync, clock) for batch in batches]))
