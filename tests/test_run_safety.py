@@ -271,6 +271,9 @@ def test_a_signal_mid_run_stops_like_ctrl_c(tmp_path, sig, code, workers):
         stdout=log,
         stderr=subprocess.STDOUT,
         env=dict(os.environ),
+        # As a terminal's Ctrl-C finds it: a shell without job control starts background jobs with SIGINT
+        # ignored, their children inherit that, and this test run from such a job saw the run finish (exit 0).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     db = tmp_path / "out" / "study.db"
     deadline = time.time() + 120
