@@ -7,7 +7,8 @@ Prints the mean pairwise Jaccard index of the Pareto config sets (|A and B| / |A
 labels), the spread of the fronts' hypervolume (accuracy max, p50 min; one reference point for all
 runs: the lowest accuracy and 1.1x the highest p50 on any of the fronts), the pairs each run raced
 and how many stayed equivalent (from run.yaml's notes), the contention each run saw, and, below the
-table, each config's share of the runs that put it on the front (and of those that re-timed it). "Busy"
+table, each config's share of the runs that put it on the front (and of those that re-timed it, and that
+found it over a timed bound such as the spec's latency_p90_ms max). "Busy"
 runs a bounded `yes > /dev/null` that this script starts before and stops after those runs (by PID).
 `--keep DIR` keeps the runs' folders; `--reread DIR` makes the table again from them.
 """
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _load import one_core_busy
 from _table import save_table
 
+from adasearch.metrics import TIMED_METRICS
 from adasearch.search.front.pareto import hypervolume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +49,7 @@ class Run(NamedTuple):
     stayed: int  # of them, pairs that stayed equivalent
     contention: dict  # run.yaml's environment.contention
     retimed: set  # labels of the configs it re-timed
+    over_bound: set  # of those, the labels of configs its re-timed figures put over a timed constraint's bound
 
 
 def run_once(out: Path, cache: Path, spec: Path = SPEC) -> Run:
@@ -64,12 +67,15 @@ def read_run(out: Path) -> Run:
     run = folder.read_run()
     notes = " ".join(run.get("notes") or [])
     trials = folder.read_trials()
+    retimed = trials[trials["timing"] == "re-timed"]
+    broke = retimed["violations"].map(lambda text: isinstance(text, str) and any(m in text for m in TIMED_METRICS))
     return Run(
         front=folder.read_pareto()["pareto"],
         raced=sum(int(x) for x in re.findall(r"racing: (\d+) close pairs", notes)),
         stayed=sum(int(x) for x in re.findall(r"(\d+) stayed equivalent", notes)),
         contention=(run.get("environment") or {}).get("contention") or {},
-        retimed=set(trials.loc[trials["timing"] == "re-timed", "config"]),
+        retimed=set(retimed["config"]),
+        over_bound=set(retimed.loc[broke, "config"]),
     )
 
 
@@ -102,7 +108,8 @@ def main():
         parser.error(f"--keep {args.keep}: already exists; name a new folder")
     if args.reread is not None and not args.reread.is_dir():
         parser.error(f"--reread {args.reread}: no such folder; name one that --keep made")
-    rows, shares, retimed = [], collections.defaultdict(dict), collections.defaultdict(dict)
+    rows, shares = [], collections.defaultdict(dict)
+    retimed, over = collections.defaultdict(dict), collections.defaultdict(dict)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = args.reread or args.keep or Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -115,11 +122,12 @@ def main():
             else:
                 done, wall = run_state(load, runs, tmp, cache, spec)
             rows.append(summarise(load, done, wall))
-            tally(load, done, shares, retimed)
+            tally(load, done, shares, retimed, over)
     share_notes = [
         "share of runs with each config on the front (quiet / busy): "
         + "; ".join(f"{label} {s.get('quiet', 0):.0%} / {s.get('busy', 0):.0%} (re-timed "
-                    f"{retimed[label].get('quiet', 0):.0%} / {retimed[label].get('busy', 0):.0%})"
+                    f"{retimed[label].get('quiet', 0):.0%} / {retimed[label].get('busy', 0):.0%}; over a timed bound "
+                    f"{over[label].get('quiet', 0):.0%} / {over[label].get('busy', 0):.0%})"
                     for label, s in sorted(shares.items(), key=lambda kv: -sum(kv[1].values())))
     ]  # fmt: skip
     save_table(
@@ -181,14 +189,17 @@ def summarise(load: str, done: list, wall) -> list:
             "-" if wall is None else f"{wall:.0f}"]  # fmt: skip
 
 
-def tally(load: str, done: list, shares: dict, retimed: dict) -> None:
-    """Each config's share of the runs that put it on the front, and of those that re-timed it: a config
-    that flips although every run re-timed it flips on the paired comparisons; one that some runs did not
-    re-time flips on the latency model's choice of candidates."""
+def tally(load: str, done: list, shares: dict, retimed: dict, over: dict) -> None:
+    """Each config's share of the runs that put it on the front, of those that re-timed it, and of those whose
+    re-timed figures put it over a timed bound: a config that flips although every run re-timed it and none
+    found it over a bound flips on the paired comparisons; one that some runs did not re-time flips on the
+    latency model's choice of candidates; one over a bound in some runs flips on its feasibility."""
     for label, n in collections.Counter(_label(row) for run in done for row in run.front).items():
         shares[label][load] = n / len(done)
     for label, n in collections.Counter(label for run in done for label in run.retimed).items():
         retimed[label][load] = n / len(done)
+    for label, n in collections.Counter(label for run in done for label in run.over_bound).items():
+        over[label][load] = n / len(done)
 
 
 def _contention(c: dict) -> str:
