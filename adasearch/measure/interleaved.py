@@ -186,9 +186,8 @@ def time_interleaved(
     rounds_for chooses them from the median config's call (each config's mean call over one pass through
     the batches, after a warm-up call: _call_ms), and the session stops early, after ROUNDS rounds at
     least, once it has taken OVERRUN times its budget: calls that turn slow after that probe (another
-    process takes a core) would otherwise
-    stretch every visit's whole passes far past its share. A run on 12-07 with one core kept busy spent
-    over 18 minutes where it was meant to spend about 6.
+    process takes a core) would otherwise stretch every visit's whole passes far past its share. A run on
+    12-07 with one core kept busy spent over 18 minutes where it was meant to spend about 6.
 
     stop(rounds done, {index: {figure name: [its value in each round so far, None where not visited]}}) ->
     the indices of configs to visit no more, asked after the rounds in stop_checks: a race that drops the
