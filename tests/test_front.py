@@ -302,8 +302,11 @@ def test_a_re_timing_stops_timing_the_configs_a_front_config_has_beaten(tmp_path
     from tests.helpers import write_run_spec
 
     space = {"num_tokens": [1, 8, 32], "depth": [1, 3, 6]}
+    # The timer asks its stop only after STOP_MIN_ROUNDS (16) rounds, and it chooses the rounds from the configs'
+    # calls (interleaved.rounds_for): at 0.2 s a suite run on 12-07 stopped nothing (16 rounds or fewer: no
+    # check). 0.6 s gives 25 rounds at least while the median config's call is under 3 ms.
     spec_path = write_run_spec(tmp_path, space, objectives=("accuracy", "latency_p50_ms"), engine="exhaustive",
-                               final_latency_budget_s=0.2)  # fmt: skip
+                               final_latency_budget_s=0.6)  # fmt: skip
     r = CliRunner().invoke(main, ["run", str(spec_path), "--no-progress"])
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
