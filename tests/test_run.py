@@ -74,6 +74,12 @@ def test_exhaustive_front_equals_brute_force(tmp_path):
     run = yaml.safe_load((out / "run.yaml").read_text())
     assert run["engine"] == "exhaustive" and run["trials"] == 36 - 6  # depth 1 ignores tau: 6 duplicates
     assert run["environment"]["torch"] == torch.__version__
+    # where the time went: every phase of this run, each second once, and the summary's last note says so
+    phases = {k: v for k, v in run["time_s"].items() if k != "total"}
+    assert set(phases) == {"setup", "search", "re-timing", "racing", "held-out"}
+    assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= run["time_s"]["total"] + 0.5
+    seconds, rest = run["notes"][-1].removeprefix("time: ").split(" s in all (", 1)
+    assert abs(int(seconds) - run["time_s"]["total"]) <= 1 and rest.startswith("setup ")  # the note rounds to 1 s
     for f in ["trials.csv", "pareto.csv", "study.db"]:
         assert (out / f).exists()
     deployments = sorted((out / "deployments").glob("*.yaml"))

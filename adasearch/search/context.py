@@ -26,6 +26,7 @@ from adasearch.errors import Terminated, UserError
 from adasearch.measure.evaluator import TARGET_KEYS
 from adasearch.run_folder import STUDY_DB, RunFolder
 from adasearch.search import trials
+from adasearch.search.phases import PhaseClock
 from adasearch.search.space import SearchSpace
 from adasearch.spec import RunSpec
 
@@ -110,6 +111,7 @@ class RunContext:
     # reanchor({reference: figures}) -> (config -> its predicted columns, calibrated on those figures).
     anchors: list = field(default_factory=list)
     reanchor: object = None
+    phases: PhaseClock = field(default_factory=PhaseClock)  # where the run's wall time goes (run.yaml, summary)
 
     def distinct_measured(self) -> int:
         """Distinct networks measured so far (the trial budget counts these, not repeats). With several

@@ -34,6 +34,7 @@ class RunSummary:
     guarantees: dict = field(default_factory=dict)  # config key -> certified guarantee
     heldout_samples: int = 0  # images in the held-out part (0: the figures are in-sample)
     contention: Optional[dict] = None  # how busy the machine was while timing (measure/contention.py)
+    time_s: dict = field(default_factory=dict)  # wall seconds: "total", and each phase's (search/phases.py)
 
     @property
     def optimism(self) -> Optional[float]:
@@ -99,6 +100,7 @@ def write_results(ctx, summary: RunSummary) -> None:
         "feasible": summary.feasible,
         "pareto": len(front),
         "notes": summary.notes,
+        "time_s": summary.time_s,
         "holdout": {
             "fraction": spec.data.holdout,
             "samples": summary.heldout_samples,

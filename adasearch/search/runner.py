@@ -31,6 +31,7 @@ from adasearch.search.engines.optuna import OptunaEngine
 from adasearch.search.front import heldout
 from adasearch.search.front.beyond_noise import front_of
 from adasearch.search.front.finalists import retime_finalists
+from adasearch.search.phases import HELDOUT, RETIMING, SEARCH, SETUP, PhaseClock
 from adasearch.search.progress import SearchProgress
 from adasearch.search.results import RunSummary, print_summary, write_results
 from adasearch.search.storage import fail_leftover_retries
@@ -240,22 +241,28 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
 
     console = console or Console(stderr=True)
     with stop_on_sigterm(), RunFolder(spec.output_dir).locked():  # one run at a time writes a folder
-        ctx = prepare(spec, overwrite=overwrite)
+        clock, started = PhaseClock(), time.perf_counter()
+        with clock.phase(SETUP):
+            ctx = prepare(spec, overwrite=overwrite)
+        ctx.phases = clock
         monitor = ContentionMonitor(spec.search.quiet_wait)
         monitor.watch(ctx.measurer.evaluator)  # every timing window of this process: how busy the machine was
         engine_name, first_new = spec.search.engine, len(ctx.study.trials)  # trial numbers from here are this run's
         figures, guarantees = {}, {}
         try:
-            engine = choose_engine(ctx)
+            with clock.phase(SETUP):
+                engine = choose_engine(ctx)
             engine_name = engine.name
             logging.getLogger("optuna").setLevel(logging.WARNING)
             with SearchProgress(ctx, engine.planned(), progress) as bar:
-                _search(ctx, engine, bar)
+                with clock.phase(SEARCH):
+                    _search(ctx, engine, bar)
                 if not ctx.stop and ctx.distinct_measured() >= engine.planned():
                     fail_leftover_retries(ctx.study)  # budget met: a re-queued config no process will pop
                 recs = [] if ctx.stop else trials.records(ctx.study, spec)
                 if recs:
-                    retime_finalists(ctx, recs)  # on the bar: its rounds, and the finalists' whole compiles
+                    with clock.phase(RETIMING):  # on the bar: its rounds, and the finalists' whole compiles
+                        retime_finalists(ctx, recs)
             if not ctx.stop:
                 if recs:
                     final = ctx.study.user_attrs.get("final_metrics", {})
@@ -263,16 +270,19 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                     # An engine that predicted timings may measure more when the re-timing disagrees.
                     while not ctx.stop and isinstance(engine, Engine) and engine.retimed(recs):
                         with SearchProgress(ctx, engine.planned(), progress) as bar:
-                            _search(ctx, engine, bar)
+                            with clock.phase(SEARCH):
+                                _search(ctx, engine, bar)
                             if not ctx.stop:  # Ctrl-C while measuring more: keep what is stored, re-time nothing
-                                retime_finalists(ctx, trials.records(ctx.study, spec, final), only_new=True)
+                                with clock.phase(RETIMING):
+                                    retime_finalists(ctx, trials.records(ctx.study, spec, final), only_new=True)
                         if ctx.stop:
                             break
                         final = ctx.study.user_attrs.get("final_metrics", {})
                         recs = trials.records(ctx.study, spec, final)
                     if not ctx.stop:
                         candidates = [r for r in recs if str(r.number) in final]
-                        figures, guarantees = heldout.evaluate(ctx, front_of(recs, spec), candidates)
+                        with clock.phase(HELDOUT):
+                            figures, guarantees = heldout.evaluate(ctx, front_of(recs, spec), candidates)
         except KeyboardInterrupt as e:  # outside the loop: choosing the engine, or re-timing finalists
             ctx.stop.append("SIGTERM" if isinstance(e, Terminated) else "SIGINT")
         finally:
@@ -280,6 +290,8 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                 close()
         interrupted = bool(ctx.stop)
         ctx.notes.extend(runtime_notes(ctx.measurer.evaluator, figures))
+        total_s = time.perf_counter() - started  # to the results' writing, which the note cannot wait for
+        ctx.notes.append(clock.note(total_s))
         with signals_deferred():
             # Interrupted: keep the re-timed figures stored so far (this run's or earlier runs'), re-time nothing.
             final = dict(ctx.study.user_attrs.get("final_metrics", {}))
@@ -300,6 +312,7 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                 guarantees=guarantees,
                 heldout_samples=len(ctx.measurer.evaluator.heldout or ()),
                 contention=monitor.summary(),
+                time_s={"total": round(total_s, 1), **{k: round(v, 1) for k, v in clock.seconds.items()}},
             )
             write_results(ctx, summary)
             print_summary(summary, spec, console)

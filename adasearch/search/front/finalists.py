@@ -41,6 +41,7 @@ from adasearch.search import trials
 from adasearch.search.context import RunContext
 from adasearch.search.front.beyond_noise import SESSIONS, beaten, front_of, race
 from adasearch.search.front.pareto import dominates, pareto_front
+from adasearch.search.phases import RACING
 from adasearch.spec import RunSpec
 
 RETIMING = "re-timing finalists"  # the progress line's description
@@ -225,7 +226,8 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
             raced = True
             # A fallback round races only the pairs its configs are in: the others were raced before.
             among = new_keys if only_new else None
-            race_close_calls(ctx, final, RACE_SHARE * spent_s, among)  # racing can move the front: re-time who joins
+            with ctx.phases.phase(RACING):  # racing can move the front: re-time who joins it
+                race_close_calls(ctx, final, RACE_SHARE * spent_s, among)
             front = front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec)
             todo = [r for r in front if r.number not in retimed]
     ctx.study.set_user_attr("final_metrics", final)
