@@ -8,8 +8,10 @@ out --base (default: the commit #19 was filed against) into a temporary git work
 `adasearch run examples/demo-cpu.yaml` alternately with that tree's code and this tree's, --runs times
 each, in every machine state, each run into a fresh folder. Each tree gets its own accuracy cache, filled
 by one run that is not counted (a warm-up), so that both sides time the search as a resumed user would.
-Prints, per state, each side's wall seconds per run (median, min-max) and the ratio of the medians (this
-tree over base). "Busy" keeps one core busy (`yes > /dev/null`, started and stopped by PID) for its runs.
+Prints, per state, each side's wall seconds per run (median, min-max), the ratio of the medians (this
+tree over base), and where a side's runs spent their time: the median seconds of each phase in run.yaml's
+`time_s` (search/phases.py; code older than 1add09b does not write it). "Busy" keeps one core busy
+(`yes > /dev/null`, started and stopped by PID) for its runs.
 """
 
 import argparse
@@ -20,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _load import one_core_busy
@@ -38,6 +42,12 @@ def run_once(tree: Path, cache: Path, out: Path) -> float:
     began = time.perf_counter()
     subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True, timeout=RUN_TIMEOUT_S)
     return time.perf_counter() - began
+
+
+def phase_medians(docs: list) -> str:
+    """Each phase's median seconds over runs' run.yaml time_s, in the order the runs list them; "" when none has it."""
+    names = list(dict.fromkeys(k for d in docs for k in d if k != "total"))
+    return ", ".join(f"{k} {statistics.median(d.get(k, 0.0) for d in docs):.0f}" for k in names)
 
 
 def main() -> None:
@@ -59,26 +69,29 @@ def main() -> None:
             rows = []
             for state in args.states:
                 times: dict = {side: [] for side in trees}
+                phases: dict = {side: [] for side in trees}
                 with one_core_busy(state == "busy", 2 * args.runs * RUN_TIMEOUT_S) as still_busy:
                     for i in range(args.runs):
                         for side, tree in trees.items():  # alternating: both sides see the same hour's machine
                             out = tmp / f"{state}-{tree.name}-{i}"
                             times[side].append(run_once(tree, tmp / f"cache-{tree.name}", out))
+                            phases[side].append(yaml.safe_load((out / "run.yaml").read_text()).get("time_s") or {})
                             still_busy(f"{state} run {i + 1} of {side}")
                             print(f"{state} {i + 1}/{args.runs} {side}: {times[side][-1]:.0f} s", flush=True)
                 medians = {side: statistics.median(t) for side, t in times.items()}
                 ratio = medians["this tree"] / medians[args.base]
                 for side, t in times.items():
-                    rows.append([state, side, len(t), f"{medians[side]:.0f}", f"{min(t):.0f}-{max(t):.0f}",
-                                 f"{ratio:.2f}" if side == "this tree" else "", ])  # fmt: skip
-                rows[-1][-1] += f" ({'met' if ratio <= TARGET else 'missed'}: target <= {TARGET})"
+                    spread, shown = f"{min(t):.0f}-{max(t):.0f}", f"{ratio:.2f}" if side == "this tree" else ""
+                    split = phase_medians(phases[side])
+                    rows.append([state, side, len(t), f"{medians[side]:.0f}", spread, shown, split])
+                rows[-1][-2] += f" ({'met' if ratio <= TARGET else 'missed'}: target <= {TARGET})"
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     save_table(
         args.name,
         f"Demo search wall time against {args.base}, alternating runs in the same hour",
-        ["machine", "code", "runs", "median s", "min-max s", "ratio of medians"],
+        ["machine", "code", "runs", "median s", "min-max s", "ratio of medians", "median s by phase (run.yaml time_s)"],
         rows,
         [f"`python bench/search_time.py --base {args.base} --runs {args.runs}`; this tree at {head.stdout.strip()}"
          " (uncommitted changes included)",
