@@ -1,14 +1,7 @@
 """The run's time split (search/phases.py): each second counts once, in the innermost phase open."""
 
 from adasearch.search.phases import PhaseClock
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
+from tests.test_interleaved import FakeClock
 
 
 def test_nested_phases_count_each_second_once_and_repeats_add_up():
