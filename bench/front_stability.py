@@ -8,7 +8,9 @@ labels), the spread of the fronts' hypervolume (accuracy max, p50 min; one refer
 runs: the lowest accuracy and 1.1x the highest p50 on any of the fronts), the pairs each run raced
 and how many stayed equivalent (from run.yaml's notes), the contention each run saw, and, below the
 table, each config's share of the runs that put it on the front (and of those that re-timed it, and that
-found it over a timed bound such as the spec's latency_p90_ms max). "Busy"
+found it over a timed bound such as the spec's latency_p90_ms max), and the Jaccard of the fronts that the
+runs' stored figures give with the spec's timed bounds dropped (unbounded_front): how much of a row's
+instability is which configs meet a latency bound, and how much their order. "Busy"
 runs a bounded `yes > /dev/null` that this script starts before and stops after those runs (by PID).
 `--keep DIR` keeps the runs' folders; `--reread DIR` makes the table again from them.
 """
@@ -50,6 +52,7 @@ class Run(NamedTuple):
     contention: dict  # run.yaml's environment.contention
     retimed: set  # labels of the configs it re-timed
     over_bound: set  # of those, the labels of configs its re-timed figures put over a timed constraint's bound
+    unbounded: set  # labels of the front its re-timed figures give with no timed bound (unbounded_front)
 
 
 def run_once(out: Path, cache: Path, spec: Path = SPEC) -> Run:
@@ -57,10 +60,10 @@ def run_once(out: Path, cache: Path, spec: Path = SPEC) -> Run:
     env = {**os.environ, "ADASEARCH_CACHE": str(cache)}
     cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--output", str(out), "--no-progress"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=RUN_TIMEOUT_S)
-    return read_run(out)
+    return read_run(out, spec)
 
 
-def read_run(out: Path) -> Run:
+def read_run(out: Path, spec: Path = SPEC) -> Run:
     from adasearch.run_folder import RunFolder
 
     folder = RunFolder(out)
@@ -76,13 +79,32 @@ def read_run(out: Path) -> Run:
         contention=(run.get("environment") or {}).get("contention") or {},
         retimed=set(retimed["config"]),
         over_bound=set(retimed.loc[broke, "config"]),
+        unbounded=unbounded_front(out, spec),
     )
+
+
+def unbounded_front(out: Path, spec_path: Path) -> set:
+    """Labels of the front (beyond noise) of the run's re-timed configs, from the figures its study stored, with
+    the spec's timed constraints dropped (such as latency_p90_ms max): what the front would be had no latency
+    bound cut through it. Its Jaccard over runs shows the ordering's flips apart from feasibility's."""
+    import optuna
+
+    from adasearch.search import trials
+    from adasearch.search.front.beyond_noise import front_of
+    from adasearch.spec import load_spec
+
+    spec = load_spec(spec_path)
+    kept = {name: bound for name, bound in spec.constraints.items() if name not in TIMED_METRICS}
+    spec = spec.model_copy(update={"constraints": kept})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=spec.run_name, storage=f"sqlite:///{out / 'study.db'}")
+    recs = trials.records(study, spec, study.user_attrs.get("final_metrics", {}))
+    return {r.config.label() for r in front_of([r for r in recs if r.timing == trials.RETIMED], spec)}
 
 
 def stability(fronts: list) -> tuple:
     sets = [{json.dumps(row["config"], sort_keys=True) for row in f} for f in fronts]
-    # Two empty fronts (no feasible config: a machine too busy for the latency bound) are not "the same front".
-    jaccard = [len(a & b) / len(a | b) if a | b else math.nan for a, b in itertools.combinations(sets, 2)]
+    jaccard = pairwise_jaccard(sets)
     points = [[(r["metrics"]["accuracy"], r["metrics"]["latency_p50_ms"]) for r in f] for f in fronts]
     everything = [x for p in points for x in p]
     if not everything:  # no run found a feasible config (a machine too busy for the latency bound)
@@ -90,6 +112,12 @@ def stability(fronts: list) -> tuple:
     ref = (min(a for a, _ in everything), 1.1 * max(t for _, t in everything))
     hv = [hypervolume(p, ["maximize", "minimize"], ref) for p in points]
     return statistics.mean(jaccard), hv, [len(s) for s in sets]
+
+
+def pairwise_jaccard(sets: list) -> list:
+    """|A and B| / |A or B| for every pair of the sets. Two empty fronts (no feasible config: a machine too busy
+    for the latency bound) are not "the same front": NaN."""
+    return [len(a & b) / len(a | b) if a | b else math.nan for a, b in itertools.combinations(sets, 2)]
 
 
 def main():
@@ -118,7 +146,7 @@ def main():
             run_once(tmp / "warm", cache, spec)  # fills the accuracy cache: every run below only times
         for load in args.states:
             if args.reread is not None:
-                done, wall = [read_run(tmp / f"{load}-{i}") for i in range(runs)], None
+                done, wall = [read_run(tmp / f"{load}-{i}", spec) for i in range(runs)], None
             else:
                 done, wall = run_state(load, runs, tmp, cache, spec)
             rows.append(summarise(load, done, wall))
@@ -142,6 +170,7 @@ def main():
             "pairs raced / stayed equivalent, per run",
             "others' CPU share / reference CV / inflation, per run",
             "s per run",
+            "Jaccard (fronts) with no timed bound",
         ],  # fmt: skip
         rows,
         share_notes
@@ -149,6 +178,9 @@ def main():
             "Jaccard over the sets of Pareto configs (their knobs); 1.0 = the same configs every run. Target: "
             ">= 0.8 quiet, >= 0.6 busy; before interleaved re-timing and the tie rule: 0.29-0.40 quiet, 0-0.17 busy.",
             "Hypervolume spread = (max - min) / mean over the runs, with one reference point for all of them.",
+            "Jaccard with no timed bound: of the fronts each run's stored figures give, among its re-timed configs, "
+            "with the spec's timed constraints dropped (front sizes in brackets); the rest of the gap to the "
+            "row's Jaccard is configs that meet a latency bound in some runs and not others.",
             "busy: `yes > /dev/null` keeps one of the 2 cores busy during those runs.",
             "Contention each run saw while timing (run.yaml's environment.contention, measure/contention.py): the "
             "share of the CPUs others used (steal included), the re-timed configs' round-to-round CV (median), and "
@@ -185,8 +217,10 @@ def summarise(load: str, done: list, wall) -> list:
     spread = (max(hv) - min(hv)) / statistics.mean(hv) if any(hv) else float("nan")
     raced = ", ".join(f"{run.raced}/{run.stayed}" for run in done)
     contention = ", ".join(_contention(run.contention) for run in done)
+    unbounded = f"{statistics.mean(pairwise_jaccard([run.unbounded for run in done])):.2f} "
+    unbounded += f"({', '.join(str(len(run.unbounded)) for run in done)})"
     return [load, len(done), ", ".join(map(str, sizes)), f"{jaccard:.2f}", f"{100 * spread:.1f} %", raced, contention,
-            "-" if wall is None else f"{wall:.0f}"]  # fmt: skip
+            "-" if wall is None else f"{wall:.0f}", unbounded]  # fmt: skip
 
 
 def tally(load: str, done: list, shares: dict, retimed: dict, over: dict) -> None:
