@@ -15,8 +15,10 @@ the mean pairwise Jaccard of its 20 fronts.
 This is one draw of the ground truth (seed 1234), and the 0.9 holds on it alone: bench/front_simulation.py
 runs others, and on 2026-12-07 six draws gave 0.73-0.91 beyond noise (mean 0.81) against 0.70-0.86 by
 point estimates (mean 0.79; bench/results/front_simulation_cases.md). The configs that flip there are
-pairs a few percent apart, which some runs separate and others do not, and configs of one accuracy whose
-stand-in (the fewest MACs) is not the faster one: MACs here are the config's index, not its cost.
+pairs a few percent apart, which some runs separate and others do not, and configs of one accuracy a few
+percent apart whose stand-in (the fewest MACs) is the slower: it stands when the pair is tied, the faster one
+when they separate. MACs that track the true latency (10 % noise, `--macs latency`) do no better: 0.72-0.88,
+mean 0.78 (bench/results/front_simulation_macs.md).
 """
 
 import itertools
@@ -66,12 +68,14 @@ class Machine:
 
 def records(truth: list, rounds: np.ndarray, visited: list = None) -> list:
     """The configs' records after a session of `rounds`; config i visited in its first visited[i] rounds only
-    (None in the rest), and its point figure theirs."""
+    (None in the rest), and its point figure theirs. truth: (accuracy, latency ms[, MACs]) per config; without
+    MACs, a config's index stands for them."""
     out = []
-    for i, ((acc, _), per_round) in enumerate(zip(truth, rounds)):
+    for i, (config, per_round) in enumerate(zip(truth, rounds)):
         n = len(per_round) if visited is None else visited[i]
         timed = per_round[:n].tolist() + [None] * (len(per_round) - n)
-        metrics = {"accuracy": acc, "latency_p50_ms": float(np.median(per_round[:n])), "macs": float(i),
+        macs = config[2] if len(config) > 2 else float(i)  # the truth's MACs when it has them, else the index
+        metrics = {"accuracy": config[0], "latency_p50_ms": float(np.median(per_round[:n])), "macs": macs,
                    SESSIONS: {"1": {"latency_p50_ms": timed}}}  # fmt: skip
         out.append(TrialRecord(i, DeploymentConfig(num_tokens=i + 1), {}, metrics, True, {}))
     return out
@@ -102,7 +106,7 @@ def simulate(truth: list, rounds: int, race_rounds: int, stop: bool = True, race
     raced = stayed = visits = races = 0
     for seed in range(RUNS):
         machine = Machine(seed)
-        figures = machine.rounds([t for _, t in truth], rounds)
+        figures = machine.rounds([t[1] for t in truth], rounds)
         full = records(truth, figures)
         points = [(r.metrics["accuracy"], r.metrics["latency_p50_ms"]) for r in full]
         point_fronts.append({full[i].number for i in pareto_front(points, ["maximize", "minimize"])})
