@@ -82,7 +82,7 @@ def test_the_cycle_finder_finds_a_cycle():
 # search/'s layers, top first (search/__init__.py says what each holds): a module imports only from its own
 # layer or the ones above it, so a run's data flows down and never back (a lazy import counts too).
 SEARCH_LAYERS = [
-    ["space", "trials", "storage"],
+    ["space", "trials", "storage", "phases"],
     ["context"],
     ["front", "front.pareto", "front.beyond_noise", "front.finalists", "front.heldout"],
     ["latency_profile"],

@@ -2,8 +2,8 @@
 in this list (tests/test_architecture.py parses the imports and keeps it so), so a run's data flows
 down it and never back.
 
-1. space.py, trials.py, storage.py: the search space; how a trial is stored and read back; the
-   Optuna storage.
+1. space.py, trials.py, storage.py, phases.py: the search space; how a trial is stored and read back;
+   the Optuna storage; where a run's wall time goes.
 2. context.py: what a worker needs to measure and record (prepare, Measurer, record_trial).
 3. front/: which records make the front (pareto, beyond_noise), which are re-timed and raced
    (finalists), and their held-out figures and certificates (heldout).
