@@ -30,6 +30,7 @@ from _table import save_table  # noqa: E402
 from adasearch.measure import paired  # noqa: E402
 from adasearch.metrics import P50  # noqa: E402
 from adasearch.run_folder import RunFolder  # noqa: E402
+from adasearch.search import trials  # noqa: E402
 from adasearch.search.front.beyond_noise import SESSIONS  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def stored_rounds(folder: Path) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{folder / 'study.db'}"
     (name,) = optuna.get_all_study_names(storage)
-    final = optuna.load_study(study_name=name, storage=storage).user_attrs.get("final_metrics", {})
+    final = trials.retimed_figures(optuna.load_study(study_name=name, storage=storage))
     labels = RunFolder(folder).read_trials().set_index("trial")["config"].to_dict()
     return {labels[int(number)]: entry[SESSIONS] for number, entry in final.items() if SESSIONS in entry}
 

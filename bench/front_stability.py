@@ -98,7 +98,7 @@ def unbounded_front(out: Path, spec_path: Path) -> set:
     spec = spec.model_copy(update={"constraints": kept})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=spec.run_name, storage=f"sqlite:///{out / 'study.db'}")
-    recs = trials.records(study, spec, study.user_attrs.get("final_metrics", {}))
+    recs = trials.records(study, spec, trials.retimed_figures(study))
     return {r.config.label() for r in front_of([r for r in recs if r.timing == trials.RETIMED], spec)}
 
 

@@ -8,7 +8,7 @@ import pytest
 from adasearch.config import DeploymentConfig
 from adasearch.search.front.beyond_noise import SESSIONS, Judge, close_calls, equivalents, front_of
 from adasearch.search.front.pareto import pareto_front
-from adasearch.search.trials import TrialRecord, config_key
+from adasearch.search.trials import TrialRecord, config_key, retimed_figures
 from adasearch.spec import RunSpec
 
 SPEC = RunSpec(objectives=["accuracy", "latency_p50_ms"])
@@ -271,7 +271,7 @@ def test_a_run_races_its_close_calls_and_lists_the_equivalents(tmp_path, monkeyp
     assert len(sessions) >= 2 and notes, r.output  # the re-timing, then at least one race
     raced = int(notes[0].split()[1])
     assert notes[0].endswith(f"0 separated, {raced} stayed equivalent within noise")
-    final = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}").user_attrs["final_metrics"]
+    final = retimed_figures(optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}"))
     rounds = [s["latency_p50_ms"] for entry in final.values() for s in entry[SESSIONS].values()]
     assert rounds and all(len(x) >= ROUNDS for x in rounds)
     assert max(len(entry[SESSIONS]) for entry in final.values()) >= 2  # raced configs hold a race session too
@@ -311,7 +311,7 @@ def test_a_re_timing_stops_timing_the_configs_a_front_config_has_beaten(tmp_path
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}")
-    final = study.user_attrs["final_metrics"]
+    final = retimed_figures(study)
     recs = trials.records(study, load_spec(spec_path), final)
     stopped = {r.config.label(): final[str(r.number)][STOPPED] for r in recs if STOPPED in final.get(str(r.number), {})}
     assert {"N1-wfull-d3", "N1-wfull-dall"} <= set(stopped)
@@ -341,9 +341,7 @@ def test_a_re_timing_under_a_latency_constraint_without_a_timed_objective_times_
                           final_latency_budget_s=0.2)  # fmt: skip
     r = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
     assert r.exit_code == 0, r.output
-    final = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}").user_attrs[
-        "final_metrics"
-    ]
+    final = retimed_figures(optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}"))
     assert final and not any(STOPPED in entry for entry in final.values())
 
 

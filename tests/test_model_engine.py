@@ -14,6 +14,7 @@ from adasearch.cli import main
 from adasearch.metrics import P50, P90, P99, THROUGHPUT, interval_columns, predicted_column
 from adasearch.search.engines.model import FALLBACK_ROUNDS, ROUNDS_ATTR, VERIFY_LIMIT
 from adasearch.search.front.beyond_noise import SESSIONS
+from adasearch.search.trials import retimed_figures
 from tests.helpers import one_line_error, write_run_spec
 
 TIMED = (P50, P90, P99, THROUGHPUT)
@@ -143,7 +144,7 @@ def test_a_wrong_model_is_caught_by_the_re_timing_and_more_is_measured(tmp_path,
     assert len(study.trials) >= sum(more) + 1
     # A fallback round re-times every config it added, and only those (with the front, whose records gain its
     # rounds): the candidates of the first re-timing keep its figures, from session 1 (a record's first session).
-    final = study.user_attrs["final_metrics"]
+    final = retimed_figures(study)
     assert {str(t.number) for t in study.trials} <= set(final)
     firsts = [next(iter(entry[SESSIONS])) for entry in final.values()]
     assert "1" in firsts and len(set(firsts)) > 1, firsts  # re-timing every candidate again left no "1"

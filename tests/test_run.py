@@ -23,6 +23,7 @@ from adasearch.data.split import holdout_split
 from adasearch.measure.closed_form_macs import plan_macs
 from adasearch.model.adaperceiver import make_plan
 from adasearch.search.front.beyond_noise import SESSIONS
+from adasearch.search.trials import retimed_figures
 from tests.helpers import DEMO_SPACE, one_line_error, write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,11 +102,11 @@ def test_peak_memory_is_traced_per_trial_only_when_the_search_uses_it(tmp_path, 
     assert len(trials) == 18 and (trials["latency_p50_ms"] > 0).all()
     # without a use for it, only the re-timed candidates (a few of the 18) carry a memory figure
     assert trials["memory_mb"].notna().all() if every_trial else trials["memory_mb"].isna().any()
-    final = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}").user_attrs
+    final = retimed_figures(optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}"))
     for row in json.loads((tmp_path / "out" / "pareto.json").read_text())["pareto"]:
         # every config on the final front carries the longer re-timing, even one that joined the
         # front only because re-timed candidates came out slower
-        assert str(row["trial"]) in final["final_metrics"]
+        assert str(row["trial"]) in final
         assert row["metrics"]["memory_mb"] > 0  # re-timed candidates always get it
 
 
@@ -133,7 +134,7 @@ def test_configs_that_join_the_front_after_re_timing_are_re_timed_too(tmp_path, 
     r = invoke(write_run_spec(tmp_path, objectives=("accuracy", "latency_p50_ms"), engine="exhaustive"))
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
-    final = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}").user_attrs["final_metrics"]
+    final = retimed_figures(optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}"))
     pareto = json.loads((out / "pareto.json").read_text())["pareto"]
     assert len(rounds) >= 2  # trials that joined the front were re-timed in a later round
     assert pareto and all(str(row["trial"]) in final for row in pareto)

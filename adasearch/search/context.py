@@ -307,7 +307,7 @@ def adopt_fingerprint(study, fingerprint: dict, url: str) -> list:
     if recorded.get("hardware") == fingerprint["hardware"]:
         return []
     study.set_user_attr("fingerprint", fingerprint)
-    study.set_user_attr("final_metrics", {})  # re-timed on the old hardware: nothing of it is reused
+    trials.store_retimed(study, {})  # re-timed on the old hardware: nothing of it is reused
     was, now = recorded.get("hardware_description", {}), fingerprint["hardware_description"]
     what = ", ".join(f"{k} {was.get(k)} -> {now.get(k)}" for k in now if was.get(k) != now.get(k))
     return [

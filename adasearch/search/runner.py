@@ -265,7 +265,7 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                         retime_finalists(ctx, recs)
             if not ctx.stop:
                 if recs:
-                    final = ctx.study.user_attrs.get("final_metrics", {})
+                    final = trials.retimed_figures(ctx.study)
                     recs = trials.records(ctx.study, spec, final)
                     # An engine that predicted timings may measure more when the re-timing disagrees.
                     while not ctx.stop and isinstance(engine, Engine) and engine.retimed(recs):
@@ -277,7 +277,7 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
                                     retime_finalists(ctx, trials.records(ctx.study, spec, final), only_new=True)
                         if ctx.stop:
                             break
-                        final = ctx.study.user_attrs.get("final_metrics", {})
+                        final = trials.retimed_figures(ctx.study)
                         recs = trials.records(ctx.study, spec, final)
                     if not ctx.stop:
                         candidates = [r for r in recs if str(r.number) in final]
@@ -294,7 +294,7 @@ def run(spec: RunSpec, progress: bool = True, console=None, overwrite: bool = Fa
         ctx.notes.append(clock.note(total_s))
         with signals_deferred():
             # Interrupted: keep the re-timed figures stored so far (this run's or earlier runs'), re-time nothing.
-            final = dict(ctx.study.user_attrs.get("final_metrics", {}))
+            final = trials.retimed_figures(ctx.study)
             recs = trials.records(ctx.study, spec, final)
             for r in recs:  # held-out figures belong to the config, like re-timed ones
                 r.metrics.update(heldout.public(figures.get(trials.config_key(r.config), {})))

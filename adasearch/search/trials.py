@@ -106,8 +106,22 @@ def stored_metrics(trial, hardware: Optional[str]) -> dict:
     return metrics
 
 
+RETIMED_FIGURES = "final_metrics"  # the study's attribute: {trial number as str: that trial's re-timed metrics}
+
+
+def retimed_figures(study) -> dict:
+    """The re-timed figures stored in the study (finalists.retime_finalists writes them), a copy: {trial number
+    as str: its metrics from the interleaved re-timing, with the rounds behind them}; {} before any re-timing."""
+    return dict(study.user_attrs.get(RETIMED_FIGURES, {}))
+
+
+def store_retimed(study, figures: dict) -> None:
+    """Store the re-timed figures whole (retimed_figures' form), replacing what was stored."""
+    study.set_user_attr(RETIMED_FIGURES, figures)
+
+
 def records(study, spec: RunSpec, final: Optional[dict] = None) -> list:
-    """Completed trials as TrialRecords; `final` (trial number -> metrics) overrides re-timed metrics.
+    """Completed trials as TrialRecords; `final` (retimed_figures' form) overrides their figures with re-timed ones.
     A trial whose objectives were timed on other hardware is left out: its config is measured again."""
     from optuna.trial import TrialState
 

@@ -5,7 +5,7 @@ on or off the front by noise alone. The candidates (the front, the next non-domi
 misses of timed constraints; of timing twins, only the best: fold_twins) are timed again, interleaved
 (measure/interleaved.py: shuffled round-robin rounds, search.final_latency_budget_s each, 95 % bootstrap
 intervals), and the front is recomputed from those figures, where timed objectives count only beyond
-noise (pareto.front_of). The re-timed figures are stored in the study's `final_metrics` attribute, keyed
+noise (pareto.front_of). The re-timed figures are stored in the study (trials.retimed_figures), keyed
 by trial number, so a later run (or an interrupted one) keeps them; with them, under pareto.SESSIONS,
 each config's figure in every round of every session (one call of the interleaved timer) it was timed
 in, which is what the paired comparisons (measure/paired.py) read.
@@ -186,7 +186,7 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
     cost about as much as the first re-timing. Its race takes only the close calls with a config it re-timed:
     the others were raced to their end before, and racing them again in each round was most of its time."""
     budget_s = ctx.spec.search.final_latency_budget_s
-    final = dict(ctx.study.user_attrs.get("final_metrics", {}))
+    final = trials.retimed_figures(ctx.study)
     retimed: set = {int(k) for k in final} if only_new else set()
     spent_s, raced = 0.0, False
     if only_new:  # what the engine proposed to measure, whatever its predicted figures: it doubts them
@@ -220,7 +220,7 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
                                     SESSIONS: {session: rounds}}  # fmt: skip
             retimed.add(r.number)
             new_keys.add(trials.config_key(r.config))
-        ctx.study.set_user_attr("final_metrics", final)  # an interrupted round of re-timing keeps what it did
+        trials.store_retimed(ctx.study, final)  # an interrupted round of re-timing keeps what it did
         todo = [r for r in front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec) if r.number not in retimed]
         if not todo and retimed and spent_s and not raced:
             raced = True
@@ -230,7 +230,7 @@ def retime_finalists(ctx: RunContext, recs: list, only_new: bool = False) -> dic
                 race_close_calls(ctx, final, RACE_SHARE * spent_s, among)
             front = front_of(trials.records(ctx.study, ctx.spec, final), ctx.spec)
             todo = [r for r in front if r.number not in retimed]
-    ctx.study.set_user_attr("final_metrics", final)
+    trials.store_retimed(ctx.study, final)
     ctx.status(RETIMING, len(retimed), len(retimed))
     if stopped:
         ctx.notes.append(
@@ -308,7 +308,7 @@ def race_close_calls(ctx: RunContext, final: dict, budget_s: float, among: set |
             if r.config in rounds and str(r.number) in final:
                 entry = final[str(r.number)]
                 final[str(r.number)] = {**entry, SESSIONS: {**entry.get(SESSIONS, {}), session: rounds[r.config]}}
-        ctx.study.set_user_attr("final_metrics", final)
+        trials.store_retimed(ctx.study, final)
         return session, rounds
 
     raced, stayed = race(trials.records(ctx.study, spec, final), spec, time_configs, RACE_SESSIONS, among)
