@@ -10,6 +10,7 @@ from PIL import Image
 
 from adasearch import DeploymentConfig, load_model
 from adasearch.cli import main
+from tests.helpers import one_line_error
 
 
 def _run(args, tmp_path):
@@ -45,34 +46,27 @@ def test_measure_config_file_and_table(tmp_path):
     assert "top-1" in r.output and "per batch of 4" in r.output
 
 
-def _one_line_error(result):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
-
-
 def test_bad_inputs_get_one_line(tmp_path):
-    assert "no such dataset" in _one_line_error(_run(["demo", "--data", str(tmp_path / "missing")], tmp_path))
+    assert "no such dataset" in one_line_error(_run(["demo", "--data", str(tmp_path / "missing")], tmp_path))
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert str(empty) in _one_line_error(_run(["demo", "--data", str(empty)], tmp_path))
+    assert str(empty) in one_line_error(_run(["demo", "--data", str(empty)], tmp_path))
     bad_img = tmp_path / "imgs"
     (bad_img / "a").mkdir(parents=True)
     Image.new("L", (8, 8)).save(bad_img / "a" / "ok.png")
     (bad_img / "a" / "broken.png").write_bytes(b"not an image")
-    assert "broken.png" in _one_line_error(_run(["demo", "--data", str(bad_img)], tmp_path))
+    assert "broken.png" in one_line_error(_run(["demo", "--data", str(bad_img)], tmp_path))
     npz = tmp_path / "labels.npz"
     np.savez(npz, x=np.zeros((4, 1, 8, 8), np.float32), y=np.array([0, 1, 2, 12]))
-    assert "num_classes=10" in _one_line_error(_run(["demo", "--data", str(npz)], tmp_path))
-    assert "mat_dim=64" in _one_line_error(_run(["demo", "--width", "64"], tmp_path))
-    assert "--config and" in _one_line_error(_run(["demo", "--config", "x.yaml", "--depth", "2"], tmp_path))
-    assert "dtype" in _one_line_error(_run(["demo", "--dtype", "int8", "--limit", "10"], tmp_path))
+    assert "num_classes=10" in one_line_error(_run(["demo", "--data", str(npz)], tmp_path))
+    assert "mat_dim=64" in one_line_error(_run(["demo", "--width", "64"], tmp_path))
+    assert "--config and" in one_line_error(_run(["demo", "--config", "x.yaml", "--depth", "2"], tmp_path))
+    assert "dtype" in one_line_error(_run(["demo", "--dtype", "int8", "--limit", "10"], tmp_path))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_device(tmp_path):
-    assert "cuda" in _one_line_error(_run(["demo", "--device", "cuda"], tmp_path))
+    assert "cuda" in one_line_error(_run(["demo", "--device", "cuda"], tmp_path))
 
 
 def test_a_config_file_with_a_scalar_token_grans_is_one_line(tmp_path):

@@ -2,7 +2,6 @@
 name and each trial's constraint values."""
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from adasearch.cli import main
-from tests.helpers import write_run_spec
+from tests.helpers import free_port, write_run_spec
 
 DASHBOARD = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(not Path(DASHBOARD).exists(), reason="optuna-dashboard is not installed (pip install -e .[test])")

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from click.testing import CliRunner
 
 from adasearch.cli import main
 from adasearch.search import storage as storage_mod
-from tests.helpers import DEMO_SPACE, write_run_spec
+from tests.helpers import DEMO_SPACE, free_port, write_run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "adasearch", "Pg-s3cret_7f2a"
@@ -48,12 +47,6 @@ def _binary(name: str):
     return found if isinstance(found, str) else (found[-1] if found else None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """A throwaway PostgreSQL cluster in a temp folder, on 127.0.0.1 only."""
 
@@ -71,7 +64,7 @@ class Server:
                 _skip("running as root and there is no `postgres` user to run the server as")
         self.dir = Path(tempfile.mkdtemp(prefix="adasearch-pg-"))
         self.data = self.dir / "data"
-        self.port = _free_port()
+        self.port = free_port()
 
     def _cmd(self, *cmd):
         return ["runuser", "-u", "postgres", "--", *cmd] if self.as_root else list(cmd)
@@ -297,7 +290,7 @@ def test_a_wrong_password_is_one_line_with_the_password_masked(pg, tmp_path):
     cases = [
         (pg.url("wrong", password="Not-the-pw_93"), "password authentication failed", "Not-the-pw_93"),
         (pg.url("no_such_db"), 'database "no_such_db" does not exist', PASSWORD),
-        (pg.url("wrong", port=_free_port()), "check the host, port", PASSWORD),  # no server there
+        (pg.url("wrong", port=free_port()), "check the host, port", PASSWORD),  # no server there
     ]
     for i, (url, needle, secret) in enumerate(cases):
         r = invoke(write_run_spec(tmp_path / str(i), storage=url, engine="optuna", trials=2))
